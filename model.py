@@ -1,0 +1,485 @@
+"""
+The bidirectional transformer behind LLaDA-8B and Dream-7B, in one file.
+
+A native PyTorch implementation (not transformers' remote code): it reads the releases' safetensors by
+key mapping, the way nanoGPT loads GPT-2, so FSDP wrapping, activation checkpointing, hidden states and
+pooled embeddings are plain PyTorch and work with any transformers version.
+
+Both releases are the same network up to names and two switches (../shared/REFERENCE.md §2-3):
+  embedding -> N x [RMSNorm -> bidirectional GQA attention with RoPE -> residual,
+                    RMSNorm -> SwiGLU MLP -> residual] -> RMSNorm -> untied LM head
+  LLaDA: no biases, MHA.            Dream (Qwen2.5 layout): q/k/v bias, GQA, logits shifted by one.
+"""
+
+import glob
+import json
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from typing import NamedTuple, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+# -----------------------------------------------------------------------------
+# configuration
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "llada"  # release layout: 'llada' or 'dream' (key names, config.json, logit shift)
+    vocab_size: int = 126464
+    n_layers: int = 32
+    d_model: int = 4096
+    n_heads: int = 32
+    n_kv_heads: int = 32
+    mlp_hidden: int = 12288
+    norm_eps: float = 1e-5
+    rope_theta: float = 500000.0
+    qkv_bias: bool = False
+    max_seq_len: int = 4096
+    mask_token_id: int = 126336
+    eos_token_id: int = 126081  # EOS = PAD in both releases
+    bos_token_id: int = 126080
+    shift_logits: bool = False  # Dream predicts token i from position i-1 (REFERENCE.md §3)
+
+    @property
+    def head_dim(self):
+        return self.d_model // self.n_heads
+
+    @property
+    def pad_token_id(self):
+        return self.eos_token_id
+
+
+PRESETS = {
+    "llada-8b": ModelConfig(),
+    "dream-7b": ModelConfig(
+        arch="dream", vocab_size=152064, n_layers=28, d_model=3584, n_heads=28, n_kv_heads=4,
+        mlp_hidden=18944, norm_eps=1e-6, rope_theta=1e6, qkv_bias=True, max_seq_len=131072,
+        mask_token_id=151666, eos_token_id=151643, bos_token_id=151643, shift_logits=True),
+    # ~1.8M parameters, for CPU work. LLaDA layout; small GQA (6 heads, 2 KV heads) so the tiny model
+    # exercises the same code paths as Dream. Special token ids are those of the tiny tokenizer that
+    # data.py trains: 0 = <|endoftext|> (EOS = PAD), 1 = <|mdm_mask|>, 2 = <|startoftext|>.
+    "tiny": ModelConfig(
+        arch="llada", vocab_size=512, n_layers=4, d_model=192, n_heads=6, n_kv_heads=2, mlp_hidden=512,
+        norm_eps=1e-5, rope_theta=10000.0, qkv_bias=False, max_seq_len=512,
+        mask_token_id=1, eos_token_id=0, bos_token_id=2, shift_logits=False),
+}
+
+HUB_IDS = ("GSAI-ML/LLaDA-8B-Base", "GSAI-ML/LLaDA-8B-Instruct",
+           "Dream-org/Dream-v0-Base-7B", "Dream-org/Dream-v0-Instruct-7B")
+
+# -----------------------------------------------------------------------------
+# the network
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim, eps):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        # normalise in float32, as both releases do, then scale in the input dtype
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * xf.to(x.dtype)
+
+
+def rope_cos_sin(cfg, seq_len, device):
+    """cos/sin tables of shape (seq_len, head_dim), always float32 (LLaDA's rope_full_precision)."""
+    inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, cfg.head_dim, 2, device=device, dtype=torch.float32)
+                                         / cfg.head_dim))
+    freqs = torch.outer(torch.arange(seq_len, device=device, dtype=torch.float32), inv_freq)
+    emb = torch.cat([freqs, freqs], dim=-1)
+    return emb.cos(), emb.sin()
+
+
+def apply_rope(x, cos, sin):
+    # half-split rotation (HF Llama's rotate_half): (x1, x2) -> (-x2, x1) over the two halves
+    xf = x.float()
+    x1, x2 = xf.chunk(2, dim=-1)
+    rotated = torch.cat([-x2, x1], dim=-1)
+    return (xf * cos + rotated * sin).to(x.dtype)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        self.q_proj = nn.Linear(cfg.d_model, cfg.n_heads * cfg.head_dim, bias=cfg.qkv_bias)
+        self.k_proj = nn.Linear(cfg.d_model, cfg.n_kv_heads * cfg.head_dim, bias=cfg.qkv_bias)
+        self.v_proj = nn.Linear(cfg.d_model, cfg.n_kv_heads * cfg.head_dim, bias=cfg.qkv_bias)
+        self.o_proj = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.d_model, bias=False)
+
+    def forward(self, x, cos, sin, attn_mask):
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        # bidirectional: no causal mask; attn_mask (B,1,1,T) only hides padding keys
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=False,
+                                           enable_gqa=self.n_kv_heads != self.n_heads)
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.gate_proj = nn.Linear(cfg.d_model, cfg.mlp_hidden, bias=False)
+        self.up_proj = nn.Linear(cfg.d_model, cfg.mlp_hidden, bias=False)
+        self.down_proj = nn.Linear(cfg.mlp_hidden, cfg.d_model, bias=False)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Block(nn.Module):
+    """One transformer layer. The unit of FSDP sharding and of activation checkpointing."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.attn = Attention(cfg)
+        self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x, cos, sin, attn_mask=None):
+        x = x + self.attn(self.attn_norm(x), cos, sin, attn_mask)
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class Output(NamedTuple):
+    logits: torch.Tensor  # (B, T, V), or (N, V) when logits_at selects N positions
+    hidden: torch.Tensor  # (B, T, D): final hidden state after the final norm (the LM head's input)
+    hidden_states: Optional[tuple]  # n_layers+1 tensors (HF convention: [0] embeddings, last = hidden)
+
+
+class Transformer(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.n_layers)])
+        self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.activation_checkpointing = False  # run each block under torch.utils.checkpoint
+        self.source_config = None  # the source checkpoint's config.json, written back by save_pretrained
+        self.source_dir = None
+        self.init_weights()
+
+    def init_weights(self):
+        # normal(0, 0.02) matrices and embeddings, zero biases, unit norms: LLaDA's init_std 0.02
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(module.weight, mean=0.0, std=0.02)
+                if getattr(module, "bias", None) is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, RMSNorm):
+                nn.init.ones_(module.weight)
+
+    def num_params(self):
+        return sum(p.numel() for p in self.parameters())
+
+    def forward(self, input_ids, padding_mask=None, logits_at=None, output_hidden_states=False):
+        """
+        input_ids: (B, T) token ids.
+        padding_mask: optional (B, T) bool, True at real tokens; padding keys are hidden from attention.
+            LLaDA's SFT uses none (EOS padding is attended to and trained), so the default is None.
+        logits_at: optional (B, T) bool; logits only at those positions, as (N, V), so a caller that
+            needs the masked 20% does not pay for the whole LM head. With shift_logits (Dream) the logits
+            for position i come from hidden state i-1 (position 0 from itself), so logits[..., i, :]
+            always scores token i whatever the release.
+        """
+        B, T = input_ids.shape
+        x = self.embed(input_ids)
+        cos, sin = rope_cos_sin(self.cfg, T, input_ids.device)
+        attn_mask = None if padding_mask is None else padding_mask[:, None, None, :].to(torch.bool)
+        all_hidden = [x] if output_hidden_states else None
+        for block in self.blocks:
+            if self.activation_checkpointing and torch.is_grad_enabled():
+                x = checkpoint(block, x, cos, sin, attn_mask, use_reentrant=False)
+            else:
+                x = block(x, cos, sin, attn_mask)
+            if output_hidden_states:
+                all_hidden.append(x)
+        hidden = self.norm(x)
+        if output_hidden_states:
+            all_hidden[-1] = hidden  # HF convention: the last entry is after the final norm
+        head_input = torch.cat([hidden[:, :1], hidden[:, :-1]], dim=1) if self.cfg.shift_logits else hidden
+        if logits_at is not None:
+            head_input = head_input[logits_at]
+        logits = self.lm_head(head_input)
+        return Output(logits, hidden, tuple(all_hidden) if output_hidden_states else None)
+
+    def save_pretrained(self, out_dir, tokenizer=None, shard_bytes=5 * 2**30):
+        """Write safetensors in the source release's own key names, its config.json and the tokenizer,
+        so the directory loads back here and in the release's original code."""
+        save_checkpoint(self.state_dict(), self.cfg, out_dir, tokenizer=tokenizer,
+                        source_config=self.source_config, source_dir=self.source_dir,
+                        shard_bytes=shard_bytes)
+
+
+# -----------------------------------------------------------------------------
+# release checkpoints: key names, config.json, loading and saving
+
+# our parameter name -> the release's; "{i}" is the block index
+RELEASE_KEYS = {
+    "llada": {
+        "embed.weight": "model.transformer.wte.weight",
+        "norm.weight": "model.transformer.ln_f.weight",
+        "lm_head.weight": "model.transformer.ff_out.weight",
+        "blocks.{i}.attn_norm.weight": "model.transformer.blocks.{i}.attn_norm.weight",
+        "blocks.{i}.attn.q_proj.weight": "model.transformer.blocks.{i}.q_proj.weight",
+        "blocks.{i}.attn.k_proj.weight": "model.transformer.blocks.{i}.k_proj.weight",
+        "blocks.{i}.attn.v_proj.weight": "model.transformer.blocks.{i}.v_proj.weight",
+        "blocks.{i}.attn.o_proj.weight": "model.transformer.blocks.{i}.attn_out.weight",
+        "blocks.{i}.mlp_norm.weight": "model.transformer.blocks.{i}.ff_norm.weight",
+        "blocks.{i}.mlp.gate_proj.weight": "model.transformer.blocks.{i}.ff_proj.weight",
+        "blocks.{i}.mlp.up_proj.weight": "model.transformer.blocks.{i}.up_proj.weight",
+        "blocks.{i}.mlp.down_proj.weight": "model.transformer.blocks.{i}.ff_out.weight",
+    },
+    "dream": {
+        "embed.weight": "model.embed_tokens.weight",
+        "norm.weight": "model.norm.weight",
+        "lm_head.weight": "lm_head.weight",
+        "blocks.{i}.attn_norm.weight": "model.layers.{i}.input_layernorm.weight",
+        "blocks.{i}.attn.q_proj.weight": "model.layers.{i}.self_attn.q_proj.weight",
+        "blocks.{i}.attn.q_proj.bias": "model.layers.{i}.self_attn.q_proj.bias",
+        "blocks.{i}.attn.k_proj.weight": "model.layers.{i}.self_attn.k_proj.weight",
+        "blocks.{i}.attn.k_proj.bias": "model.layers.{i}.self_attn.k_proj.bias",
+        "blocks.{i}.attn.v_proj.weight": "model.layers.{i}.self_attn.v_proj.weight",
+        "blocks.{i}.attn.v_proj.bias": "model.layers.{i}.self_attn.v_proj.bias",
+        "blocks.{i}.attn.o_proj.weight": "model.layers.{i}.self_attn.o_proj.weight",
+        "blocks.{i}.mlp_norm.weight": "model.layers.{i}.post_attention_layernorm.weight",
+        "blocks.{i}.mlp.gate_proj.weight": "model.layers.{i}.mlp.gate_proj.weight",
+        "blocks.{i}.mlp.up_proj.weight": "model.layers.{i}.mlp.up_proj.weight",
+        "blocks.{i}.mlp.down_proj.weight": "model.layers.{i}.mlp.down_proj.weight",
+    },
+}
+
+
+def release_key(name, arch):
+    """Our parameter name -> the release's key name."""
+    m = re.fullmatch(r"blocks\.(\d+)\.(.+)", name)
+    template = f"blocks.{{i}}.{m.group(2)}" if m else name
+    if template not in RELEASE_KEYS[arch]:
+        raise KeyError(f"parameter {name!r} has no {arch} release name")
+    return RELEASE_KEYS[arch][template].format(i=m.group(1) if m else "")
+
+
+def config_from_release(rc):
+    """Recognise the architecture from a release's config.json (a dict) and return a ModelConfig."""
+    model_type = str(rc.get("model_type", "")).lower()
+    if model_type == "llada":
+        if rc.get("weight_tying") or rc.get("include_bias") or rc.get("include_qkv_bias"):
+            raise ValueError("LLaDA config with weight_tying or biases is not the released architecture")
+        n_heads = rc["n_heads"]
+        return ModelConfig(
+            arch="llada", vocab_size=rc.get("embedding_size") or rc["vocab_size"], n_layers=rc["n_layers"],
+            d_model=rc["d_model"], n_heads=n_heads, n_kv_heads=rc.get("n_kv_heads") or n_heads,
+            mlp_hidden=rc.get("mlp_hidden_size") or rc.get("mlp_ratio", 4) * rc["d_model"],
+            norm_eps=rc.get("rms_norm_eps", 1e-5), rope_theta=rc.get("rope_theta", 10000.0), qkv_bias=False,
+            max_seq_len=rc.get("max_sequence_length", 4096), mask_token_id=rc.get("mask_token_id", 126336),
+            eos_token_id=rc.get("eos_token_id", 126081), bos_token_id=rc.get("bos_token_id", 126080),
+            shift_logits=False)
+    if model_type == "dream":
+        if rc.get("tie_word_embeddings"):
+            raise ValueError("Dream config with tie_word_embeddings is not the released architecture")
+        n_heads = rc["num_attention_heads"]
+        return ModelConfig(
+            arch="dream", vocab_size=rc["vocab_size"], n_layers=rc["num_hidden_layers"],
+            d_model=rc["hidden_size"], n_heads=n_heads, n_kv_heads=rc.get("num_key_value_heads") or n_heads,
+            mlp_hidden=rc["intermediate_size"], norm_eps=rc.get("rms_norm_eps", 1e-6),
+            rope_theta=rc.get("rope_theta", 1e6), qkv_bias=True,
+            max_seq_len=rc.get("max_position_embeddings", 131072), mask_token_id=rc.get("mask_token_id", 151666),
+            eos_token_id=rc.get("eos_token_id", 151643), bos_token_id=rc.get("bos_token_id", 151643),
+            shift_logits=True)
+    raise ValueError(f"unrecognised architecture: config.json has model_type={rc.get('model_type')!r}; "
+                     "expected 'llada' (LLaDA-8B) or 'Dream' (Dream-7B)")
+
+
+def release_config(cfg, dtype):
+    """A config.json in the release's own format for a model that did not come from a release."""
+    if cfg.arch == "llada":
+        # the fields of GSAI-ML/LLaDA-8B-Base's config.json, with our dimensions
+        return {
+            "activation_type": "silu", "alibi": False, "alibi_bias_max": 8.0, "architectures": ["LLaDAModelLM"],
+            "attention_dropout": 0.0, "attention_layer_norm": False, "attention_layer_norm_with_affine": True,
+            "auto_map": {"AutoConfig": "configuration_llada.LLaDAConfig",
+                         "AutoModelForCausalLM": "modeling_llada.LLaDAModelLM",
+                         "AutoModel": "modeling_llada.LLaDAModelLM"},
+            "bias_for_layer_norm": False, "block_group_size": 1, "block_type": "llama", "d_model": cfg.d_model,
+            "embedding_dropout": 0.0, "embedding_size": cfg.vocab_size, "eos_token_id": cfg.eos_token_id,
+            "bos_token_id": cfg.bos_token_id, "flash_attention": False, "include_bias": False,
+            "include_qkv_bias": False, "init_cutoff_factor": None, "init_device": "meta", "init_fn": "mitchell",
+            "init_std": 0.02, "input_emb_norm": False, "layer_norm_type": "rms", "layer_norm_with_affine": True,
+            "mask_token_id": cfg.mask_token_id, "max_sequence_length": cfg.max_seq_len,
+            "mlp_hidden_size": cfg.mlp_hidden, "mlp_ratio": 4, "model_type": "llada", "multi_query_attention": None,
+            "n_heads": cfg.n_heads, "n_kv_heads": cfg.n_kv_heads, "n_layers": cfg.n_layers,
+            "pad_token_id": cfg.pad_token_id, "precision": "amp_bf16", "residual_dropout": 0.0,
+            "rms_norm_eps": cfg.norm_eps, "rope": True, "rope_full_precision": True, "rope_theta": cfg.rope_theta,
+            "scale_logits": False, "torch_dtype": str(dtype).removeprefix("torch."), "use_cache": False,
+            "vocab_size": cfg.vocab_size, "weight_tying": False,
+        }
+    return {  # Dream: the Qwen2 fields of Dream-org/Dream-v0-Base-7B's config.json
+        "architectures": ["DreamModel"],
+        "auto_map": {"AutoConfig": "configuration_dream.DreamConfig", "AutoModel": "modeling_dream.DreamModel"},
+        "model_type": "Dream", "attention_dropout": 0.0, "hidden_act": "silu", "hidden_size": cfg.d_model,
+        "initializer_range": 0.02, "intermediate_size": cfg.mlp_hidden, "max_position_embeddings": cfg.max_seq_len,
+        "num_attention_heads": cfg.n_heads, "num_hidden_layers": cfg.n_layers, "num_key_value_heads": cfg.n_kv_heads,
+        "rms_norm_eps": cfg.norm_eps, "rope_scaling": None, "rope_theta": cfg.rope_theta,
+        "tie_word_embeddings": False, "torch_dtype": str(dtype).removeprefix("torch."), "use_cache": False,
+        "use_sliding_window": False, "vocab_size": cfg.vocab_size, "mask_token_id": cfg.mask_token_id,
+        "pad_token_id": cfg.pad_token_id, "bos_token_id": cfg.bos_token_id, "eos_token_id": cfg.eos_token_id,
+    }
+
+
+def resolve_checkpoint_dir(name_or_path):
+    """A local directory as is; otherwise a hub id, downloaded (weights, configs, tokenizer, remote code)."""
+    if os.path.isdir(name_or_path):
+        return name_or_path
+    if os.path.exists(name_or_path):
+        raise ValueError(f"{name_or_path} is a file; expected a checkpoint directory or a hub id")
+    if name_or_path.startswith((".", "/")) or name_or_path.count("/") != 1:
+        raise FileNotFoundError(f"no checkpoint directory {name_or_path!r} (and it is not a hub id like "
+                                f"{HUB_IDS[0]})")
+    from huggingface_hub import snapshot_download
+    return snapshot_download(name_or_path, allow_patterns=["*.json", "*.safetensors", "*.py", "*.txt",
+                                                           "*.model", "*.tiktoken"])
+
+
+def checkpoint_files(ckpt_dir):
+    """{release key: safetensors file} from the index file, or from the single model.safetensors."""
+    index = os.path.join(ckpt_dir, "model.safetensors.index.json")
+    if os.path.exists(index):
+        with open(index) as f:
+            weight_map = json.load(f)["weight_map"]
+        return {k: os.path.join(ckpt_dir, v) for k, v in weight_map.items()}
+    files = sorted(glob.glob(os.path.join(ckpt_dir, "*.safetensors")))
+    if not files:
+        raise FileNotFoundError(f"no safetensors weights in {ckpt_dir}")
+    from safetensors import safe_open
+    out = {}
+    for path in files:
+        with safe_open(path, framework="pt") as f:
+            out.update({k: path for k in f.keys()})
+    return out
+
+
+def read_release_config(ckpt_dir):
+    path = os.path.join(ckpt_dir, "config.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{ckpt_dir} has no config.json")
+    with open(path) as f:
+        return json.load(f)
+
+
+def load_release_tensors(ckpt_dir, cfg, names, dtype, device="cpu"):
+    """{our name: tensor} for the given parameter names, read lazily file by file from the release
+    checkpoint; a rank can ask for just the tensors it needs. Missing or unexpected keys are an error."""
+    from safetensors import safe_open
+    files = checkpoint_files(ckpt_dir)
+    wanted = {release_key(n, cfg.arch): n for n in names}
+    missing = sorted(set(wanted) - set(files))
+    expected_all = {release_key(n, cfg.arch) for n in param_names(cfg)}
+    unexpected = sorted(set(files) - expected_all)
+    if missing or unexpected:
+        raise KeyError(f"checkpoint {ckpt_dir} does not match the {cfg.arch} architecture: "
+                       f"missing keys {missing[:10]}{' ...' if len(missing) > 10 else ''}, "
+                       f"unexpected keys {unexpected[:10]}{' ...' if len(unexpected) > 10 else ''}")
+    out = {}
+    by_file = {}
+    for key, name in wanted.items():
+        by_file.setdefault(files[key], []).append((key, name))
+    for path, entries in by_file.items():
+        with safe_open(path, framework="pt", device=str(device)) as f:
+            for key, name in entries:
+                out[name] = f.get_tensor(key).to(dtype)
+    return out
+
+
+def param_names(cfg):
+    """The state-dict names of a Transformer with this config, without building it."""
+    with torch.device("meta"):
+        return list(Transformer(cfg).state_dict().keys())
+
+
+def from_pretrained(name_or_path, dtype=torch.float32, device="cpu"):
+    """Load a LLaDA or Dream release (local directory or hub id) or a directory written by save_pretrained.
+    The model is built on the meta device and filled tensor by tensor, so host memory holds one copy."""
+    ckpt_dir = resolve_checkpoint_dir(name_or_path)
+    rc = read_release_config(ckpt_dir)
+    cfg = config_from_release(rc)
+    with torch.device("meta"):
+        model = Transformer(cfg)
+    state = load_release_tensors(ckpt_dir, cfg, list(model.state_dict().keys()), dtype, device)
+    model.load_state_dict(state, strict=True, assign=True)
+    model.source_config, model.source_dir = rc, ckpt_dir
+    return model
+
+
+def load_tokenizer(name_or_path, cfg=None):
+    """The release's tokenizer through transformers.AutoTokenizer, with the mask token set explicitly
+    (LLaDA's tokenizer does not declare one) and pad = EOS. trust_remote_code covers tokenizer classes
+    shipped beside a release; the model itself never runs remote code."""
+    from transformers import AutoTokenizer
+    ckpt_dir = resolve_checkpoint_dir(name_or_path)
+    cfg = cfg or config_from_release(read_release_config(ckpt_dir))
+    tok = AutoTokenizer.from_pretrained(ckpt_dir, trust_remote_code=True)
+    tok.mask_token = tok.convert_ids_to_tokens(cfg.mask_token_id)
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.convert_ids_to_tokens(cfg.eos_token_id)
+    if tok.mask_token_id != cfg.mask_token_id:
+        raise ValueError(f"tokenizer at {ckpt_dir} maps the mask token to {tok.mask_token_id}, "
+                         f"config says {cfg.mask_token_id}")
+    return tok
+
+
+def save_checkpoint(state_dict, cfg, out_dir, tokenizer=None, source_config=None, source_dir=None,
+                    shard_bytes=5 * 2**30):
+    """Write a full (unsharded) state dict of our names as a release checkpoint: sharded safetensors with
+    model.safetensors.index.json, config.json, the tokenizer, and the release's remote-code .py files
+    when the model came from a release directory."""
+    from safetensors.torch import save_file
+    os.makedirs(out_dir, exist_ok=True)
+    tensors = {release_key(k, cfg.arch): v.detach().contiguous().cpu() for k, v in state_dict.items()}
+    dtype = next(iter(tensors.values())).dtype
+    shards, current, size = [], {}, 0
+    for key in sorted(tensors):
+        nbytes = tensors[key].numel() * tensors[key].element_size()
+        if current and size + nbytes > shard_bytes:
+            shards.append(current)
+            current, size = {}, 0
+        current[key], size = tensors[key], size + nbytes
+    shards.append(current)
+    for old in glob.glob(os.path.join(out_dir, "model*.safetensors")):
+        os.remove(old)
+    weight_map = {}
+    for i, shard in enumerate(shards):
+        fname = "model.safetensors" if len(shards) == 1 else f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+        save_file(shard, os.path.join(out_dir, fname), metadata={"format": "pt"})
+        weight_map.update({k: fname for k in shard})
+    index_path = os.path.join(out_dir, "model.safetensors.index.json")
+    if len(shards) > 1:
+        total = sum(t.numel() * t.element_size() for t in tensors.values())
+        with open(index_path, "w") as f:
+            json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
+    elif os.path.exists(index_path):
+        os.remove(index_path)
+    rc = dict(source_config) if source_config else release_config(cfg, dtype)
+    rc["torch_dtype"] = str(dtype).removeprefix("torch.")
+    with open(os.path.join(out_dir, "config.json"), "w") as f:
+        json.dump(rc, f, indent=2)
+    if source_dir and os.path.abspath(source_dir) != os.path.abspath(out_dir):
+        for py in glob.glob(os.path.join(source_dir, "*.py")):  # the release's remote code, untouched
+            shutil.copy(py, out_dir)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(out_dir)
+
+
