@@ -154,6 +154,17 @@ class Block(nn.Module):
         return x + self.mlp(self.mlp_norm(x))
 
 
+def init_weights(root):
+    """normal(0, 0.02) matrices and embeddings, zero biases, unit norms (LLaDA's init_std 0.02)."""
+    for module in root.modules():
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if getattr(module, "bias", None) is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, RMSNorm):
+            nn.init.ones_(module.weight)
+
+
 class Output(NamedTuple):
     logits: torch.Tensor  # (B, T, V), or (N, V) when logits_at selects N positions
     hidden: torch.Tensor  # (B, T, D): final hidden state after the final norm (the LM head's input)
@@ -171,17 +182,7 @@ class Transformer(nn.Module):
         self.activation_checkpointing = False  # run each block under torch.utils.checkpoint
         self.source_config = None  # the source checkpoint's config.json, written back by save_pretrained
         self.source_dir = None
-        self.init_weights()
-
-    def init_weights(self):
-        # normal(0, 0.02) matrices and embeddings, zero biases, unit norms: LLaDA's init_std 0.02
-        for module in self.modules():
-            if isinstance(module, (nn.Linear, nn.Embedding)):
-                nn.init.normal_(module.weight, mean=0.0, std=0.02)
-                if getattr(module, "bias", None) is not None:
-                    nn.init.zeros_(module.bias)
-            elif isinstance(module, RMSNorm):
-                nn.init.ones_(module.weight)
+        init_weights(self)
 
     def num_params(self):
         return sum(p.numel() for p in self.parameters())
