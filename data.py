@@ -1,0 +1,394 @@
+"""
+The paper's tasks as token batches: sources (local release files or the hub), prompts, tokenisation,
+and the per-rank batch order for torchrun.
+
+Fine-tuning and evaluation tasks: gsm8k, nlrx (NL-RX-SYNTH), nlrx-turk, spider, django, and tiny-regex
+(an offline NL-RX-style generator for the tiny preset and the tests). Probe data: wikitext, mmlu.
+
+Splits (the only place they are named; train = fine-tuning, eval = scoring):
+  gsm8k       train.jsonl (7,473) / test.jsonl (1,319)                    hub openai/gsm8k (main)
+  nlrx        the LLM-JEPA split (synth_train.jsonl 8,000 / synth_test.jsonl 2,000), the split the paper's
+              numbers are comparable with, when data_dir holds those files; from the raw release
+              (src.txt / targ.txt, 10,000 pairs) a seeded random 8,000 / 2,000 split of the same sizes
+              (not the same partition: that one is only published as LLM-JEPA's files)
+  nlrx-turk   as nlrx with the Turk paraphrases (turk_*.jsonl, or NL-RX-Turk/src.txt + targ.txt)
+  spider      train_spider.json (7,000) / dev.json (1,034, the paper's "validation split")
+                                                                          hub xlangai/spider (train / validation)
+  django      all.anno / all.code lines 1-16000 / 17001-18805 (the standard 16000/1000/1805 split;
+              the 1,000 dev lines are not used)
+  tiny-regex  generated: 90% / 10% of the enumerated pairs, seed 0
+  wikitext    wiki.valid.raw (WikiText-103 validation)                    hub Salesforce/wikitext (wikitext-103-raw-v1)
+  mmlu        test/*.csv (14,042) and dev/*.csv (285)                     hub cais/mmlu (all)
+"""
+
+import csv
+import glob
+import json
+import os
+import random
+
+import torch
+
+# -----------------------------------------------------------------------------
+# tasks
+
+TASKS = {
+    # instruction: the first line of a base-model prompt and the system message of a chat prompt
+    # (LLM-JEPA's system prompts where it has one); labels frame each question/answer pair.
+    "gsm8k": dict(instruction="Answer the math question, show steps.", input_label="Question",
+                  output_label="Answer", hub=("openai/gsm8k", "main"), gen_length=256),
+    "nlrx": dict(instruction="Convert natural language to regular expression.", input_label="Description",
+                 output_label="Regex", hub=None, gen_length=512),
+    "nlrx-turk": dict(instruction="Convert natural language to regular expression.", input_label="Description",
+                      output_label="Regex", hub=None, gen_length=512),
+    "spider": dict(instruction="Convert natural language to SQL.", input_label="Question", output_label="SQL",
+                   hub=("xlangai/spider", None), gen_length=512),
+    "django": dict(instruction="Convert pseudo-code to Python.", input_label="Pseudo-code", output_label="Python",
+                   hub=None, gen_length=512),
+    "tiny-regex": dict(instruction="Convert natural language to regular expression.", input_label="Description",
+                       output_label="Regex", hub=None, gen_length=32),
+}
+SPLIT_SEED = 0  # the seeded splits (NL-RX from raw files, tiny-regex)
+SHOT_SEED = 1234  # k-shot exemplars
+NLRX_TRAIN_SIZE = 8000
+DJANGO_TRAIN, DJANGO_DEV = 16000, 1000
+WHERE_TO_GET = {
+    "nlrx": "github.com/nicholaslocascio/deep-regex (datasets/NL-RX-Synth/{src,targ}.txt), or LLM-JEPA's "
+            "datasets/synth_{train,test}.jsonl (github.com/rbalestr-lab/llm-jepa)",
+    "nlrx-turk": "github.com/nicholaslocascio/deep-regex (datasets/NL-RX-Turk/{src,targ}.txt), or LLM-JEPA's "
+                 "datasets/turk_{train,test}.jsonl",
+    "django": "github.com/odashi/ase15-django-dataset (django/all.anno, django/all.code)",
+}
+
+
+def read_lines(path):
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"missing data file {path}")
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    return text[:-1].split("\n") if text.endswith("\n") else text.split("\n")
+
+
+def read_jsonl(path):
+    rows = []
+    for i, line in enumerate(read_lines(path), start=1):
+        if not line.strip():
+            raise ValueError(f"{path}:{i}: empty row")
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{i}: malformed JSON ({e.msg})") from None
+    return rows
+
+
+def example(input_text, output_text, where, **meta):
+    """One task item: input (question / description / pseudo-code), output (gold answer) and metadata.
+    An empty field is an error naming the file and line."""
+    if not isinstance(input_text, str) or not input_text.strip():
+        raise ValueError(f"{where}: empty or missing input")
+    if not isinstance(output_text, str) or not output_text.strip():
+        raise ValueError(f"{where}: empty or missing output")
+    return {"input": input_text.strip(), "output": output_text.strip(), **meta}
+
+
+def messages_example(row, where):
+    """LLM-JEPA's chat rows: system, user, assistant."""
+    try:
+        by_role = {m["role"]: m["content"] for m in row["messages"]}
+        return example(by_role["user"], by_role["assistant"], where)
+    except (KeyError, TypeError):
+        raise ValueError(f"{where}: expected {{'messages': [system, user, assistant]}}") from None
+
+
+def hub_rows(hub_id, config, split):
+    from datasets import load_dataset
+    return load_dataset(hub_id, config, split=split)
+
+
+def load_task(task, split, data_dir=None):
+    """Items of a task's split ('train' or 'eval') as dicts with 'input', 'output' (and 'db_id' for spider)."""
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; tasks: {', '.join(TASKS)}")
+    if split not in ("train", "eval"):
+        raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
+    if task == "tiny-regex":
+        return tiny_regex(split)
+    if data_dir is None and TASKS[task]["hub"] is None:
+        raise ValueError(f"task {task} needs data_dir pointing at the release files: {WHERE_TO_GET[task]}")
+    if data_dir is not None and not os.path.isdir(data_dir):
+        raise FileNotFoundError(f"data_dir {data_dir} does not exist")
+
+    if task == "gsm8k":
+        if data_dir is None:
+            rows = hub_rows("openai/gsm8k", "main", "train" if split == "train" else "test")
+            return [example(r["question"], r["answer"], f"openai/gsm8k row {i}") for i, r in enumerate(rows)]
+        path = os.path.join(data_dir, "train.jsonl" if split == "train" else "test.jsonl")
+        return [example(r.get("question"), r.get("answer"), f"{path}:{i}")
+                for i, r in enumerate(read_jsonl(path), start=1)]
+
+    if task in ("nlrx", "nlrx-turk"):
+        variant = "synth" if task == "nlrx" else "turk"
+        jsonl = os.path.join(data_dir, f"{variant}_{'train' if split == 'train' else 'test'}.jsonl")
+        if os.path.exists(jsonl):  # LLM-JEPA's split
+            return [messages_example(r, f"{jsonl}:{i}") for i, r in enumerate(read_jsonl(jsonl), start=1)]
+        src, targ = os.path.join(data_dir, "src.txt"), os.path.join(data_dir, "targ.txt")
+        if not os.path.exists(src):
+            raise FileNotFoundError(f"{data_dir} has neither {os.path.basename(jsonl)} nor src.txt/targ.txt "
+                                    f"({WHERE_TO_GET[task]})")
+        nl, rx = read_lines(src), read_lines(targ)
+        if len(nl) != len(rx):
+            raise ValueError(f"{src} has {len(nl)} lines but {targ} has {len(rx)}")
+        items = [example(a, b, f"{src}:{i}") for i, (a, b) in enumerate(zip(nl, rx), start=1)]
+        order = list(range(len(items)))
+        random.Random(SPLIT_SEED).shuffle(order)
+        train_size = min(NLRX_TRAIN_SIZE, int(0.8 * len(items)))
+        chosen = order[:train_size] if split == "train" else order[train_size:]
+        return [items[i] for i in sorted(chosen)]
+
+    if task == "django":
+        anno_path, code_path = os.path.join(data_dir, "all.anno"), os.path.join(data_dir, "all.code")
+        anno, code = read_lines(anno_path), read_lines(code_path)
+        if len(anno) != len(code):
+            raise ValueError(f"{anno_path} has {len(anno)} lines but {code_path} has {len(code)}")
+        # One line of pseudo-code cannot tell its indentation: both sides are stripped.
+        lo, hi = (0, DJANGO_TRAIN) if split == "train" else (DJANGO_TRAIN + DJANGO_DEV, len(anno))
+        return [example(anno[i], code[i], f"{anno_path}:{i + 1}") for i in range(lo, hi)]
+
+    if task == "spider":
+        if data_dir is None:
+            rows = hub_rows("xlangai/spider", None, "train" if split == "train" else "validation")
+            return [example(r["question"], r["query"], f"xlangai/spider row {i}", db_id=r["db_id"])
+                    for i, r in enumerate(rows)]
+        path = os.path.join(data_dir, "train_spider.json" if split == "train" else "dev.json")
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"missing data file {path} (Spider's official release layout)")
+        with open(path, encoding="utf-8") as f:
+            rows = json.load(f)
+        return [example(r.get("question"), r.get("query"), f"{path} item {i}", db_id=r.get("db_id"))
+                for i, r in enumerate(rows)]
+    raise AssertionError(task)
+
+
+# -----------------------------------------------------------------------------
+# probe data
+
+
+def load_wikitext(data_dir=None):
+    """WikiText-103 validation paragraphs: non-blank lines that are not ' = Heading = ' lines."""
+    if data_dir is None:
+        lines = [r["text"] for r in hub_rows("Salesforce/wikitext", "wikitext-103-raw-v1", "validation")]
+    else:
+        lines = read_lines(os.path.join(data_dir, "wiki.valid.raw"))
+    return [ln.strip() for ln in lines if ln.strip() and not ln.strip().startswith("=")]
+
+
+def load_mmlu(split="test", data_dir=None):
+    """MMLU questions as dicts: subject, question, choices (4), answer (0-3). Local files are the HF
+    cais/mmlu layout written as CSV (header question,choice0..3,answer; one file per subject)."""
+    if data_dir is None:
+        rows = hub_rows("cais/mmlu", "all", split)
+        return [{"subject": r["subject"], "question": r["question"], "choices": list(r["choices"]),
+                 "answer": int(r["answer"])} for r in rows]
+    files = sorted(glob.glob(os.path.join(data_dir, split, f"*_{split}.csv")))
+    if not files:
+        raise FileNotFoundError(f"no {split}/*_{split}.csv files under {data_dir}")
+    out = []
+    for path in files:
+        subject = os.path.basename(path)[: -len(f"_{split}.csv")]
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            for i, r in enumerate(reader, start=2):
+                try:
+                    choices = [r[f"choice{j}"] for j in range(4)]
+                    answer = int(r["answer"])
+                except (KeyError, TypeError, ValueError):
+                    raise ValueError(f"{path}:{i}: expected question,choice0..3,answer with answer in 0-3") from None
+                if not r["question"] or answer not in range(4):
+                    raise ValueError(f"{path}:{i}: empty question or answer outside 0-3")
+                out.append({"subject": subject, "question": r["question"], "choices": choices, "answer": answer})
+    return out
+
+
+# -----------------------------------------------------------------------------
+# the offline task: NL-RX-style descriptions and regexes, in NL-RX's own syntax
+
+REGEX_ATOMS = [("the string 'dog'", "dog"), ("the string 'truck'", "truck"), ("the string 'ring'", "ring"),
+               ("the string 'lake'", "lake"), ("a number", "[0-9]"), ("a vowel", "[AEIOUaeiou]"),
+               ("a capital letter", "[A-Z]"), ("a lower-case letter", "[a-z]"), ("a letter", "[A-Za-z]"),
+               ("a character", ".")]
+
+
+def tiny_regex_pairs():
+    """Every (description, regex) pair the generator knows, in a fixed order."""
+    pairs = []
+    for d, r in REGEX_ATOMS:
+        pairs += [(f"lines containing {d}", f".*({r}).*"), (f"lines starting with {d}", f"({r}).*"),
+                  (f"lines ending with {d}", f".*({r})"), (f"lines not containing {d}", f"~(.*({r}).*)"),
+                  (f"lines not starting with {d}", f"~(({r}).*)"), (f"lines with {d}, zero or more times", f"({r})*")]
+        pairs += [(f"lines containing {d}, {n} times or more", f"(.*({r}).*){{{n},}}") for n in range(2, 6)]
+        for d2, r2 in REGEX_ATOMS:
+            if r2 == r:
+                continue
+            pairs += [(f"lines with {d} before {d2}", f".*({r}).*({r2}).*"),
+                      (f"lines containing {d} or {d2}", f".*(({r})|({r2})).*"),
+                      (f"lines containing {d} and {d2}", f"(.*({r}).*)&(.*({r2}).*)"),
+                      (f"lines starting with {d} and ending with {d2}", f"({r}).*({r2})"),
+                      (f"lines with {d} followed by {d2}", f".*({r})({r2}).*")]
+    return pairs
+
+
+def tiny_regex(split):
+    pairs = tiny_regex_pairs()
+    order = list(range(len(pairs)))
+    random.Random(SPLIT_SEED).shuffle(order)
+    n_eval = len(pairs) // 10
+    chosen = order[n_eval:] if split == "train" else order[:n_eval]
+    return [example(pairs[i][0], pairs[i][1], f"tiny-regex pair {i}") for i in chosen]
+
+
+def train_tiny_tokenizer(texts, vocab_size=512):
+    """A byte-level BPE tokenizer trained on the offline task, wrapped as PreTrainedTokenizerFast with the
+    special tokens of the tiny preset (model.PRESETS['tiny']): 0 EOS = PAD, 1 mask, 2 BOS. Tiny and 8B
+    runs then share one tokenizer API and one checkpoint format."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+    specials = ["<|endoftext|>", "<|mdm_mask|>", "<|startoftext|>"]
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tk.train_from_iterator(texts, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tk, eos_token=specials[0], pad_token=specials[0],
+                                   mask_token=specials[1], bos_token=specials[2])
+
+
+def tiny_tokenizer_texts():
+    """What the tiny tokenizer is trained on: every prompt and answer the offline task can produce."""
+    spec = TASKS["tiny-regex"]
+    texts = [spec["instruction"]]
+    for d, r in tiny_regex_pairs():
+        texts.append(f"{spec['input_label']}: {d}\n{spec['output_label']}: {r}\n\n")
+    return texts
+
+
+# -----------------------------------------------------------------------------
+# prompts and tokenisation
+
+
+def choose_shots(train_items, k, item, seed=SHOT_SEED):
+    """k exemplars drawn deterministically from the training split, never equal to the evaluated item
+    (NL-RX has pairs that occur in both splits)."""
+    if k == 0:
+        return []
+    order = list(range(len(train_items)))
+    random.Random(seed).shuffle(order)
+    shots = []
+    for i in order:
+        cand = train_items[i]
+        if (cand["input"], cand["output"]) != (item["input"], item["output"]):
+            shots.append(cand)
+            if len(shots) == k:
+                return shots
+    raise ValueError(f"the training split has fewer than {k} exemplars distinct from the item")
+
+
+def item_input(task, item):
+    # Spider names its database the way LLM-JEPA's prompts do
+    return f"For db_id:[{item['db_id']}]\n\n{item['input']}" if task == "spider" else item["input"]
+
+
+def end_of_turn_id(tokenizer):
+    for token in ("<|eot_id|>", "<|im_end|>"):  # LLaDA-Instruct, Dream-Instruct (REFERENCE.md §2-3)
+        tid = tokenizer.convert_tokens_to_ids(token)
+        if isinstance(tid, int) and tid != tokenizer.unk_token_id and tid is not None:
+            return tid
+    raise ValueError("chat prompts need an end-of-turn token (<|eot_id|> or <|im_end|>) in the tokenizer")
+
+
+def format_example(task, item, tokenizer, shots=(), chat=False):
+    """(prompt ids, response ids) for one item. Base models: instruction, the shots and the question as
+    plain 'Label: text' lines, BOS first where the tokenizer has a BOS distinct from EOS (LLaDA's
+    <|startoftext|>; Qwen-style tokenizers have none). Instruct models: the tokenizer's chat template, one
+    user/assistant turn per shot, and the response closed by the end-of-turn token. The trailing EOS is
+    added by collate."""
+    spec = TASKS[task]
+    if chat:
+        messages = [{"role": "system", "content": spec["instruction"]}]
+        for s in shots:
+            messages += [{"role": "user", "content": item_input(task, s)}, {"role": "assistant", "content": s["output"]}]
+        messages.append({"role": "user", "content": item_input(task, item)})
+        prompt_ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        if isinstance(prompt_ids, dict) or hasattr(prompt_ids, "input_ids"):
+            prompt_ids = prompt_ids["input_ids"]
+        response_ids = tokenizer.encode(item["output"], add_special_tokens=False) + [end_of_turn_id(tokenizer)]
+        return list(prompt_ids), response_ids
+    text = spec["instruction"] + "\n\n"
+    for s in shots:
+        text += f"{spec['input_label']}: {item_input(task, s)}\n{spec['output_label']}: {s['output']}\n\n"
+    text += f"{spec['input_label']}: {item_input(task, item)}\n{spec['output_label']}:"
+    bos = tokenizer.bos_token_id
+    prefix = [bos] if bos is not None and bos != tokenizer.eos_token_id else []
+    return prefix + tokenizer.encode(text, add_special_tokens=False), \
+        tokenizer.encode(" " + item["output"], add_special_tokens=False)
+
+
+def tokenize_task(task, items, tokenizer, max_len, chat=False, log=print):
+    """Training examples (0-shot prompts): dicts with prompt_ids and response_ids. Examples whose
+    prompt + response + EOS is longer than max_len are dropped, never truncated, and counted in the log."""
+    out = []
+    for item in items:
+        prompt_ids, response_ids = format_example(task, item, tokenizer, chat=chat)
+        if len(prompt_ids) + len(response_ids) + 1 <= max_len:
+            out.append({"prompt_ids": prompt_ids, "response_ids": response_ids})
+    dropped = len(items) - len(out)
+    if dropped and log:
+        log(f"{task}: dropped {dropped} of {len(items)} examples longer than max_len={max_len} tokens")
+    if not out:
+        raise ValueError(f"{task}: every example is longer than max_len={max_len}")
+    return out
+
+
+def collate(examples, eos_id):
+    """Right-pad prompt + response + EOS with EOS to the longest row. maskable: the response and every EOS
+    after it (LLaDA's SFT: the padding is trained, which teaches the model to stop); padding: positions
+    after the response's first EOS (pooling ignores them); no attention mask (LLaDA's SFT uses none)."""
+    lengths = [len(e["prompt_ids"]) + len(e["response_ids"]) + 1 for e in examples]
+    T = max(lengths)
+    input_ids = torch.full((len(examples), T), eos_id, dtype=torch.long)
+    maskable = torch.zeros(len(examples), T, dtype=torch.bool)
+    padding = torch.zeros(len(examples), T, dtype=torch.bool)
+    for b, (e, n) in enumerate(zip(examples, lengths)):
+        p = len(e["prompt_ids"])
+        input_ids[b, :n - 1] = torch.tensor(e["prompt_ids"] + e["response_ids"], dtype=torch.long)
+        maskable[b, p:] = True
+        padding[b, n:] = True
+    prompt_lengths = torch.tensor([len(e["prompt_ids"]) for e in examples], dtype=torch.long)
+    return {"input_ids": input_ids, "maskable": maskable, "padding": padding, "prompt_lengths": prompt_lengths}
+
+
+# -----------------------------------------------------------------------------
+# batch order for torchrun
+
+
+def epoch_batches(n_examples, batch_size, world_size=1, rank=0, seed=0, epoch=0):
+    """This rank's micro-batches (lists of example indices) for one epoch, a pure function of
+    (seed, epoch), so a resumed run continues at any step. Each step takes the next world_size *
+    batch_size examples of a seeded permutation and gives rank r its slice, so every example is seen once
+    per epoch. The last, short step is split as evenly as possible; if it has fewer examples than ranks,
+    it is topped up from the start of the permutation (every rank must run the same number of steps)."""
+    if n_examples < 1:
+        raise ValueError("no examples to batch")
+    g = torch.Generator().manual_seed(seed * 100003 + epoch)
+    order = torch.randperm(n_examples, generator=g).tolist()
+    step_size = world_size * batch_size
+    batches = []
+    for start in range(0, n_examples, step_size):
+        chunk = order[start:start + step_size]
+        if len(chunk) < world_size:
+            chunk = chunk + order[: world_size - len(chunk)]
+        if len(chunk) == step_size:
+            batches.append(chunk[rank * batch_size:(rank + 1) * batch_size])
+        else:
+            batches.append([int(i) for i in torch.tensor(chunk).tensor_split(world_size)[rank].tolist()])
+    return batches
