@@ -33,14 +33,21 @@ ANCHOR_L2 = 1e-4  # lambda_L2 of the L2-to-base anchor ablation (§4.3), used on
 # views: the forward process q(x_t | x_0, t) of eq. 1
 
 
-def mask_view(input_ids, maskable, t, mask_token_id, generator=None):
-    """Replace each maskable token by [MASK] independently with probability t (eq. 1).
-    Prompt tokens are never maskable; the response and its EOS padding are (LLaDA's SFT convention).
-    Noise is drawn on the CPU from `generator`, so a seed gives the same views on any device.
-    Returns (noisy ids, bool mask of the masked positions)."""
-    u = torch.rand(input_ids.shape, generator=generator).to(input_ids.device)
-    masked = maskable & (u < t)
+def mask_view(input_ids, maskable, t, mask_token_id, noise):
+    """Replace each maskable token by [MASK] independently with probability t (eq. 1): position i is masked
+    when noise[i] < t, noise uniform on [0, 1). Prompt tokens are never maskable; the response and its EOS
+    padding are (LLaDA's SFT convention). Returns (noisy ids, bool mask of the masked positions)."""
+    masked = maskable & (noise.to(input_ids.device) < t)
     return torch.where(masked, torch.full_like(input_ids, mask_token_id), input_ids), masked
+
+
+def view_noise(example_ids, length, seed, max_len):
+    """(2, B, length) uniforms for the context and target views, a pure function of (seed, example id):
+    an example gets the same views whatever batch, rank, padding length or resume point it lands in, so a
+    2-process run reproduces a 1-process run and a resumed run needs no generator state. Drawn on the CPU."""
+    rows = [torch.rand(2, max_len, generator=torch.Generator().manual_seed(seed * 1_000_003 + int(i)))[:, :length]
+            for i in example_ids]
+    return torch.stack(rows, dim=1)
 
 
 # -----------------------------------------------------------------------------
@@ -99,7 +106,7 @@ class Predictor(nn.Module):
         cos, sin = rope_cos_sin(self.cfg, 1, z.device)  # position 0: the rotation is the identity
         for block in self.blocks:
             x = block(x, cos, sin)
-        return x[:, 0]
+        return x[:, 0].clone()  # not a view: FSDP2 hooks the output of a sharded module
 
 
 # -----------------------------------------------------------------------------
@@ -152,13 +159,16 @@ class StepResult(NamedTuple):
 
 
 def objective(model, batch, mask_token_id, *, t_low=T_LOW, t_high=T_HIGH, jepa_weight=JEPA_WEIGHT,
-              predictor=None, target_encoder=None, generator=None):
+              predictor=None, target_encoder=None, noise=None, generator=None):
     """One DLLM-JEPA loss on a batch: exactly one gradient-carrying forward of the online model on the
     context view, and, when jepa_weight > 0, one no-grad forward of the EMA target on the target view.
     batch: input_ids (B, T), maskable (B, T) bool, padding (B, T) bool (True after the response's first EOS).
+    noise: (2, B, T) uniforms for the two views (view_noise), else drawn from `generator` on the CPU.
     Symmetric views (the ablation) are t_high == t_low: two independent draws at the same rate."""
     input_ids, maskable, padding = batch["input_ids"], batch["maskable"], batch["padding"]
-    context_view, context_masked = mask_view(input_ids, maskable, t_low, mask_token_id, generator)
+    if noise is None:
+        noise = torch.rand((2, *input_ids.shape), generator=generator)
+    context_view, context_masked = mask_view(input_ids, maskable, t_low, mask_token_id, noise[0])
     out = model(context_view, logits_at=context_masked)
     l_diff = diffusion_loss(out.logits, input_ids[context_masked], context_masked)
 
@@ -168,7 +178,7 @@ def objective(model, batch, mask_token_id, *, t_low=T_LOW, t_high=T_HIGH, jepa_w
         zero = l_diff.new_zeros(())
         return StepResult(l_diff, l_diff, zero, stats)
 
-    target_view, target_masked = mask_view(input_ids, maskable, t_high, mask_token_id, generator)
+    target_view, target_masked = mask_view(input_ids, maskable, t_high, mask_token_id, noise[1])
     context_embedding = pool(out.hidden, ~context_masked & ~padding)
     with torch.no_grad():
         # no logits needed: an all-False logits_at skips the LM head (the call still goes through forward,

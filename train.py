@@ -1,10 +1,526 @@
 """
-DLLM-JEPA fine-tuning: `torchrun --nproc_per_node 8 train.py --task gsm8k`, or `python train.py --preset tiny`.
-The training loop lands with issue 5; until then this script says so.
+DLLM-JEPA fine-tuning, a hand-written torchrun FSDP2 loop.
+
+  torchrun --nproc_per_node 8 train.py --task gsm8k     # LLaDA-8B-Base, the paper's aggressive setting
+  python train.py --preset tiny                          # CPU, a few minutes: the offline task on a tiny model
+
+Configuration: the constants below, overridden by a preset (--preset aggressive | wide-t | tiny), then by
+an optional config file (--config file.json or a .py of assignments), then by flags (--key=value or
+--key value), in that order. Outputs in out_dir: log.jsonl, final/ (the model in its release's own layout,
+loadable by evaluate.py, probe.py and the release's code), base/ (the initial weights, when they were
+randomly initialised) and resume/ (a resumable state, every save_every steps and on SIGTERM).
 """
+
+import ast
+import json
+import math
+import os
+import shutil
+import signal
 import sys
+import time
+from contextlib import nullcontext
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+
+import data
+import jepa
+import model as modellib
+
+# -----------------------------------------------------------------------------
+# configuration (the paper's aggressive setting, §4.1 and A.10)
+# task and model
+task = "gsm8k"
+data_dir = ""  # local release files; empty = the hub (gsm8k, spider)
+model = "GSAI-ML/LLaDA-8B-Base"  # hub id, checkpoint directory, or a model.PRESETS name (random init)
+chat = "auto"  # chat template: 'auto' (models whose name says Instruct), 'true', 'false'
+max_len = 1024  # longer examples are dropped (and counted), never truncated
+# DLLM-JEPA
+t_low = jepa.T_LOW
+t_high = jepa.T_HIGH
+symmetric = False  # the symmetric-view ablation: allows t_high == t_low
+jepa_weight = jepa.JEPA_WEIGHT  # lambda; 0 = the diffusion baseline
+predictor_layers = jepa.PREDICTOR_LAYERS  # k; 0 = no predictor (identity)
+ema_decay = jepa.EMA_DECAY
+anchor_l2 = 0.0  # lambda_L2 of the L2-to-base anchor ablation (the paper uses 1e-4); 0 = off
+# optimisation
+lr = 1e-5
+weight_decay = 0.01  # on matrices only
+beta1 = 0.9
+beta2 = 0.999
+warmup_frac = 0.05  # cosine decay to 0 after a linear warmup over 5% of the steps
+grad_clip = 1.0
+epochs = 2
+batch_size = 2  # per device
+grad_accum = 2  # 8 GPUs x 2 x 2 = the paper's effective batch of 32
+max_steps = 0  # > 0: the schedule's length in optimizer steps, instead of epochs
+seed = 42
+# system
+device = "auto"  # auto = cuda if available, else cpu
+dtype = "bfloat16"  # compute dtype on GPU (master weights, reductions and the optimizer stay float32)
+activation_checkpointing = True
+out_dir = "out"
+log_every = 10
+save_every = 500  # resumable state every N optimizer steps (0 = only on SIGTERM and at the end)
+resume = False
+stop_step = 0  # > 0: stop after this optimizer step, leaving a resumable state (for interrupted runs)
+preset = ""
+config = ""
+
+PRESETS = {
+    "aggressive": dict(t_low=0.2, t_high=0.7, lr=1e-5),  # the main task table
+    "wide-t": dict(t_low=0.1, t_high=0.9, lr=1.4e-6),  # the preservation experiment (§4.3)
+    "tiny": dict(task="tiny-regex", model="tiny", device="cpu", dtype="float32", max_len=128, lr=2e-3,
+                 batch_size=16, grad_accum=1, epochs=12, activation_checkpointing=False, predictor_layers=2,
+                 ema_decay=0.99, log_every=10, save_every=0, seed=0, out_dir="out-tiny"),
+}
+CHOICES = {"task": tuple(data.TASKS), "chat": ("auto", "true", "false"), "dtype": ("bfloat16", "float32"),
+           "device": ("auto", "cuda", "cpu"), "preset": ("",) + tuple(PRESETS)}
+KEYS = [k for k, v in list(globals().items()) if not k.startswith("_") and isinstance(v, (int, float, bool, str))
+        and k not in ("PRESETS", "CHOICES")]
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def parse_value(key, text):
+    default = globals()[key]
+    if isinstance(default, bool):
+        if str(text).lower() in ("1", "true", "yes"):
+            return True
+        if str(text).lower() in ("0", "false", "no"):
+            return False
+        raise ConfigError(f"--{key} expects true or false, got {text!r}")
+    if isinstance(default, (int, float)):
+        try:
+            value = ast.literal_eval(str(text))
+        except (ValueError, SyntaxError):
+            raise ConfigError(f"--{key} expects a {type(default).__name__}, got {text!r}") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+                (isinstance(default, int) and not isinstance(value, int)):
+            raise ConfigError(f"--{key} expects a {type(default).__name__}, got {text!r}")
+        return type(default)(value)
+    return str(text)
+
+
+def coerce(key, value):
+    """A flag's text or a config file's literal, checked against the type of the constant's default."""
+    default = globals()[key]
+    if isinstance(value, str):
+        return parse_value(key, value)
+    if isinstance(default, bool) and isinstance(value, bool):
+        return value
+    if isinstance(default, float) and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if type(default) is int and type(value) is int:
+        return value
+    raise ConfigError(f"{key} expects a {type(default).__name__}, got {value!r}")
+
+
+def parse_args(argv):
+    """--key=value and --key value pairs, in order."""
+    pairs, i = [], 0
+    while i < len(argv):
+        arg = argv[i]
+        if not arg.startswith("--"):
+            raise ConfigError(f"unexpected argument {arg!r}: flags are --key=value or --key value")
+        if "=" in arg:
+            key, value = arg[2:].split("=", 1)
+            i += 1
+        else:
+            key = arg[2:]
+            if i + 1 >= len(argv) or argv[i + 1].startswith("--"):
+                if key in globals() and isinstance(globals()[key], bool):  # a bare boolean flag
+                    pairs.append((key.replace("-", "_"), "true"))
+                    i += 1
+                    continue
+                raise ConfigError(f"--{key} needs a value")
+            value = argv[i + 1]
+            i += 2
+        pairs.append((key.replace("-", "_"), value))
+    return pairs
+
+
+def read_config_file(path):
+    if not os.path.exists(path):
+        raise ConfigError(f"config file {path} does not exist")
+    with open(path) as f:
+        text = f.read()
+    if path.endswith(".json"):
+        return list(json.loads(text).items())
+    out = []  # a .py of plain assignments, nanoGPT style (literals only: nothing is executed)
+    for node in ast.parse(text).body:
+        if not (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)):
+            raise ConfigError(f"{path}: only 'key = literal' lines are allowed")
+        out.append((node.targets[0].id, ast.literal_eval(node.value)))
+    return out
+
+
+def configure(argv):
+    """Apply preset, config file and flags to the module constants; validate before anything is loaded."""
+    flags = parse_args(argv)
+    g = globals()
+    for key, _ in flags:
+        if key not in KEYS:
+            raise ConfigError(f"unknown setting --{key}; settings: {', '.join(KEYS)}")
+    layers = []
+    preset_name = dict(flags).get("preset", g["preset"])
+    if preset_name:
+        if preset_name not in PRESETS:
+            raise ConfigError(f"unknown preset {preset_name!r}; presets: {', '.join(PRESETS)}")
+        layers.append(list(PRESETS[preset_name].items()))
+    config_path = dict(flags).get("config", g["config"])
+    if config_path:
+        layers.append(read_config_file(config_path))
+    layers.append(flags)
+    for layer in layers:
+        for key, value in layer:
+            if key not in KEYS:
+                raise ConfigError(f"unknown setting {key!r}; settings: {', '.join(KEYS)}")
+            g[key] = coerce(key, value)
+    validate()
+    return {k: g[k] for k in KEYS}
+
+
+def validate():
+    for key, options in CHOICES.items():
+        if globals()[key] not in options:
+            raise ConfigError(f"--{key}={globals()[key]!r} is not one of {', '.join(map(repr, options))}")
+    if not (0 < t_low <= 1 and 0 < t_high <= 1):
+        raise ConfigError(f"masking rates must be in (0, 1]; got t_low={t_low}, t_high={t_high}")
+    if t_low >= t_high and not (symmetric and t_low == t_high):
+        raise ConfigError(f"t_low={t_low} must be below t_high={t_high} (the context view is the less masked one); "
+                          "for the symmetric-view ablation set --symmetric=true and t_high equal to t_low")
+    if symmetric and t_low != t_high:
+        raise ConfigError(f"--symmetric=true needs t_high equal to t_low (got {t_low}, {t_high})")
+    if jepa_weight < 0:
+        raise ConfigError(f"jepa_weight (lambda) must be >= 0, got {jepa_weight}")
+    if anchor_l2 < 0:
+        raise ConfigError(f"anchor_l2 must be >= 0, got {anchor_l2}")
+    if predictor_layers < 0:
+        raise ConfigError(f"predictor_layers (k) must be >= 0, got {predictor_layers}")
+    if not 0 <= ema_decay < 1:
+        raise ConfigError(f"ema_decay must be in [0, 1), got {ema_decay}")
+    for key in ("batch_size", "grad_accum", "max_len", "log_every"):
+        if globals()[key] < 1:
+            raise ConfigError(f"{key} must be >= 1, got {globals()[key]}")
+    for key in ("epochs", "max_steps", "save_every", "stop_step"):
+        if globals()[key] < 0:
+            raise ConfigError(f"{key} must be >= 0, got {globals()[key]}")
+    if epochs == 0 and max_steps == 0:
+        raise ConfigError("nothing to train: epochs and max_steps are both 0")
+    if lr <= 0 or not 0 <= warmup_frac < 1 or grad_clip < 0:
+        raise ConfigError(f"need lr > 0, 0 <= warmup_frac < 1, grad_clip >= 0 (got {lr}, {warmup_frac}, {grad_clip})")
+    if model in modellib.PRESETS and model != "tiny":
+        raise ConfigError(f"--model={model} would be a random initialisation without a tokenizer; pass the hub id "
+                          f"({', '.join(modellib.HUB_IDS)}) or a checkpoint directory")
+    if model != "tiny" and not os.path.isdir(model) and not (
+            model.count("/") == 1 and not model.startswith((".", "/"))):
+        raise ConfigError(f"unknown model {model!r}: expected a hub id like {modellib.HUB_IDS[0]}, a checkpoint "
+                          f"directory, or one of the presets {', '.join(modellib.PRESETS)}")
+    if data_dir and not os.path.isdir(data_dir):
+        raise ConfigError(f"data_dir {data_dir} does not exist")
+    if not data_dir and data.TASKS[task]["hub"] is None and task != "tiny-regex":
+        raise ConfigError(f"task {task} needs --data_dir pointing at the release files: {data.WHERE_TO_GET[task]}")
+
+
+# -----------------------------------------------------------------------------
+# helpers
+
+
+def lr_at(step, total_steps):
+    """Linear warmup over warmup_frac of the steps, then cosine decay to 0 (step counts from 1)."""
+    warmup = max(1, int(round(warmup_frac * total_steps)))
+    if step <= warmup:
+        return lr * step / warmup
+    progress = (step - warmup) / max(1, total_steps - warmup)
+    return lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense bf16 per GPU
+
+
+def peak_flops(dev):
+    if dev.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(dev)
+    return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
+
+
+def shard(module, mesh, mp_policy):
+    """FSDP2: each block, then the root (embeddings, final norm, LM head)."""
+    from torch.distributed.fsdp import fully_shard
+    for block in module.blocks:
+        fully_shard(block, mesh=mesh, mp_policy=mp_policy)
+    fully_shard(module, mesh=mesh, mp_policy=mp_policy)
+
+
+def full_state_dict(module, distributed):
+    """The full state dict on rank 0 (CPU), None elsewhere."""
+    if not distributed:
+        return {k: v.detach().cpu() for k, v in module.state_dict().items()}
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    sd = get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return sd if dist.get_rank() == 0 else None
+
+
+def load_full_state(module, full_state, distributed):
+    """Fill a (possibly meta, possibly sharded) module from a full state dict held by rank 0."""
+    if not distributed:
+        module.load_state_dict(full_state, strict=True, assign=True)
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+    set_model_state_dict(module, full_state if dist.get_rank() == 0 else {},
+                         options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+
+
+# -----------------------------------------------------------------------------
+# training
+
+
+def main(argv):
+    cfg = configure(argv)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    distributed = world > 1
+    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    if distributed:
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    rank = dist.get_rank() if distributed else 0
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    dev = torch.device(f"cuda:{local_rank}" if use_cuda else "cpu")
+    if use_cuda:
+        torch.cuda.set_device(dev)
+    master = rank == 0
+    log = print if master else (lambda *a, **k: None)
+    compute_dtype = torch.bfloat16 if (use_cuda and dtype == "bfloat16") else torch.float32
+    mesh = None
+    if distributed:
+        from torch.distributed.device_mesh import init_device_mesh
+        mesh = init_device_mesh(dev.type, (world,))
+
+    # ---- tokenizer and data (before the model: a data error should not cost a model load)
+    random_init = model == "tiny"  # the tiny preset: random weights and the tokenizer trained on the offline task
+    if random_init:
+        model_cfg = modellib.PRESETS["tiny"]
+        tokenizer = data.train_tiny_tokenizer(data.tiny_tokenizer_texts(), vocab_size=model_cfg.vocab_size)
+        source_config = source_dir = None
+    else:
+        ckpt_dir = modellib.resolve_checkpoint_dir(model)
+        source_config = modellib.read_release_config(ckpt_dir)
+        model_cfg, source_dir = modellib.config_from_release(source_config), ckpt_dir
+        tokenizer = modellib.load_tokenizer(ckpt_dir, model_cfg)
+    use_chat = chat == "true" or (chat == "auto" and "instruct" in model.lower())
+    items = data.load_task(task, "train", data_dir or None)
+    examples = data.tokenize_task(task, items, tokenizer, max_len, chat=use_chat, log=log)
+    micro_per_epoch = len(data.epoch_batches(len(examples), batch_size, world, rank, seed, 0))
+    steps_per_epoch = math.ceil(micro_per_epoch / grad_accum)
+    total_steps = max_steps or epochs * steps_per_epoch
+    log(f"{task}: {len(examples)} training examples, {world} rank(s) x batch {batch_size} x accum {grad_accum}; "
+        f"{steps_per_epoch} optimizer steps per epoch, {total_steps} in all")
+
+    # ---- models: online backbone, EMA target, predictor, anchor base
+    torch.manual_seed(seed)  # random init draws the same full tensors on every rank, as in one process
+    if random_init:
+        online = modellib.Transformer(model_cfg).to(dev)
+        if master:
+            online.save_pretrained(os.path.join(out_dir, "base"), tokenizer=tokenizer)
+    elif distributed:  # built on meta, sharded, then filled from rank 0's copy (REFERENCE.md §5)
+        with torch.device("meta"):
+            online = modellib.Transformer(model_cfg)
+    else:
+        online = modellib.from_pretrained(ckpt_dir, dtype=torch.float32, device=dev)
+    online.activation_checkpointing = activation_checkpointing
+    target = jepa.make_target_encoder(online) if jepa_weight > 0 else None  # copied before sharding
+    predictor = jepa.Predictor(model_cfg, predictor_layers).to(dev) if jepa_weight > 0 else None
+    if distributed:
+        from torch.distributed.fsdp import MixedPrecisionPolicy
+        mp_policy = MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32)
+        for module in (online, target, predictor):
+            if module is not None and len(module.blocks) > 0:
+                shard(module, mesh, mp_policy)
+        if not random_init:
+            full_init = modellib.from_pretrained(ckpt_dir, dtype=torch.float32).state_dict() if master else None
+            for module in (online, target):
+                if module is not None:
+                    module.to_empty(device=dev)
+                    load_full_state(module, full_init, distributed)
+            del full_init
+            if target is not None:
+                target.requires_grad_(False)
+    anchor_base = jepa.snapshot_parameters(online) if anchor_l2 > 0 else None
+
+    trainable = nn.ModuleDict({"online": online} | ({"predictor": predictor} if predictor is not None else {}))
+    decay = [p for p in trainable.parameters() if p.ndim >= 2]
+    no_decay = [p for p in trainable.parameters() if p.ndim < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(beta1, beta2))
+    n_params = sum(p.numel() for p in online.parameters())  # a DTensor's numel is the full tensor's
+    log(f"model {model}: {n_params / 1e6:.2f}M parameters; predictor {predictor_layers} layers; "
+        f"lambda {jepa_weight}, t_L {t_low}, t_H {t_high}")
+
+    # ---- resume
+    step = 0
+    resume_dir = os.path.join(out_dir, "resume")
+    if resume:
+        step = load_resume_state(resume_dir, trainable, target, optimizer, distributed, log)
+
+    # ---- SIGTERM: finish the optimizer step, save a resumable state, exit
+    stop_requested = {"flag": False}
+    signal.signal(signal.SIGTERM, lambda *_: stop_requested.__setitem__("flag", True))
+
+    autocast = torch.autocast("cuda", dtype=compute_dtype) if (use_cuda and not distributed and
+                                                                compute_dtype != torch.float32) else nullcontext()
+    peak = peak_flops(dev)
+    os.makedirs(out_dir, exist_ok=True)
+    log_file = open(os.path.join(out_dir, "log.jsonl"), "a") if master else None
+    if master:
+        with open(os.path.join(out_dir, "config.json"), "w") as f:
+            json.dump(cfg, f, indent=2)
+    try:
+        from tqdm import tqdm
+        bar = tqdm(total=total_steps, initial=step, disable=not master, desc="train", dynamic_ncols=True)
+    except ImportError:
+        bar = None
+
+    t0, tokens_since = time.time(), 0
+    while step < total_steps:
+        epoch, step_in_epoch = divmod(step, steps_per_epoch)
+        micro = data.epoch_batches(len(examples), batch_size, world, rank, seed, epoch)
+        group = micro[step_in_epoch * grad_accum:(step_in_epoch + 1) * grad_accum]
+        sums = {}
+        for i, indices in enumerate(group):
+            last = i == len(group) - 1
+            if distributed:
+                for m in trainable.values():
+                    if hasattr(m, "set_requires_gradient_sync"):
+                        m.set_requires_gradient_sync(last)
+            batch = {k: v.to(dev) for k, v in data.collate([examples[j] for j in indices], tokenizer.eos_token_id).items()}
+            noise = jepa.view_noise(indices, batch["input_ids"].shape[1], seed * 1000 + epoch, max_len)
+            with autocast:
+                res = jepa.objective(online, batch, model_cfg.mask_token_id, t_low=t_low, t_high=t_high,
+                                     jepa_weight=jepa_weight, predictor=predictor, target_encoder=target, noise=noise)
+            (res.loss / len(group)).backward()
+            for k, v in res.stats.items():
+                sums[k] = sums.get(k, 0.0) + v.detach().float() / len(group)
+            tokens_since += batch["input_ids"].numel()
+        if anchor_base is not None:
+            jepa.add_anchor_gradient(online, anchor_base, anchor_l2)
+        grad_norm = torch.nn.utils.clip_grad_norm_(list(trainable.parameters()), grad_clip if grad_clip > 0 else
+                                                   float("inf"))
+        if hasattr(grad_norm, "full_tensor"):
+            grad_norm = grad_norm.full_tensor()
+        step += 1
+        current_lr = lr_at(step, total_steps)
+        for group_ in optimizer.param_groups:
+            group_["lr"] = current_lr
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if target is not None:
+            jepa.ema_update(target, online, ema_decay)
+
+        # all ranks agree on logging numbers and on stopping
+        keys = sorted(sums)
+        packed = torch.stack([sums[k] for k in keys] + [torch.tensor(float(stop_requested["flag"]))]).to(dev)
+        if distributed:
+            flag = packed[-1:].clone()
+            dist.all_reduce(packed)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            packed = torch.cat([packed[:-1] / world, flag])
+        stats = {k: packed[i].item() for i, k in enumerate(keys)}
+        stop_now = packed[-1].item() > 0 or (stop_step and step >= stop_step)
+        if bar is not None:
+            bar.update(1)
+        if step % log_every == 0 or step == total_steps or stop_now:
+            elapsed = time.time() - t0
+            tps = tokens_since * world / max(elapsed, 1e-9)
+            flops_per_token = (6 + (2 if jepa_weight > 0 else 0)) * n_params  # fwd+bwd online, fwd target
+            record = {"step": step, "epoch": epoch, "lr": current_lr, "grad_norm": float(grad_norm),
+                      "tokens_per_s": tps, "mfu": (tps * flops_per_token / (peak * world)) if peak else None, **stats}
+            if master:
+                log_file.write(json.dumps(record) + "\n")
+                log_file.flush()
+                if bar is not None:
+                    bar.set_postfix(l_diff=f"{stats['diffusion_loss']:.3f}",
+                                    l_jepa=f"{stats.get('jepa_loss', 0.0):.3f}", lr=f"{current_lr:.2e}")
+            t0, tokens_since = time.time(), 0
+        if stop_now or (save_every and step % save_every == 0 and step < total_steps):
+            save_resume_state(resume_dir, trainable, target, optimizer, step, cfg, distributed, master)
+        if stop_now:
+            log(f"stopped after step {step}; resume with --resume=true")
+            break
+
+    if bar is not None:
+        bar.close()
+    if step >= total_steps:
+        state = full_state_dict(online, distributed)
+        if master:
+            final_dir = os.path.join(out_dir, "final")
+            modellib.save_checkpoint(state, model_cfg, final_dir, tokenizer=tokenizer, source_config=source_config,
+                                     source_dir=source_dir)
+            log(f"saved {final_dir}")
+    if log_file:
+        log_file.close()
+    if distributed:
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def save_resume_state(resume_dir, trainable, target, optimizer, step, cfg, distributed, master):
+    """Model, predictor, optimizer and EMA through torch.distributed.checkpoint (each rank writes its
+    shards), plus meta.json. Written beside and then swapped in, so a kill mid-save keeps the last state.
+    The data position is the step (the batch order is a function of seed and epoch) and the views are a
+    function of (seed, epoch, example), so no generator state is needed."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_state_dict
+    model_sd, optim_sd = get_state_dict(trainable, [optimizer])
+    state = {"trainable": model_sd, "optimizer": optim_sd}
+    if target is not None:
+        state["target"] = get_model_state_dict(target)
+    tmp = resume_dir + ".tmp"
+    if master and os.path.exists(tmp):
+        shutil.rmtree(tmp)
+    if distributed:
+        dist.barrier()
+    dcp.save(state, checkpoint_id=tmp, no_dist=not distributed)
+    if distributed:
+        dist.barrier()
+    if master:
+        with open(os.path.join(tmp, "meta.json"), "w") as f:
+            json.dump({"step": step, "config": cfg}, f, indent=2)
+        if os.path.exists(resume_dir):
+            shutil.rmtree(resume_dir)
+        os.replace(tmp, resume_dir)
+    if distributed:
+        dist.barrier()
+
+
+def load_resume_state(resume_dir, trainable, target, optimizer, distributed, log):
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import (get_model_state_dict, get_state_dict, set_model_state_dict,
+                                                         set_state_dict)
+    meta_path = os.path.join(resume_dir, "meta.json")
+    if not os.path.exists(meta_path):
+        raise FileNotFoundError(f"--resume=true but there is no resumable state in {resume_dir}")
+    with open(meta_path) as f:
+        meta = json.load(f)
+    model_sd, optim_sd = get_state_dict(trainable, [optimizer])
+    state = {"trainable": model_sd, "optimizer": optim_sd}
+    if target is not None:
+        state["target"] = get_model_state_dict(target)
+    dcp.load(state, checkpoint_id=resume_dir, no_dist=not distributed)
+    set_state_dict(trainable, [optimizer], model_state_dict=state["trainable"], optim_state_dict=state["optimizer"])
+    if target is not None:
+        set_model_state_dict(target, state["target"])
+    log(f"resumed from {resume_dir} at step {meta['step']}")
+    return meta["step"]
+
 
 if __name__ == "__main__":
-    print("train.py: not available yet (the training loop is issue 5). model.py is in place: "
-          "`python -c \"import model; print(model.Transformer(model.PRESETS['tiny']).num_params())\"`")
-    sys.exit(0)
+    try:
+        main(sys.argv[1:])
+    except ConfigError as e:
+        print(f"train.py: {e}", file=sys.stderr)
+        sys.exit(2)

@@ -43,17 +43,24 @@ def test_masking_rate_and_prompt_never_masked(t):
     ids = torch.randint(3, 64, (B, T))
     maskable = torch.zeros(B, T, dtype=torch.bool)
     maskable[:, P:] = True
-    g = torch.Generator().manual_seed(1)
-    noisy, masked = J.mask_view(ids, maskable, t, MASK, g)
+    noise = torch.rand(B, T, generator=torch.Generator().manual_seed(1))
+    noisy, masked = J.mask_view(ids, maskable, t, MASK, noise)
     n = int(maskable.sum())
     observed = masked.sum().item() / n
     assert abs(observed - t) < 5 * math.sqrt(t * (1 - t) / n)  # binomial, 5 sigma
     assert not masked[:, :P].any() and torch.equal(noisy[:, :P], ids[:, :P])
     assert torch.equal(noisy[masked], torch.full((int(masked.sum()),), MASK))
     assert torch.equal(noisy[~masked], ids[~masked])
-    # reproducible from the generator's seed
-    again, _ = J.mask_view(ids, maskable, t, MASK, torch.Generator().manual_seed(1))
-    assert torch.equal(noisy, again)
+
+
+def test_view_noise_depends_only_on_seed_and_example():
+    a = J.view_noise([5, 9], 30, seed=3, max_len=64)
+    assert a.shape == (2, 2, 30) and (a >= 0).all() and (a < 1).all()
+    # the same example in another batch, at another position, with another padding length
+    b = J.view_noise([9, 1, 5], 40, seed=3, max_len=64)
+    assert torch.equal(a[:, 0], b[:, 2, :30]) and torch.equal(a[:, 1], b[:, 0, :30])
+    assert not torch.equal(a[0], a[1])  # context and target noise are independent
+    assert not torch.equal(J.view_noise([5], 30, seed=4, max_len=64)[:, 0], a[:, 0])
 
 
 def test_diffusion_loss_by_hand():
