@@ -86,6 +86,9 @@ class ConfigError(ValueError):
     pass
 
 
+TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
 def parse_value(key, text):
     default = globals()[key]
     if isinstance(default, bool):
@@ -98,10 +101,10 @@ def parse_value(key, text):
         try:
             value = ast.literal_eval(str(text))
         except (ValueError, SyntaxError):
-            raise ConfigError(f"--{key} expects a {type(default).__name__}, got {text!r}") from None
+            raise ConfigError(f"--{key} expects {TYPE_WORDS[type(default)]}, got {text!r}") from None
         if isinstance(value, bool) or not isinstance(value, (int, float)) or \
                 (isinstance(default, int) and not isinstance(value, int)):
-            raise ConfigError(f"--{key} expects a {type(default).__name__}, got {text!r}")
+            raise ConfigError(f"--{key} expects {TYPE_WORDS[type(default)]}, got {text!r}")
         return type(default)(value)
     return str(text)
 
@@ -117,7 +120,7 @@ def coerce(key, value):
         return float(value)
     if type(default) is int and type(value) is int:
         return value
-    raise ConfigError(f"{key} expects a {type(default).__name__}, got {value!r}")
+    raise ConfigError(f"{key} expects {TYPE_WORDS[type(default)]}, got {value!r}")
 
 
 def parse_args(argv):

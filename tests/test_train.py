@@ -1,0 +1,194 @@
+"""train.py: configuration, a 2-process FSDP run on the CPU (gloo), 1-process vs 2-process agreement,
+resume, SIGTERM. The runs use the tiny preset for a handful of steps."""
+
+import importlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--preset", "tiny", "--log_every=1", "--batch_size=4"]
+
+
+def run(args, nproc=1, check=True, port=29631):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    if nproc == 1:
+        cmd = [sys.executable, "train.py", *args]
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--master_port={port}",
+               "train.py", *args]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def read_log(out_dir):
+    with open(os.path.join(out_dir, "log.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def read_resume_state(out_dir):
+    """The torch.distributed.checkpoint directory as one plain dict, read in this process."""
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+    path = os.path.join(out_dir, "resume.pt")
+    dcp_to_torch_save(os.path.join(out_dir, "resume"), path)
+    return torch.load(path, weights_only=False)
+
+
+def fresh_train():
+    import train
+    return importlib.reload(train)
+
+
+# --- configuration ---
+
+def test_flags_in_both_forms_and_presets():
+    train = fresh_train()
+    cfg = train.configure(["--task", "gsm8k", "--t_low=0.1", "--t_high", "0.9", "--lr=1.4e-6", "--seed", "7"])
+    assert (cfg["task"], cfg["t_low"], cfg["t_high"], cfg["lr"], cfg["seed"]) == ("gsm8k", 0.1, 0.9, 1.4e-6, 7)
+    train = fresh_train()
+    cfg = train.configure(["--task", "gsm8k"])  # the users' command: the paper's aggressive setting
+    assert (cfg["model"], cfg["t_low"], cfg["t_high"], cfg["lr"], cfg["jepa_weight"], cfg["predictor_layers"],
+            cfg["epochs"], cfg["ema_decay"]) == ("GSAI-ML/LLaDA-8B-Base", 0.2, 0.7, 1e-5, 1.0, 3, 2, 0.996)
+    train = fresh_train()
+    cfg = train.configure(["--preset=wide-t", "--task=gsm8k"])
+    assert (cfg["t_low"], cfg["t_high"], cfg["lr"]) == (0.1, 0.9, 1.4e-6)
+    train = fresh_train()
+    cfg = train.configure(["--preset", "wide-t", "--lr", "2e-6"])  # flags win over presets
+    assert cfg["lr"] == 2e-6
+
+
+def test_config_file(tmp_path):
+    path = tmp_path / "ablation.py"
+    path.write_text("t_low = 0.2\nt_high = 0.2\nsymmetric = True\npredictor_layers = 0\n")
+    train = fresh_train()
+    cfg = train.configure(["--config", str(path)])
+    assert (cfg["t_high"], cfg["symmetric"], cfg["predictor_layers"]) == (0.2, True, 0)
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps({"epochs": "two"}))
+    train = fresh_train()
+    with pytest.raises(train.ConfigError, match="epochs expects an integer"):
+        train.configure(["--config", str(path)])
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--t_low=0.7", "--t_high=0.2"], "t_low=0.7 must be below t_high=0.2"),
+    (["--t_low=0.2", "--t_high=0.2"], "symmetric"),
+    (["--jepa_weight=-1"], "jepa_weight .lambda. must be >= 0"),
+    (["--task=gsm9k"], "--task='gsm9k' is not one of"),
+    (["--model=llama-7b"], "unknown model 'llama-7b'"),
+    (["--lr=fast"], "--lr expects a number"),
+    (["--epochs=1.5"], "--epochs expects an integer"),
+    (["--learning_rate=1e-5"], "unknown setting --learning_rate"),
+    (["--preset=huge"], "unknown preset 'huge'"),
+    (["--t_high"], "--t_high needs a value"),
+    (["--task=django"], "needs --data_dir"),
+    (["--ema_decay=1.0"], "ema_decay must be in"),
+])
+def test_bad_configurations_fail_with_the_right_message(argv, message):
+    train = fresh_train()
+    with pytest.raises(train.ConfigError, match=message):
+        train.configure(argv)
+
+
+def test_bad_configuration_exits_before_loading_anything(tmp_path):
+    proc = run(["--t_low=0.9", "--t_high=0.1", f"--out_dir={tmp_path}"], check=False)
+    assert proc.returncode == 2 and "must be below t_high" in proc.stderr
+    assert not os.listdir(tmp_path)
+
+
+def test_lr_schedule():
+    train = fresh_train()
+    train.configure(["--lr=1.0", "--warmup_frac=0.1"])
+    lrs = [train.lr_at(s, 100) for s in range(1, 101)]
+    assert lrs[:10] == pytest.approx([s / 10 for s in range(1, 11)])
+    assert lrs[9] == 1.0 and lrs[-1] == pytest.approx(0.0, abs=1e-12)
+    assert all(a >= b for a, b in zip(lrs[9:], lrs[10:]))  # monotone cosine decay
+    assert train.lr_at(55, 100) == pytest.approx(0.5)  # half way through the decay
+
+
+# --- runs ---
+
+def test_two_process_fsdp_run_and_ema(tmp_path):
+    out = str(tmp_path / "fsdp")
+    run(TINY + ["--activation_checkpointing=true", "--max_steps=3", "--stop_step=1", f"--out_dir={out}"], nproc=2)
+    log = read_log(out)
+    assert log[-1]["step"] == 1 and all(torch.isfinite(torch.tensor(r["diffusion_loss"])) for r in log)
+    state = read_resume_state(out)
+    from safetensors.torch import load_file
+    import model as M
+    base = load_file(os.path.join(out, "base", "model.safetensors"))
+    decay = 0.99  # the tiny preset's ema_decay
+    moved = 0
+    for name, online in state["trainable"].items():
+        if not name.startswith("online."):
+            continue
+        key = M.release_key(name[len("online."):], "llada")
+        theta0, target = base[key], state["target"][name[len("online."):]]
+        assert torch.allclose(target, decay * theta0 + (1 - decay) * online, atol=1e-6)
+        moved += int(not torch.equal(online, theta0))
+    assert moved > 0  # the online parameters changed
+    # continue to the end with resume: finite losses and a final checkpoint in the release layout
+    run(TINY + ["--activation_checkpointing=true", "--max_steps=3", "--resume=true", f"--out_dir={out}"], nproc=2)
+    log = read_log(out)
+    assert [r["step"] for r in log] == [1, 2, 3]
+    assert os.path.exists(os.path.join(out, "final", "model.safetensors"))
+    final = load_file(os.path.join(out, "final", "model.safetensors"))
+    assert set(final) == set(base) and any(not torch.equal(final[k], base[k]) for k in base)
+
+
+def test_one_and_two_process_losses_agree(tmp_path):
+    # 1 process accumulating 2 micro-batches sees exactly the 2 ranks' micro-batches, with the same views
+    one, two = str(tmp_path / "one"), str(tmp_path / "two")
+    run(TINY + ["--max_steps=2", "--grad_accum=2", f"--out_dir={one}"])
+    run(TINY + ["--max_steps=2", "--grad_accum=1", f"--out_dir={two}"], nproc=2, port=29632)
+    a, b = read_log(one), read_log(two)
+    for key in ("diffusion_loss", "jepa_loss", "cosine", "grad_norm"):
+        assert a[0][key] == pytest.approx(b[0][key], rel=1e-5, abs=1e-6), key
+    assert a[1]["diffusion_loss"] == pytest.approx(b[1]["diffusion_loss"], rel=1e-4)  # after one identical update
+
+
+def test_resumed_run_reproduces_uninterrupted(tmp_path):
+    full, parts = str(tmp_path / "full"), str(tmp_path / "parts")
+    run(TINY + ["--max_steps=5", "--anchor_l2=1e-4", f"--out_dir={full}"])
+    run(TINY + ["--max_steps=5", "--anchor_l2=1e-4", "--stop_step=2", f"--out_dir={parts}"])
+    assert not os.path.exists(os.path.join(parts, "final"))
+    run(TINY + ["--max_steps=5", "--anchor_l2=1e-4", "--resume", f"--out_dir={parts}"])
+    a, b = read_log(full), read_log(parts)
+    assert [r["step"] for r in b] == [1, 2, 3, 4, 5]
+    for ra, rb in zip(a, b):
+        for key in ("diffusion_loss", "jepa_loss", "grad_norm", "lr"):
+            assert ra[key] == pytest.approx(rb[key], rel=1e-6, abs=1e-7), (ra["step"], key)
+    from safetensors.torch import load_file
+    fa, fb = load_file(os.path.join(full, "final", "model.safetensors")), \
+        load_file(os.path.join(parts, "final", "model.safetensors"))
+    assert all(torch.allclose(fa[k], fb[k], atol=1e-6) for k in fa)
+
+
+def test_resume_without_state_is_an_error(tmp_path):
+    proc = run(TINY + ["--max_steps=2", "--resume", f"--out_dir={tmp_path}"], check=False)
+    assert proc.returncode != 0 and "no resumable state" in proc.stderr
+
+
+def test_sigterm_saves_a_resumable_state(tmp_path):
+    out = str(tmp_path / "term")
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, "train.py", *TINY, "--max_steps=100000", f"--out_dir={out}"],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log_path = os.path.join(out, "log.jsonl")
+    deadline = time.time() + 120
+    while time.time() < deadline and not (os.path.exists(log_path) and os.path.getsize(log_path) > 0):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-2000:]
+    with open(os.path.join(out, "resume", "meta.json")) as f:
+        stopped_at = json.load(f)["step"]
+    assert 1 <= stopped_at < 100000 and read_log(out)[-1]["step"] == stopped_at
