@@ -432,7 +432,13 @@ def load_tokenizer(name_or_path, cfg=None):
     from transformers import AutoTokenizer
     ckpt_dir = resolve_checkpoint_dir(name_or_path)
     cfg = cfg or config_from_release(read_release_config(ckpt_dir))
-    tok = AutoTokenizer.from_pretrained(ckpt_dir, trust_remote_code=True)
+    from transformers.utils import logging as hf_logging
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # AutoTokenizer reads config.json and warns that it knows no 'llada'
+    try:
+        tok = AutoTokenizer.from_pretrained(ckpt_dir, trust_remote_code=True)
+    finally:
+        hf_logging.set_verbosity(verbosity)
     tok.mask_token = tok.convert_ids_to_tokens(cfg.mask_token_id)
     if tok.pad_token_id is None:
         tok.pad_token = tok.convert_ids_to_tokens(cfg.eos_token_id)

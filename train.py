@@ -6,12 +6,11 @@ DLLM-JEPA fine-tuning, a hand-written torchrun FSDP2 loop.
 
 Configuration: the constants below, overridden by a preset (--preset aggressive | wide-t | tiny), then by
 an optional config file (--config file.json or a .py of assignments), then by flags (--key=value or
---key value), in that order. Outputs in out_dir: log.jsonl, final/ (the model in its release's own layout,
+--key value), in that order. Outputs in out_dir: train_config.json, log.jsonl, final/ (the model in its release's own layout,
 loadable by evaluate.py, probe.py and the release's code), base/ (the initial weights, when they were
 randomly initialised) and resume/ (a resumable state, every save_every steps and on SIGTERM).
 """
 
-import ast
 import json
 import math
 import os
@@ -28,6 +27,7 @@ import torch.nn as nn
 import data
 import jepa
 import model as modellib
+from configurator import ConfigError, configure as apply_settings, setting_keys
 
 # -----------------------------------------------------------------------------
 # configuration (the paper's aggressive setting, §4.1 and A.10)
@@ -77,115 +77,15 @@ PRESETS = {
                  ema_decay=0.99, log_every=10, save_every=0, seed=0, out_dir="out-tiny"),
 }
 CHOICES = {"task": tuple(data.TASKS), "chat": ("auto", "true", "false"), "dtype": ("bfloat16", "float32"),
-           "device": ("auto", "cuda", "cpu"), "preset": ("",) + tuple(PRESETS)}
-KEYS = [k for k, v in list(globals().items()) if not k.startswith("_") and isinstance(v, (int, float, bool, str))
-        and k not in ("PRESETS", "CHOICES")]
-
-
-class ConfigError(ValueError):
-    pass
-
-
-TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
-
-
-def parse_value(key, text):
-    default = globals()[key]
-    if isinstance(default, bool):
-        if str(text).lower() in ("1", "true", "yes"):
-            return True
-        if str(text).lower() in ("0", "false", "no"):
-            return False
-        raise ConfigError(f"--{key} expects true or false, got {text!r}")
-    if isinstance(default, (int, float)):
-        try:
-            value = ast.literal_eval(str(text))
-        except (ValueError, SyntaxError):
-            raise ConfigError(f"--{key} expects {TYPE_WORDS[type(default)]}, got {text!r}") from None
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or \
-                (isinstance(default, int) and not isinstance(value, int)):
-            raise ConfigError(f"--{key} expects {TYPE_WORDS[type(default)]}, got {text!r}")
-        return type(default)(value)
-    return str(text)
-
-
-def coerce(key, value):
-    """A flag's text or a config file's literal, checked against the type of the constant's default."""
-    default = globals()[key]
-    if isinstance(value, str):
-        return parse_value(key, value)
-    if isinstance(default, bool) and isinstance(value, bool):
-        return value
-    if isinstance(default, float) and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if type(default) is int and type(value) is int:
-        return value
-    raise ConfigError(f"{key} expects {TYPE_WORDS[type(default)]}, got {value!r}")
-
-
-def parse_args(argv):
-    """--key=value and --key value pairs, in order."""
-    pairs, i = [], 0
-    while i < len(argv):
-        arg = argv[i]
-        if not arg.startswith("--"):
-            raise ConfigError(f"unexpected argument {arg!r}: flags are --key=value or --key value")
-        if "=" in arg:
-            key, value = arg[2:].split("=", 1)
-            i += 1
-        else:
-            key = arg[2:]
-            if i + 1 >= len(argv) or argv[i + 1].startswith("--"):
-                if key in globals() and isinstance(globals()[key], bool):  # a bare boolean flag
-                    pairs.append((key.replace("-", "_"), "true"))
-                    i += 1
-                    continue
-                raise ConfigError(f"--{key} needs a value")
-            value = argv[i + 1]
-            i += 2
-        pairs.append((key.replace("-", "_"), value))
-    return pairs
-
-
-def read_config_file(path):
-    if not os.path.exists(path):
-        raise ConfigError(f"config file {path} does not exist")
-    with open(path) as f:
-        text = f.read()
-    if path.endswith(".json"):
-        return list(json.loads(text).items())
-    out = []  # a .py of plain assignments, nanoGPT style (literals only: nothing is executed)
-    for node in ast.parse(text).body:
-        if not (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)):
-            raise ConfigError(f"{path}: only 'key = literal' lines are allowed")
-        out.append((node.targets[0].id, ast.literal_eval(node.value)))
-    return out
+           "device": ("auto", "cuda", "cpu")}
+KEYS = setting_keys(globals())
 
 
 def configure(argv):
     """Apply preset, config file and flags to the module constants; validate before anything is loaded."""
-    flags = parse_args(argv)
-    g = globals()
-    for key, _ in flags:
-        if key not in KEYS:
-            raise ConfigError(f"unknown setting --{key}; settings: {', '.join(KEYS)}")
-    layers = []
-    preset_name = dict(flags).get("preset", g["preset"])
-    if preset_name:
-        if preset_name not in PRESETS:
-            raise ConfigError(f"unknown preset {preset_name!r}; presets: {', '.join(PRESETS)}")
-        layers.append(list(PRESETS[preset_name].items()))
-    config_path = dict(flags).get("config", g["config"])
-    if config_path:
-        layers.append(read_config_file(config_path))
-    layers.append(flags)
-    for layer in layers:
-        for key, value in layer:
-            if key not in KEYS:
-                raise ConfigError(f"unknown setting {key!r}; settings: {', '.join(KEYS)}")
-            g[key] = coerce(key, value)
+    cfg = apply_settings(globals(), KEYS, argv, PRESETS)
     validate()
-    return {k: g[k] for k in KEYS}
+    return cfg
 
 
 def validate():
@@ -380,7 +280,7 @@ def main(argv):
     os.makedirs(out_dir, exist_ok=True)
     log_file = open(os.path.join(out_dir, "log.jsonl"), "a") if master else None
     if master:
-        with open(os.path.join(out_dir, "config.json"), "w") as f:
+        with open(os.path.join(out_dir, "train_config.json"), "w") as f:
             json.dump(cfg, f, indent=2)
     try:
         from tqdm import tqdm

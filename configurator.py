@@ -1,0 +1,117 @@
+"""
+Settings for the scripts, nanoGPT style: each script keeps its settings as module-level constants and calls
+configure(globals(), keys, argv, presets). A preset (--preset NAME), then a config file (--config FILE:
+.json, or a .py of 'key = literal' lines, read without executing anything), then flags override the
+constants, in that order. Flags work as --key=value and --key value; each value is checked against the
+type of the constant's default.
+"""
+
+import ast
+import json
+import os
+
+
+class ConfigError(ValueError):
+    pass
+
+
+TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
+def parse_value(key, text, default):
+    if isinstance(default, bool):
+        if str(text).lower() in ("1", "true", "yes"):
+            return True
+        if str(text).lower() in ("0", "false", "no"):
+            return False
+        raise ConfigError(f"--{key} expects true or false, got {text!r}")
+    if isinstance(default, (int, float)):
+        try:
+            value = ast.literal_eval(str(text))
+        except (ValueError, SyntaxError):
+            raise ConfigError(f"--{key} expects {TYPE_WORDS[type(default)]}, got {text!r}") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+                (isinstance(default, int) and not isinstance(value, int)):
+            raise ConfigError(f"--{key} expects {TYPE_WORDS[type(default)]}, got {text!r}")
+        return type(default)(value)
+    return str(text)
+
+
+def coerce(key, value, default):
+    """A flag's text or a config file's literal, checked against the type of the default."""
+    if isinstance(value, str):
+        return parse_value(key, value, default)
+    if isinstance(default, bool) and isinstance(value, bool):
+        return value
+    if isinstance(default, float) and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if type(default) is int and type(value) is int:
+        return value
+    raise ConfigError(f"{key} expects {TYPE_WORDS[type(default)]}, got {value!r}")
+
+
+def parse_args(argv, settings):
+    """--key=value and --key value pairs, in order; a bare --flag sets a boolean setting to true."""
+    pairs, i = [], 0
+    while i < len(argv):
+        arg = argv[i]
+        if not arg.startswith("--"):
+            raise ConfigError(f"unexpected argument {arg!r}: flags are --key=value or --key value")
+        if "=" in arg:
+            key, value = arg[2:].split("=", 1)
+            i += 1
+        elif i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+            key, value = arg[2:], argv[i + 1]
+            i += 2
+        elif isinstance(settings.get(arg[2:].replace("-", "_")), bool):
+            key, value = arg[2:], "true"
+            i += 1
+        else:
+            raise ConfigError(f"--{arg[2:]} needs a value")
+        pairs.append((key.replace("-", "_"), value))
+    return pairs
+
+
+def read_config_file(path):
+    if not os.path.exists(path):
+        raise ConfigError(f"config file {path} does not exist")
+    with open(path) as f:
+        text = f.read()
+    if path.endswith(".json"):
+        return list(json.loads(text).items())
+    out = []
+    for node in ast.parse(text).body:
+        if not (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)):
+            raise ConfigError(f"{path}: only 'key = literal' lines are allowed")
+        out.append((node.targets[0].id, ast.literal_eval(node.value)))
+    return out
+
+
+def configure(settings, keys, argv, presets=None):
+    """Override settings[key] for key in keys from --preset, --config and flags. Returns the final values."""
+    flags = parse_args(argv, settings)
+    for key, _ in flags:
+        if key not in keys:
+            raise ConfigError(f"unknown setting --{key}; settings: {', '.join(keys)}")
+    layers = []
+    preset = dict(flags).get("preset", settings.get("preset", ""))
+    if preset:
+        if not presets or preset not in presets:
+            raise ConfigError(f"unknown preset {preset!r}; presets: {', '.join(presets or {})}")
+        layers.append(list(presets[preset].items()))
+    config_path = dict(flags).get("config", settings.get("config", ""))
+    if config_path:
+        layers.append(read_config_file(config_path))
+    layers.append(flags)
+    for layer in layers:
+        for key, value in layer:
+            if key not in keys:
+                raise ConfigError(f"unknown setting {key!r}; settings: {', '.join(keys)}")
+            settings[key] = coerce(key, value, settings[key])
+    return {k: settings[k] for k in keys}
+
+
+def setting_keys(settings, exclude=()):
+    """The names of a module's settings: its public int, float, bool and str constants."""
+    return [k for k, v in settings.items() if not k.startswith("_") and k not in exclude
+            and isinstance(v, (int, float, bool, str)) and not k.isupper()]
