@@ -13,7 +13,6 @@ gen_length mask tokens, filled block by block, left to right; each block gets st
 each step commits the most confident predictions of the block's still-masked positions.
 """
 
-import glob
 import json
 import math
 import os
@@ -662,13 +661,6 @@ def summarize(records):
 # the command
 
 
-def resolve_model_dir(path):
-    """A train.py output directory means its final/ model; anything else is a checkpoint or a hub id."""
-    if os.path.isdir(os.path.join(path, "final")) and not glob.glob(os.path.join(path, "*.safetensors")):
-        return os.path.join(path, "final")
-    return path
-
-
 def main(argv):
     cfg = configure(globals(), KEYS, argv)
     if task not in data.TASKS:
@@ -686,8 +678,7 @@ def main(argv):
         torch.cuda.set_device(dev)
     master = rank == 0
 
-    model_dir = resolve_model_dir(checkpoint)
-    ckpt_dir = modellib.resolve_checkpoint_dir(model_dir)
+    ckpt_dir = modellib.resolve_checkpoint_dir(checkpoint)
     model = modellib.from_pretrained(ckpt_dir, dtype=torch.bfloat16 if (use_cuda and dtype == "bfloat16")
                                      else torch.float32, device=dev).eval()
     tokenizer = modellib.load_tokenizer(ckpt_dir, model.cfg)
@@ -724,7 +715,7 @@ def main(argv):
         dist.all_gather_object(gathered, records)
         records = sorted((r for part in gathered for r in part), key=lambda r: r["index"])
     if master:
-        target_dir = out_dir or (model_dir if os.path.isdir(model_dir) else "eval")
+        target_dir = out_dir or (ckpt_dir if os.path.isdir(checkpoint) else "eval")
         os.makedirs(target_dir, exist_ok=True)
         stem = os.path.join(target_dir, f"{task}-{shots}shot")
         with open(stem + ".jsonl", "w") as f:

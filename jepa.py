@@ -42,11 +42,15 @@ def mask_view(input_ids, maskable, t, mask_token_id, noise):
 
 
 def view_noise(example_ids, length, seed, max_len):
-    """(2, B, length) uniforms for the context and target views, a pure function of (seed, example id):
-    an example gets the same views whatever batch, rank, padding length or resume point it lands in, so a
-    2-process run reproduces a 1-process run and a resumed run needs no generator state. Drawn on the CPU."""
-    rows = [torch.rand(2, max_len, generator=torch.Generator().manual_seed(seed * 1_000_003 + int(i)))[:, :length]
-            for i in example_ids]
+    """(3, B, length) uniforms, a pure function of (seed, example id): rows 0 and 1 are the context and
+    target views' noise, row 2 holds in column 0 a per-example draw for a random context rate (see
+    objective). An example gets the same views whatever batch, rank, padding length or resume point it
+    lands in, so a 2-process run reproduces a 1-process run and a resumed run needs no generator state."""
+    rows = []
+    for i in example_ids:
+        g = torch.Generator().manual_seed(seed * 1_000_003 + int(i))
+        rows.append(torch.cat([torch.rand(2, max_len, generator=g)[:, :length],
+                               torch.rand(1, 1, generator=g).expand(1, length)]))
     return torch.stack(rows, dim=1)
 
 
@@ -159,15 +163,20 @@ class StepResult(NamedTuple):
 
 
 def objective(model, batch, mask_token_id, *, t_low=T_LOW, t_high=T_HIGH, jepa_weight=JEPA_WEIGHT,
-              predictor=None, target_encoder=None, noise=None, generator=None):
+              predictor=None, target_encoder=None, noise=None, generator=None, random_context_rate=False):
     """One DLLM-JEPA loss on a batch: exactly one gradient-carrying forward of the online model on the
     context view, and, when jepa_weight > 0, one no-grad forward of the EMA target on the target view.
     batch: input_ids (B, T), maskable (B, T) bool, padding (B, T) bool (True after the response's first EOS).
-    noise: (2, B, T) uniforms for the two views (view_noise), else drawn from `generator` on the CPU.
-    Symmetric views (the ablation) are t_high == t_low: two independent draws at the same rate."""
+    noise: (3, B, T) uniforms (view_noise), else drawn from `generator` on the CPU.
+    Symmetric views (the ablation) are t_high == t_low: two independent draws at the same rate.
+    random_context_rate: each sequence's context rate is drawn from U(0, 1] instead of the fixed t_low, as
+    in LLaDA's own objective (eq. 2's expectation over t). Not the paper's setting (fixed t_L); the tiny
+    preset, trained from scratch, needs it to learn to generate from a fully masked canvas."""
     input_ids, maskable, padding = batch["input_ids"], batch["maskable"], batch["padding"]
     if noise is None:
-        noise = torch.rand((2, *input_ids.shape), generator=generator)
+        noise = torch.rand((3, *input_ids.shape), generator=generator)
+    if random_context_rate:
+        t_low = (1.0 - noise[2][:, :1]).to(input_ids.device)  # (B, 1), in (0, 1]
     context_view, context_masked = mask_view(input_ids, maskable, t_low, mask_token_id, noise[0])
     out = model(context_view, logits_at=context_masked)
     l_diff = diffusion_loss(out.logits, input_ids[context_masked], context_masked)

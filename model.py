@@ -342,8 +342,12 @@ def release_config(cfg, dtype):
 
 
 def resolve_checkpoint_dir(name_or_path):
-    """A local directory as is; otherwise a hub id, downloaded (weights, configs, tokenizer, remote code)."""
+    """A checkpoint directory as is; a train.py output directory means its final/ model; otherwise a hub
+    id, downloaded (weights, configs, tokenizer, remote code)."""
     if os.path.isdir(name_or_path):
+        final = os.path.join(name_or_path, "final")
+        if os.path.isdir(final) and not glob.glob(os.path.join(name_or_path, "*.safetensors")):
+            return final
         return name_or_path
     if os.path.exists(name_or_path):
         raise ValueError(f"{name_or_path} is a file; expected a checkpoint directory or a hub id")

@@ -55,11 +55,13 @@ def test_masking_rate_and_prompt_never_masked(t):
 
 def test_view_noise_depends_only_on_seed_and_example():
     a = J.view_noise([5, 9], 30, seed=3, max_len=64)
-    assert a.shape == (2, 2, 30) and (a >= 0).all() and (a < 1).all()
+    assert a.shape == (3, 2, 30) and (a >= 0).all() and (a < 1).all()
+    assert (a[2] == a[2][:, :1]).all()  # one rate draw per example
     # the same example in another batch, at another position, with another padding length
     b = J.view_noise([9, 1, 5], 40, seed=3, max_len=64)
     assert torch.equal(a[:, 0], b[:, 2, :30]) and torch.equal(a[:, 1], b[:, 0, :30])
     assert not torch.equal(a[0], a[1])  # context and target noise are independent
+    assert torch.equal(a[:, 0], J.view_noise([5], 30, seed=3, max_len=64)[:, 0])
     assert not torch.equal(J.view_noise([5], 30, seed=4, max_len=64)[:, 0], a[:, 0])
 
 
@@ -258,3 +260,23 @@ def test_full_step_on_tiny_model(layout, k):
     moved_t = sum((a - b).abs().sum() for a, b in zip(target_before, target.parameters()))
     moved_o = sum((a - b).abs().sum() for a, b in zip(online_before, online.parameters()))
     assert 0 < moved_t < 0.02 * moved_o
+
+
+def test_random_context_rate_varies_per_sequence(monkeypatch):
+    online, target, predictor = make_parts()
+    batch = make_batch(B=4, T=200, prompt_lengths=(2, 2, 2, 2), response_lengths=(190, 190, 190, 190))
+    noise = torch.rand(3, 4, 200, generator=torch.Generator().manual_seed(0))
+    noise[2] = torch.tensor([0.95, 0.7, 0.3, 0.05])[:, None]  # rates 1 - u: 0.05, 0.3, 0.7, 0.95
+    seen = []
+    real_mask_view = J.mask_view
+
+    def spy(*args):
+        out = real_mask_view(*args)
+        seen.append(out[1])
+        return out
+
+    monkeypatch.setattr(J, "mask_view", spy)
+    J.objective(online, batch, MASK, predictor=predictor, target_encoder=target, noise=noise, random_context_rate=True)
+    rates = seen[0][:, 2:].float().mean(1)
+    assert torch.allclose(rates, torch.tensor([0.05, 0.3, 0.7, 0.95]), atol=0.1)
+    assert torch.allclose(seen[1][:, 2:].float().mean(1), torch.full((4,), 0.7), atol=0.1)  # target stays t_high

@@ -1,0 +1,361 @@
+"""
+The paper's mechanism analysis (§4.3, §5, A.7; Tables 3, 4, 13; Fig. 2) as one command.
+
+  python probe.py --base out-tiny/base --checkpoints out-tiny --wikitext_dir ../shared/data/wikitext/wikitext-103-raw
+  torchrun --nproc_per_node 8 probe.py --base GSAI-ML/LLaDA-8B-Base --checkpoints out-jepa,out-baseline \
+      --names jepa,baseline --ratio jepa/baseline
+
+For each fine-tuned checkpoint against the base:
+  drift       per layer, 1 - cos(mean-pooled hidden state of base, of fine-tuned), averaged over the WikiText
+              samples; the early / middle / late thirds of the blocks and the mean over blocks; ratios
+              between named checkpoints (e.g. jepa / baseline, Fig. 2B and D)
+  forgetting  WikiText diffusion loss at 50% masking, identical masks for every checkpoint, minus the base's
+  collapse    for z_tL and z_tH (the checkpoint's own pooled embeddings of views masked at t_L and t_H):
+              mean per-dimension std, effective rank (sum s)^2 / sum s^2, cosine diversity 1 - mean |cos| over
+              5,000 random pairs (A.7, Table 13), for the base too
+  mmlu        accuracy on a 500-question stratified subset (8-9 per subject, fixed seed, the same items for
+              every model), from the prediction at one masked answer position over the four choice letters
+Writes <out_dir>/probe.json, prints a table, and plots per-layer drift to <out_dir>/drift.png when
+matplotlib is installed. Each rank takes its share of samples and questions; rank 0 gathers and writes.
+"""
+
+import json
+import os
+import random
+import sys
+
+import torch
+import torch.nn.functional as F
+
+import data
+import jepa
+import model as modellib
+from configurator import ConfigError, configure, setting_keys
+
+# -----------------------------------------------------------------------------
+# settings
+base = ""  # the pre-trained checkpoint (hub id, release directory or train.py output's base/)
+checkpoints = ""  # comma-separated fine-tuned checkpoints (train.py output directories work)
+names = ""  # comma-separated names for them; default: the paths
+ratio = ""  # comma-separated 'a/b' pairs of names: drift ratios (e.g. jepa/baseline)
+wikitext_dir = ""  # wiki.valid.raw; empty = the hub
+mmlu_dir = ""  # MMLU csv folders; empty = the hub; 'none' skips MMLU
+n_samples = 100  # WikiText samples (paper: 100)
+sample_len = 256  # tokens per sample; longer paragraphs are cut here (the count is reported)
+forgetting_rate = 0.5  # masking rate of the forgetting probe
+t_low = jepa.T_LOW  # the views of the collapse probe
+t_high = jepa.T_HIGH
+cos_pairs = 5000
+mmlu_questions = 500
+batch_size = 8
+seed = 0
+dtype = "bfloat16"  # on GPU; the CPU runs float32
+device = "auto"
+out_dir = "probe"
+KEYS = setting_keys(globals())
+
+MMLU_LETTERS = "ABCD"
+
+# -----------------------------------------------------------------------------
+# metrics
+
+
+def mean_pool(hidden, keep):
+    """Mean over kept positions, per sample: (B, T, D) -> (B, D), float32."""
+    keep = keep.to(torch.float32).unsqueeze(-1)
+    return (hidden.float() * keep).sum(1) / keep.sum(1).clamp(min=1.0)
+
+
+def drift(pooled_base, pooled_ft):
+    """1 - cos per layer, averaged over samples. Inputs (L, N, D) -> (L,)."""
+    return (1.0 - F.cosine_similarity(pooled_base.double(), pooled_ft.double(), dim=-1)).mean(dim=1)
+
+
+def regions(per_layer):
+    """Early / middle / late thirds of the blocks (hidden_states[1:]; [0] is the embedding) and the mean."""
+    blocks = per_layer[1:]
+    thirds = torch.tensor_split(blocks, 3)
+    return {"early": thirds[0].mean().item(), "middle": thirds[1].mean().item(), "late": thirds[2].mean().item(),
+            "mean": blocks.mean().item()}
+
+
+def effective_rank(z):
+    """(sum s)^2 / sum s^2 over the singular values of the (N, D) embedding matrix (A.7)."""
+    s = torch.linalg.svdvals(z.double())
+    return (s.sum() ** 2 / (s ** 2).sum()).item()
+
+
+def cosine_diversity(z, n_pairs, seed):
+    """1 - mean |cos(z_i, z_j)| over n_pairs random pairs i != j (fixed seed)."""
+    g = torch.Generator().manual_seed(seed)
+    i = torch.randint(0, z.shape[0], (n_pairs,), generator=g)
+    j = (i + torch.randint(1, z.shape[0], (n_pairs,), generator=g)) % z.shape[0]
+    return 1.0 - F.cosine_similarity(z[i].double(), z[j].double(), dim=-1).abs().mean().item()
+
+
+def collapse_stats(z, n_pairs, seed):
+    return {"std": z.double().std(dim=0).mean().item(), "effective_rank": effective_rank(z),
+            "cos_diversity": cosine_diversity(z, n_pairs, seed)}
+
+
+# -----------------------------------------------------------------------------
+# data
+
+
+def wikitext_samples(tokenizer, n, length, data_dir):
+    """The first n WikiText-103 validation paragraphs of at least 32 tokens, as token ids (BOS first where
+    the tokenizer has a distinct one), cut to `length` tokens. Returns (samples, number cut)."""
+    bos = tokenizer.bos_token_id
+    prefix = [bos] if bos is not None and bos != tokenizer.eos_token_id else []
+    samples, cut = [], 0
+    for text in data.load_wikitext(data_dir):
+        ids = prefix + tokenizer.encode(text, add_special_tokens=False)
+        if len(ids) < 32:
+            continue
+        cut += len(ids) > length
+        samples.append(ids[:length])
+        if len(samples) == n:
+            return samples, cut
+    raise ValueError(f"WikiText has only {len(samples)} paragraphs of 32+ tokens; {n} asked for")
+
+
+def mmlu_subset(questions, n, seed):
+    """A stratified subset: n // n_subjects per subject, one more for n % n_subjects subjects drawn with the
+    seed; items drawn with the seed. Deterministic, so every model sees the same items."""
+    by_subject = {}
+    for q in questions:
+        by_subject.setdefault(q["subject"], []).append(q)
+    subjects = sorted(by_subject)
+    rng = random.Random(seed)
+    per, extra = divmod(n, len(subjects))
+    plus_one = set(rng.sample(subjects, extra))
+    chosen = []
+    for s in subjects:
+        k = per + (s in plus_one)
+        if len(by_subject[s]) < k:
+            raise ValueError(f"MMLU subject {s} has {len(by_subject[s])} questions, {k} needed")
+        chosen += rng.sample(by_subject[s], k)
+    return chosen
+
+
+def mmlu_prompt(q):
+    choices = "".join(f"{letter}. {c}\n" for letter, c in zip(MMLU_LETTERS, q["choices"]))
+    subject = q["subject"].replace("_", " ")
+    return (f"The following are multiple choice questions (with answers) about {subject}.\n\n"
+            f"{q['question']}\n{choices}Answer:")
+
+
+def letter_ids(tokenizer):
+    """Token ids of the four answer letters as they follow 'Answer:', and whether the space goes with the
+    prompt: ' A' when that is one token (LLaDA's and Dream's BPE), else 'A' after a spaced prompt."""
+    spaced = [tokenizer.encode(" " + c, add_special_tokens=False) for c in MMLU_LETTERS]
+    if all(len(t) == 1 for t in spaced):
+        return [t[0] for t in spaced], False
+    bare = [tokenizer.encode(c, add_special_tokens=False) for c in MMLU_LETTERS]
+    if all(len(t) == 1 for t in bare):
+        return [t[0] for t in bare], True
+    raise ValueError("the tokenizer has no single-token answer letters")
+
+
+# -----------------------------------------------------------------------------
+# model passes
+
+
+def pad_batch(samples, pad_id, dev):
+    T = max(len(s) for s in samples)
+    ids = torch.full((len(samples), T), pad_id, dtype=torch.long)
+    real = torch.zeros(len(samples), T, dtype=torch.bool)
+    for b, s in enumerate(samples):
+        ids[b, :len(s)] = torch.tensor(s)
+        real[b, :len(s)] = True
+    return ids.to(dev), real.to(dev)
+
+
+@torch.no_grad()
+def wikitext_pass(model, samples, indices, batch):
+    """Per sample: pooled hidden states of every layer (L, N, D), the diffusion loss at forgetting_rate,
+    and the pooled z_tL, z_tH. Masks come from jepa.view_noise keyed by the sample's index, so every
+    checkpoint sees identical masks. Position 0 is never masked (Dream cannot predict it)."""
+    cfg = model.cfg
+    dev = next(model.parameters()).device
+    pooled, losses, z_low, z_high = [], [], [], []
+    for start in range(0, len(samples), batch):
+        chunk, idx = samples[start:start + batch], indices[start:start + batch]
+        ids, real = pad_batch(chunk, cfg.pad_token_id, dev)
+        out = model(ids, padding_mask=real, logits_at=torch.zeros_like(real), output_hidden_states=True)
+        pooled.append(torch.stack([mean_pool(h, real) for h in out.hidden_states]).cpu())
+        maskable = real.clone()
+        maskable[:, 0] = False
+        noise = jepa.view_noise(idx, ids.shape[1], seed, sample_len)
+        forget_view, forget_masked = jepa.mask_view(ids, maskable, forgetting_rate, cfg.mask_token_id, noise[0])
+        logits = model(forget_view, padding_mask=real, logits_at=forget_masked).logits
+        rows = forget_masked.nonzero()[:, 0]
+        token_loss = F.cross_entropy(logits.float(), ids[forget_masked], reduction="none")
+        per_row = torch.zeros(len(chunk), device=dev).index_add_(0, rows, token_loss) / \
+            forget_masked.sum(1).clamp(min=1)
+        losses.append(per_row.cpu())
+        noise2 = jepa.view_noise(idx, ids.shape[1], seed + 1, sample_len)  # views of the collapse probe
+        for t, noise_row, store in ((t_low, noise2[0], z_low), (t_high, noise2[1], z_high)):
+            view, masked = jepa.mask_view(ids, maskable, t, cfg.mask_token_id, noise_row)
+            hidden = model(view, padding_mask=real, logits_at=torch.zeros_like(real)).hidden
+            store.append(jepa.pool(hidden, real & ~masked).cpu())
+    return {"pooled": torch.cat(pooled, dim=1), "loss": torch.cat(losses), "z_low": torch.cat(z_low),
+            "z_high": torch.cat(z_high)}
+
+
+@torch.no_grad()
+def mmlu_pass(model, tokenizer, questions, batch):
+    """1 where the most likely of the four letters at the masked answer position is the gold one."""
+    cfg = model.cfg
+    dev = next(model.parameters()).device
+    letters, space_in_prompt = letter_ids(tokenizer)
+    bos = tokenizer.bos_token_id
+    prefix = [bos] if bos is not None and bos != tokenizer.eos_token_id else []
+    correct = []
+    for start in range(0, len(questions), batch):
+        chunk = questions[start:start + batch]
+        prompts = [prefix + tokenizer.encode(mmlu_prompt(q) + (" " if space_in_prompt else ""),
+                                             add_special_tokens=False) + [cfg.mask_token_id] for q in chunk]
+        ids, real = pad_batch(prompts, cfg.pad_token_id, dev)
+        at = torch.zeros_like(real)
+        at[torch.arange(len(chunk)), torch.tensor([len(p) - 1 for p in prompts])] = True
+        logits = model(ids, padding_mask=real, logits_at=at).logits[:, letters]
+        correct += (logits.argmax(-1).cpu() == torch.tensor([q["answer"] for q in chunk])).float().tolist()
+    return correct
+
+
+# -----------------------------------------------------------------------------
+# the command
+
+
+def gather(obj, world):
+    if world == 1:
+        return [obj]
+    import torch.distributed as dist
+    out = [None] * world
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def main(argv):
+    cfg = configure(globals(), KEYS, argv)
+    paths = [p for p in checkpoints.split(",") if p]
+    labels = [n for n in names.split(",") if n] or paths
+    if not base or not paths:
+        raise ConfigError("need --base and --checkpoints (comma-separated)")
+    if len(labels) != len(paths):
+        raise ConfigError(f"{len(labels)} names for {len(paths)} checkpoints")
+    pairs = [r.split("/") for r in ratio.split(",") if r]
+    for pair in pairs:
+        if len(pair) != 2 or not set(pair) <= set(labels):
+            raise ConfigError(f"--ratio pairs are name/name over {labels}; got {'/'.join(pair)}")
+    import torch.distributed as dist
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    if world > 1:
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    rank = dist.get_rank() if world > 1 else 0
+    dev = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if use_cuda else "cpu")
+    model_dtype = torch.bfloat16 if (use_cuda and dtype == "bfloat16") else torch.float32
+    master = rank == 0
+
+    base_dir = modellib.resolve_checkpoint_dir(base)
+    tokenizer = modellib.load_tokenizer(base_dir)
+    samples, cut = wikitext_samples(tokenizer, n_samples, sample_len, wikitext_dir or None)
+    questions = [] if mmlu_dir == "none" else mmlu_subset(data.load_mmlu("test", mmlu_dir or None), mmlu_questions, seed)
+    my_samples = list(range(rank, len(samples), world))
+    my_questions = list(range(rank, len(questions), world))
+
+    results = {}
+    from tqdm import tqdm
+    for label, path in tqdm([("base", base)] + list(zip(labels, paths)), disable=not master, desc="checkpoints"):
+        model = modellib.from_pretrained(modellib.resolve_checkpoint_dir(path), dtype=model_dtype, device=dev).eval()
+        wt = wikitext_pass(model, [samples[i] for i in my_samples], my_samples, batch_size)
+        mm = mmlu_pass(model, tokenizer, [questions[i] for i in my_questions], batch_size)
+        del model
+        parts = gather((my_samples, wt, my_questions, mm), world)
+        order = torch.tensor([i for p in parts for i in p[0]]).argsort()
+        results[label] = {
+            "pooled": torch.cat([p[1]["pooled"] for p in parts], dim=1)[:, order],
+            "loss": torch.cat([p[1]["loss"] for p in parts])[order],
+            "z_low": torch.cat([p[1]["z_low"] for p in parts])[order],
+            "z_high": torch.cat([p[1]["z_high"] for p in parts])[order],
+            "mmlu": [c for p in parts for c in p[3]],
+        }
+    if world > 1:
+        dist.destroy_process_group()
+    if not master:
+        return
+
+    report = {"config": cfg, "n_samples": len(samples), "samples_cut_to_sample_len": cut,
+              "mmlu_questions": len(questions), "checkpoints": {}}
+    base_res = results["base"]
+    for label in ["base"] + labels:
+        res = results[label]
+        entry = {"wikitext_loss": res["loss"].mean().item(),
+                 "collapse": {"z_tL": collapse_stats(res["z_low"], cos_pairs, seed),
+                              "z_tH": collapse_stats(res["z_high"], cos_pairs, seed)}}
+        if questions:
+            entry["mmlu"] = sum(res["mmlu"]) / len(res["mmlu"])
+        if label != "base":
+            per_layer = drift(base_res["pooled"], res["pooled"])
+            entry["drift_per_layer"] = per_layer.tolist()
+            entry["drift"] = regions(per_layer)
+            entry["forgetting"] = entry["wikitext_loss"] - report["checkpoints"]["base"]["wikitext_loss"]
+        report["checkpoints"][label] = entry
+    report["drift_ratios"] = {}
+    for a, b in pairs:
+        da, db = report["checkpoints"][a]["drift"], report["checkpoints"][b]["drift"]
+        # None where the denominator's drift is zero up to rounding (identical checkpoints)
+        report["drift_ratios"][f"{a}/{b}"] = {k: da[k] / db[k] if abs(db[k]) > 1e-9 else None for k in da}
+
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "probe.json"), "w") as f:
+        json.dump(report, f, indent=2)
+    print_table(report)
+    plot_drift(report, os.path.join(out_dir, "drift.png"))
+    print(f"wrote {os.path.join(out_dir, 'probe.json')}")
+
+
+def print_table(report):
+    rows = [("checkpoint", "wikitext", "forget", "drift", "early", "middle", "late", "rank zL", "rank zH", "cosdiv zL",
+             "mmlu")]
+    for label, e in report["checkpoints"].items():
+        d = e.get("drift", {})
+        rows.append((label, f"{e['wikitext_loss']:.4f}", f"{e.get('forgetting', 0.0):+.4f}",
+                     *(f"{d[k]:.4f}" if d else "-" for k in ("mean", "early", "middle", "late")),
+                     f"{e['collapse']['z_tL']['effective_rank']:.1f}", f"{e['collapse']['z_tH']['effective_rank']:.1f}",
+                     f"{e['collapse']['z_tL']['cos_diversity']:.3f}", f"{e['mmlu']:.3f}" if "mmlu" in e else "-"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)))
+    for name, r in report["drift_ratios"].items():
+        print(f"drift ratio {name}: " + ", ".join(f"{k} {v:.2f}" if v is not None else f"{k} -" for k, v in r.items()))
+
+
+def plot_drift(report, path):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for label, e in report["checkpoints"].items():
+        if "drift_per_layer" in e:
+            ax.plot(range(len(e["drift_per_layer"])), e["drift_per_layer"], marker="o", ms=3, label=label)
+    ax.set_xlabel("layer (0 = embeddings)")
+    ax.set_ylabel("1 - cos(base, fine-tuned)")
+    ax.set_title("Per-layer drift from the base (WikiText)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    try:
+        main(sys.argv[1:])
+    except ConfigError as e:
+        print(f"probe.py: {e}", file=sys.stderr)
+        sys.exit(2)

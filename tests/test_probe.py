@@ -1,0 +1,176 @@
+"""probe.py: drift, effective rank, cosine diversity, forgetting masks, the MMLU subset, and the command
+end to end on tiny checkpoints."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import data as D
+import model as M
+import probe as P
+
+SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return D.train_tiny_tokenizer(D.tiny_tokenizer_texts())
+
+
+def tiny_pair(perturb, seed=0):
+    torch.manual_seed(seed)
+    base = M.Transformer(M.PRESETS["tiny"]).eval()
+    ft = M.Transformer(M.PRESETS["tiny"]).eval()
+    ft.load_state_dict(base.state_dict())
+    with torch.no_grad():
+        for p in ft.parameters():
+            p.add_(perturb * torch.randn_like(p))
+    return base, ft
+
+
+def samples(n=6):
+    g = torch.Generator().manual_seed(0)
+    return [torch.randint(3, 500, (int(torch.randint(40, 60, (1,), generator=g)),), generator=g).tolist()
+            for _ in range(n)]
+
+
+def test_drift_zero_for_identical_and_grows_with_perturbation():
+    s = samples()
+    drifts = []
+    for eps in (0.0, 0.01, 0.05):
+        base, ft = tiny_pair(eps)
+        a, b = P.wikitext_pass(base, s, list(range(len(s))), 4), P.wikitext_pass(ft, s, list(range(len(s))), 4)
+        per_layer = P.drift(a["pooled"], b["pooled"])
+        assert per_layer.shape == (M.PRESETS["tiny"].n_layers + 1,)
+        drifts.append(P.regions(per_layer)["mean"])
+    assert abs(drifts[0]) < 1e-6
+    assert 0 < drifts[1] < drifts[2]
+
+
+def test_regions_split_blocks_in_thirds():
+    per_layer = torch.tensor([9.0, 1, 1, 2, 2, 3, 3])  # [0] is the embedding layer, excluded
+    assert P.regions(per_layer) == {"early": 1.0, "middle": 2.0, "late": 3.0, "mean": 2.0}
+
+
+def test_effective_rank():
+    torch.manual_seed(0)
+    d = 32
+    iso = torch.randn(20000, d)
+    assert d * 0.95 < P.effective_rank(iso) <= d
+    rank_one = torch.randn(500, 1) * torch.randn(1, d)
+    assert P.effective_rank(rank_one) == pytest.approx(1.0, abs=1e-6)
+    two = torch.zeros(100, d)
+    two[:50, 0], two[50:, 1] = 1.0, 1.0  # two orthogonal directions, equal energy
+    assert P.effective_rank(two) == pytest.approx(2.0, abs=1e-9)
+
+
+def test_cosine_diversity_and_std():
+    same = torch.randn(1, 16).repeat(50, 1)
+    assert P.cosine_diversity(same, 5000, 0) == pytest.approx(0.0, abs=1e-9)
+    basis = torch.eye(16)
+    assert P.cosine_diversity(basis, 5000, 0) == pytest.approx(1.0)
+    stats = P.collapse_stats(torch.randn(4000, 8) * 2, 5000, 0)
+    assert stats["std"] == pytest.approx(2.0, rel=0.05)
+
+
+def test_forgetting_masks_identical_across_checkpoints(monkeypatch):
+    s = samples()
+    seen = []
+    real_mask_view = P.jepa.mask_view
+
+    def spy(ids, maskable, t, mask_id, noise):
+        out = real_mask_view(ids, maskable, t, mask_id, noise)
+        if t == P.forgetting_rate:
+            seen.append(out[1].clone())
+        return out
+
+    monkeypatch.setattr(P.jepa, "mask_view", spy)
+    base, ft = tiny_pair(0.05)
+    P.wikitext_pass(base, s, list(range(6)), 4)
+    first = list(seen)
+    seen.clear()
+    P.wikitext_pass(ft, s, list(range(6)), 3)  # other model, other batching: the same masks
+    masks_a = [m[r, :len(s[i])] for i, (m, r) in enumerate((first[k // 4], k % 4) for k in range(6))]
+    masks_b = [m[r, :len(s[i])] for i, (m, r) in enumerate((seen[k // 3], k % 3) for k in range(6))]
+    for a, b in zip(masks_a, masks_b):
+        assert torch.equal(a, b)
+        assert not a[0]  # position 0 is never masked
+        assert 0.3 < a.float().mean() < 0.7
+
+
+def fake_mmlu():
+    return [{"subject": f"s{k:02d}", "question": f"q{k}-{i}", "choices": ["a", "b", "c", "d"], "answer": i % 4}
+            for k in range(57) for i in range(12)]
+
+
+def test_mmlu_subset_stratified_and_stable():
+    qs = fake_mmlu()
+    subset = P.mmlu_subset(qs, 500, seed=0)
+    assert len(subset) == 500
+    counts = {}
+    for q in subset:
+        counts[q["subject"]] = counts.get(q["subject"], 0) + 1
+    assert len(counts) == 57 and set(counts.values()) == {8, 9} and sum(v == 9 for v in counts.values()) == 44
+    assert P.mmlu_subset(qs, 500, seed=0) == subset
+    assert len({q["question"] for q in subset}) == 500
+
+
+@pytest.mark.skipif(not os.path.isdir(SHARED), reason="../shared/data (the real MMLU files) is not beside this checkout")
+def test_mmlu_subset_on_real_files():
+    qs = D.load_mmlu("test", os.path.join(SHARED, "mmlu"))
+    subset = P.mmlu_subset(qs, 500, seed=0)
+    counts = {}
+    for q in subset:
+        counts[q["subject"]] = counts.get(q["subject"], 0) + 1
+    assert len(counts) == 57 and set(counts.values()) == {8, 9}
+    assert [q["question"] for q in P.mmlu_subset(D.load_mmlu("test", os.path.join(SHARED, "mmlu")), 500, 0)] == \
+        [q["question"] for q in subset]
+
+
+def test_mmlu_pass_scores_the_letter_at_the_masked_position(tok):
+    torch.manual_seed(0)
+    model = M.Transformer(M.PRESETS["tiny"]).eval()
+    letters, spaced = P.letter_ids(tok)
+    qs = fake_mmlu()[:4]
+    # make the model always prefer 'C' at every position: only questions with answer 2 are right
+    with torch.no_grad():
+        model.lm_head.weight.zero_()
+        model.lm_head.weight[letters[2]] = 1.0
+        model.norm.weight.fill_(1.0)
+    got = P.mmlu_pass(model, tok, qs, batch=3)
+    assert got == [float(q["answer"] == 2) for q in qs]
+
+
+def test_probe_command_on_tiny_checkpoints(tmp_path, tok):
+    base, ft = tiny_pair(0.02)
+    base.save_pretrained(str(tmp_path / "base"), tokenizer=tok)
+    ft.save_pretrained(str(tmp_path / "run" / "final"), tokenizer=tok)  # a train.py output directory
+    base.save_pretrained(str(tmp_path / "same"), tokenizer=tok)
+    wt = tmp_path / "wikitext"
+    wt.mkdir()
+    (wt / "wiki.valid.raw").write_text("".join(f" = T{i} = \n{' lines containing a number' * 12} {i} .\n"
+                                               for i in range(12)))
+    mm = tmp_path / "mmlu" / "test"
+    mm.mkdir(parents=True)
+    for k in range(3):
+        (mm / f"sub{k}_test.csv").write_text("question,choice0,choice1,choice2,choice3,answer\n" +
+                                             "".join(f"q{i},a,b,c,d,{i % 4}\n" for i in range(5)))
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "probe.py", f"--base={tmp_path / 'base'}",
+                           f"--checkpoints={tmp_path / 'run'},{tmp_path / 'same'}", "--names=ft,same",
+                           "--ratio=ft/same", f"--wikitext_dir={wt}", f"--mmlu_dir={tmp_path / 'mmlu'}",
+                           "--n_samples=10", "--mmlu_questions=12", "--cos_pairs=200", f"--out_dir={out}"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.load(open(out / "probe.json"))
+    same, ft_entry = report["checkpoints"]["same"], report["checkpoints"]["ft"]
+    assert same["drift"]["mean"] == pytest.approx(0.0, abs=1e-6) and same["forgetting"] == pytest.approx(0.0, abs=1e-6)
+    assert ft_entry["drift"]["mean"] > 0 and len(ft_entry["drift_per_layer"]) == M.PRESETS["tiny"].n_layers + 1
+    assert report["drift_ratios"]["ft/same"]["mean"] is None  # the denominator does not drift
+    assert report["mmlu_questions"] == 12 and 0 <= ft_entry["mmlu"] <= 1
+    assert "checkpoint" in proc.stdout and "drift ratio ft/same" in proc.stdout
