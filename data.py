@@ -46,7 +46,7 @@ TASKS = {
     "django": dict(instruction="Convert pseudo-code to Python.", input_label="Pseudo-code", output_label="Python",
                    hub=None, gen_length=512),
     "tiny-regex": dict(instruction="Convert natural language to regular expression.", input_label="Description",
-                       output_label="Regex", hub=None, gen_length=32),
+                       output_label="Regex", hub=None, gen_length=16),  # answers are at most 12 tokens
 }
 SPLIT_SEED = 0  # the seeded splits (NL-RX from raw files, tiny-regex)
 SHOT_SEED = 1234  # k-shot exemplars

@@ -75,7 +75,7 @@ PRESETS = {
     "wide-t": dict(t_low=0.1, t_high=0.9, lr=1.4e-6),  # the preservation experiment (§4.3)
     "tiny": dict(task="tiny-regex", model="tiny", device="cpu", dtype="float32", max_len=128, lr=2e-3,
                  random_context_rate=True,
-                 batch_size=16, grad_accum=1, epochs=12, activation_checkpointing=False, predictor_layers=2,
+                 batch_size=16, grad_accum=1, epochs=30, activation_checkpointing=False, predictor_layers=2,
                  ema_decay=0.99, log_every=10, save_every=0, seed=0, out_dir="out-tiny"),
 }
 CHOICES = {"task": tuple(data.TASKS), "chat": ("auto", "true", "false"), "dtype": ("bfloat16", "float32"),

@@ -1,0 +1,253 @@
+"""
+Speed and memory of the training step and of the sampler, side by side.
+
+  python bench.py                                   # tiny preset, CPU
+  python bench.py --model=1b --device=cuda --dtype=bfloat16 --batch_size=4 --seq_len=1024
+
+Training step, same model, batch and sequence length, each variant in its own process (clean peak memory):
+  baseline   the diffusion loss alone (lambda = 0): 1 forward + 1 backward            = 3F (Table 1)
+  jepa       DLLM-JEPA: the context view with gradient, the target view no-grad (EMA) = 4F
+  two_grad   both views through the online model with gradient (LLM-JEPA's cost)    = 6F
+Reported: seconds per optimizer step, peak memory, tokens/s, MFU (GPU), and the ratios jepa/baseline and
+two_grad/jepa beside the FLOP bookkeeping 4F/3F = 1.33 and 6F/4F = 1.5.
+Sampler: evaluate.generate (batched, logits for the current block only) against a plain one-prompt-at-a-time
+implementation of the same algorithm (whole-sequence logits every step), outputs checked identical.
+Prints a table and writes bench.json. Targets: jepa <= 1.40 x baseline, two_grad >= 1.4 x jepa,
+batched sampler >= 4 x plain.
+"""
+
+import json
+import math
+import os
+import resource
+import subprocess
+import sys
+import time
+from dataclasses import replace
+
+import torch
+import torch.nn.functional as F
+
+import evaluate
+import jepa
+import model as modellib
+from configurator import ConfigError, configure, setting_keys
+from train import peak_flops
+
+# -----------------------------------------------------------------------------
+# settings
+model = "tiny"  # a key of MODELS
+batch_size = 8
+seq_len = 128
+prompt_len = 32  # of seq_len; the rest is the maskable response
+iters = 10  # timed optimizer steps per variant
+warmup = 3
+activation_checkpointing = False
+predictor_layers = 3
+device = "auto"
+dtype = "float32"  # bfloat16 on GPU: autocast compute, float32 master weights
+sampler = True
+sampler_prompts = 8
+sampler_gen_length = 64
+sampler_block_length = 32
+sampler_steps = 64
+out = "bench.json"
+only = ""  # internal: run one training variant and print its JSON
+KEYS = setting_keys(globals())
+
+MODELS = {
+    "tiny": modellib.PRESETS["tiny"],
+    # ~30M parameters: large enough that a CPU step is compute-bound rather than per-op overhead
+    "small": replace(modellib.PRESETS["tiny"], n_layers=8, d_model=512, n_heads=8, n_kv_heads=8, mlp_hidden=1408),
+    # a 1.3B LLaDA-layout configuration for a single GPU (LLaDA-8B's vocabulary and head size)
+    "1b": replace(modellib.PRESETS["llada-8b"], n_layers=16, d_model=2048, n_heads=16, n_kv_heads=16,
+                  mlp_hidden=5632),
+    "llada-8b": modellib.PRESETS["llada-8b"],
+}
+VARIANTS = ("baseline", "jepa", "two_grad")
+FLOP_RATIOS = {"jepa/baseline": 4 / 3, "two_grad/jepa": 6 / 4}
+TARGETS = {"jepa/baseline": ("<=", 1.40), "two_grad/jepa": (">=", 1.4), "sampler_speedup": (">=", 4.0)}
+
+
+def two_grad_objective(online, batch, mask_token_id, predictor, noise, t_low, t_high):
+    """LLM-JEPA's cost structure on our model: both views through the online model with gradient."""
+    input_ids, maskable, padding = batch["input_ids"], batch["maskable"], batch["padding"]
+    context_view, context_masked = jepa.mask_view(input_ids, maskable, t_low, mask_token_id, noise[0])
+    target_view, target_masked = jepa.mask_view(input_ids, maskable, t_high, mask_token_id, noise[1])
+    out = online(context_view, logits_at=context_masked)
+    l_diff = jepa.diffusion_loss(out.logits, input_ids[context_masked], context_masked)
+    target_hidden = online(target_view, logits_at=torch.zeros_like(target_masked)).hidden
+    target_embedding = jepa.pool(target_hidden, ~target_masked & ~padding)
+    l_jepa, _ = jepa.jepa_loss(predictor(jepa.pool(out.hidden, ~context_masked & ~padding)), target_embedding)
+    return l_diff + l_jepa
+
+
+def synthetic_batch(cfg, dev, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, cfg.vocab_size, (batch_size, seq_len), generator=g)
+    maskable = torch.zeros(batch_size, seq_len, dtype=torch.bool)
+    maskable[:, prompt_len:] = True
+    return {"input_ids": ids.to(dev), "maskable": maskable.to(dev),
+            "padding": torch.zeros(batch_size, seq_len, dtype=torch.bool, device=dev)}
+
+
+def peak_memory_bytes(dev):
+    if dev.type == "cuda":
+        return torch.cuda.max_memory_allocated(dev)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def run_variant(variant, dev):
+    cfg = MODELS[model]
+    torch.manual_seed(0)
+    online = modellib.Transformer(cfg).to(dev)
+    online.activation_checkpointing = activation_checkpointing
+    predictor = jepa.Predictor(cfg, predictor_layers).to(dev) if variant != "baseline" else None
+    target = jepa.make_target_encoder(online) if variant == "jepa" else None
+    params = list(online.parameters()) + (list(predictor.parameters()) if predictor is not None else [])
+    optimizer = torch.optim.AdamW(params, lr=1e-5, fused=dev.type == "cuda")
+    batch = synthetic_batch(cfg, dev)
+    noise = torch.rand(3, batch_size, seq_len, generator=torch.Generator().manual_seed(1))
+    use_autocast = dev.type == "cuda" and dtype == "bfloat16"
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+
+    def step():
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_autocast):
+            if variant == "two_grad":
+                loss = two_grad_objective(online, batch, cfg.mask_token_id, predictor, noise, jepa.T_LOW, jepa.T_HIGH)
+            else:
+                loss = jepa.objective(online, batch, cfg.mask_token_id, jepa_weight=1.0 if variant == "jepa" else 0.0,
+                                      predictor=predictor, target_encoder=target, noise=noise).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if target is not None:
+            jepa.ema_update(target, online)
+
+    for _ in range(warmup):
+        step()
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        step()
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    seconds = (time.perf_counter() - t0) / iters
+    tokens = batch_size * seq_len
+    n_params = online.num_params()
+    flops = {"baseline": 6, "jepa": 8, "two_grad": 12}[variant] * n_params * tokens  # 2N per token per F
+    peak = peak_flops(dev)
+    return {"variant": variant, "step_s": seconds, "tokens_per_s": tokens / seconds,
+            "peak_memory_gb": peak_memory_bytes(dev) / 2**30, "params": n_params,
+            "mfu": flops / seconds / peak if peak else None}
+
+
+@torch.no_grad()
+def plain_generate(net, prompt, steps, gen_length, block_length):
+    """The same sampler, one prompt at a time, whole-sequence logits every step (LLaDA's generate.py)."""
+    cfg = net.cfg
+    x = torch.tensor([prompt + [cfg.mask_token_id] * gen_length], device=next(net.parameters()).device)
+    n_blocks = gen_length // block_length
+    steps_per_block = steps // n_blocks
+    for block in range(n_blocks):
+        lo, hi = len(prompt) + block * block_length, len(prompt) + (block + 1) * block_length
+        schedule = evaluate.num_transfer_tokens((x[:, lo:hi] == cfg.mask_token_id).sum(1), steps_per_block)
+        for step in range(steps_per_block):
+            logits = net(x).logits
+            x0 = logits.argmax(-1)
+            confidence = F.softmax(logits.float(), -1).gather(-1, x0[..., None]).squeeze(-1)
+            confidence[:, hi:] = -math.inf
+            confidence = torch.where(x == cfg.mask_token_id, confidence, -math.inf)
+            k = int(schedule[0, step])
+            if k:
+                chosen = torch.topk(confidence[0], k).indices
+                x[0, chosen] = x0[0, chosen]
+    return x[0, len(prompt):]
+
+
+def run_sampler(dev):
+    cfg = MODELS[model]
+    torch.manual_seed(0)
+    net = modellib.Transformer(cfg).to(dev).eval()
+    if dev.type == "cuda" and dtype == "bfloat16":
+        net = net.to(torch.bfloat16)
+    g = torch.Generator().manual_seed(2)
+    prompts = [torch.randint(3, cfg.vocab_size, (int(torch.randint(prompt_len // 2, prompt_len + 1, (1,), generator=g)),),
+                             generator=g).tolist() for _ in range(sampler_prompts)]
+    kwargs = dict(steps=sampler_steps, gen_length=sampler_gen_length, block_length=sampler_block_length)
+
+    def timed(fn):
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        t0 = time.perf_counter()
+        result = fn()
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        return result, time.perf_counter() - t0
+
+    evaluate.generate(net, prompts[:1], **kwargs)  # warm-up
+    batched, t_batched = timed(lambda: evaluate.generate(net, prompts, **kwargs))
+    plain, t_plain = timed(lambda: torch.stack([plain_generate(net, p, **kwargs) for p in prompts]))
+    tokens = len(prompts) * sampler_gen_length
+    return {"batched_tokens_per_s": tokens / t_batched, "plain_tokens_per_s": tokens / t_plain,
+            "sampler_speedup": t_plain / t_batched, "identical_outputs": bool(torch.equal(batched, plain))}
+
+
+def main(argv):
+    cfg = configure(globals(), KEYS, argv)
+    if model not in MODELS:
+        raise ConfigError(f"unknown model {model!r}; models: {', '.join(MODELS)}")
+    if only and only not in VARIANTS:
+        raise ConfigError(f"--only must be one of {VARIANTS}")
+    if not 0 < prompt_len < seq_len:
+        raise ConfigError("need 0 < prompt_len < seq_len")
+    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    dev = torch.device("cuda" if use_cuda else "cpu")
+    if only:
+        print(json.dumps(run_variant(only, dev)))
+        return
+    rows = []
+    for variant in VARIANTS:  # a fresh process each, so peak memory is the variant's own
+        proc = subprocess.run([sys.executable, os.path.abspath(__file__), *argv, f"--only={variant}",
+                               f"--device={dev.type}"], capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"variant {variant} failed:\n{proc.stderr[-3000:]}")
+        rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    by = {r["variant"]: r for r in rows}
+    ratios = {"jepa/baseline": by["jepa"]["step_s"] / by["baseline"]["step_s"],
+              "two_grad/jepa": by["two_grad"]["step_s"] / by["jepa"]["step_s"]}
+    result = {"config": cfg, "device": torch.cuda.get_device_name(dev) if use_cuda else "cpu",
+              "train": rows, "ratios": ratios, "flop_ratios": FLOP_RATIOS}
+    if sampler:
+        result["sampler"] = run_sampler(dev)
+    checks = {**ratios, **({"sampler_speedup": result["sampler"]["sampler_speedup"]} if sampler else {})}
+    result["targets_met"] = {k: (v <= TARGETS[k][1] if TARGETS[k][0] == "<=" else v >= TARGETS[k][1])
+                             for k, v in checks.items()}
+    print(f"device {result['device']}, model {model} ({rows[0]['params'] / 1e6:.1f}M), batch {batch_size} x "
+          f"{seq_len} tokens, dtype {dtype}, activation checkpointing {activation_checkpointing}")
+    print(f"{'variant':10} {'s/step':>9} {'tokens/s':>10} {'peak GB':>8} {'MFU':>6}")
+    for r in rows:
+        mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "-"
+        print(f"{r['variant']:10} {r['step_s']:9.4f} {r['tokens_per_s']:10.0f} {r['peak_memory_gb']:8.2f} {mfu:>6}")
+    for k, v in ratios.items():
+        print(f"{k:14} {v:.2f}  (FLOPs {FLOP_RATIOS[k]:.2f}; target {TARGETS[k][0]} {TARGETS[k][1]}: "
+              f"{'met' if result['targets_met'][k] else 'MISSED'})")
+    if sampler:
+        s = result["sampler"]
+        print(f"sampler: batched {s['batched_tokens_per_s']:.0f} tokens/s, plain {s['plain_tokens_per_s']:.0f} "
+              f"tokens/s, speed-up {s['sampler_speedup']:.1f}x (target >= 4: "
+              f"{'met' if result['targets_met']['sampler_speedup'] else 'MISSED'}), identical outputs: "
+              f"{s['identical_outputs']}")
+    with open(out, "w") as f:
+        json.dump(result, f, indent=2)
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    try:
+        main(sys.argv[1:])
+    except ConfigError as e:
+        print(f"bench.py: {e}", file=sys.stderr)
+        sys.exit(2)
