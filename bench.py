@@ -8,6 +8,7 @@ Training step, same model, batch and sequence length, each variant in its own pr
   baseline   the diffusion loss alone (lambda = 0): 1 forward + 1 backward            = 3F (Table 1)
   jepa       DLLM-JEPA: the context view with gradient, the target view no-grad (EMA) = 4F
   two_grad   both views through the online model with gradient (LLM-JEPA's cost)    = 6F
+  jepa_lora  DLLM-JEPA with LoRA adapters (--lora_rank > 0): the one-GPU mode's peak memory
 Reported: seconds per optimizer step, peak memory, tokens/s, MFU (GPU), and the ratios jepa/baseline and
 two_grad/jepa beside the FLOP bookkeeping 4F/3F = 1.33 and 6F/4F = 1.5.
 Sampler: evaluate.generate (batched, logits for the current block only) against a plain one-prompt-at-a-time
@@ -44,6 +45,7 @@ iters = 10  # timed optimizer steps per variant
 warmup = 3
 activation_checkpointing = False
 predictor_layers = 3
+lora_rank = 0  # > 0: also DLLM-JEPA with LoRA adapters of this rank (one-GPU mode), for its peak memory
 device = "auto"
 dtype = "float32"  # bfloat16 on GPU: autocast compute, float32 master weights
 sampler = True
@@ -64,7 +66,7 @@ MODELS = {
                   mlp_hidden=5632),
     "llada-8b": modellib.PRESETS["llada-8b"],
 }
-VARIANTS = ("baseline", "jepa", "two_grad")
+VARIANTS = ("baseline", "jepa", "two_grad", "jepa_lora")
 FLOP_RATIOS = {"jepa/baseline": 4 / 3, "two_grad/jepa": 6 / 4}
 TARGETS = {"jepa/baseline": ("<=", 1.40), "two_grad/jepa": (">=", 1.4), "sampler_speedup": (">=", 4.0)}
 
@@ -102,9 +104,12 @@ def run_variant(variant, dev):
     torch.manual_seed(0)
     online = modellib.Transformer(cfg).to(dev)
     online.activation_checkpointing = activation_checkpointing
+    if variant == "jepa_lora":
+        modellib.add_lora(online, lora_rank)
     predictor = jepa.Predictor(cfg, predictor_layers).to(dev) if variant != "baseline" else None
-    target = jepa.make_target_encoder(online) if variant == "jepa" else None
-    params = list(online.parameters()) + (list(predictor.parameters()) if predictor is not None else [])
+    target = jepa.make_target_encoder(online) if variant in ("jepa", "jepa_lora") else None
+    params = [p for p in online.parameters() if p.requires_grad] + \
+        (list(predictor.parameters()) if predictor is not None else [])
     optimizer = torch.optim.AdamW(params, lr=1e-5, fused=dev.type == "cuda")
     batch = synthetic_batch(cfg, dev)
     noise = torch.rand(3, batch_size, seq_len, generator=torch.Generator().manual_seed(1))
@@ -117,7 +122,7 @@ def run_variant(variant, dev):
             if variant == "two_grad":
                 loss = two_grad_objective(online, batch, cfg.mask_token_id, predictor, noise, jepa.T_LOW, jepa.T_HIGH)
             else:
-                loss = jepa.objective(online, batch, cfg.mask_token_id, jepa_weight=1.0 if variant == "jepa" else 0.0,
+                loss = jepa.objective(online, batch, cfg.mask_token_id, jepa_weight=0.0 if variant == "baseline" else 1.0,
                                       predictor=predictor, target_encoder=target, noise=noise).loss
         loss.backward()
         optimizer.step()
@@ -137,7 +142,8 @@ def run_variant(variant, dev):
     seconds = (time.perf_counter() - t0) / iters
     tokens = batch_size * seq_len
     n_params = online.num_params()
-    flops = {"baseline": 6, "jepa": 8, "two_grad": 12}[variant] * n_params * tokens  # 2N per token per F
+    # 2N FLOPs per token per F; LoRA still runs the full backward through the activations (~4F in all)
+    flops = {"baseline": 6, "jepa": 8, "two_grad": 12, "jepa_lora": 8}[variant] * n_params * tokens
     peak = peak_flops(dev)
     return {"variant": variant, "step_s": seconds, "tokens_per_s": tokens / seconds,
             "peak_memory_gb": peak_memory_bytes(dev) / 2**30, "params": n_params,
@@ -209,7 +215,7 @@ def main(argv):
         print(json.dumps(run_variant(only, dev)))
         return
     rows = []
-    for variant in VARIANTS:  # a fresh process each, so peak memory is the variant's own
+    for variant in VARIANTS[:3] + (("jepa_lora",) if lora_rank else ()):  # a fresh process each: own peak memory
         proc = subprocess.run([sys.executable, os.path.abspath(__file__), *argv, f"--only={variant}",
                                f"--device={dev.type}"], capture_output=True, text=True)
         if proc.returncode != 0:

@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from model import Block, init_weights, rope_cos_sin
+from model import Block, init_weights, lora_layers, rope_cos_sin
 
 # the paper's defaults (aggressive setting, §4.1, A.10)
 T_LOW = 0.2  # context view masking rate t_L
@@ -124,17 +124,56 @@ def local_tensors(params):
 
 
 def make_target_encoder(model):
-    """A frozen copy of the backbone: requires_grad False, eval mode. Make it before FSDP sharding and
-    shard it the same way as the online model."""
+    """The EMA target f_theta'. Full fine-tuning: a frozen copy of the backbone (requires_grad False, eval
+    mode); make it before FSDP sharding and shard it the same way. LoRA: an AdapterEMATarget over the online
+    model itself; make it after sharding and loading."""
+    if getattr(model, "lora", None):
+        return AdapterEMATarget(model)
     target = copy.deepcopy(model)
     target.requires_grad_(False)
     return target.eval()
 
 
+class AdapterEMATarget:
+    """The EMA target with LoRA: the online model's frozen base weights plus an EMA of its adapters. It is
+    the same function as a full EMA of base + adapters (the base never moves), for the memory of the
+    adapters instead of a second copy of the model. A call runs the online model with the EMA adapters
+    swapped in through adapter_override (the parameters are not touched, so the context view's autograd
+    graph stays valid)."""
+
+    def __init__(self, online):
+        self.online = online
+        self.layers = lora_layers(online)
+        self.ema = [t.detach().clone() for layer in self.layers for t in (layer.lora_a, layer.lora_b)]
+
+    def parameters(self):
+        return iter(self.ema)
+
+    def online_parameters(self):
+        return (t for layer in self.layers for t in (layer.lora_a, layer.lora_b))
+
+    def __call__(self, input_ids, **kwargs):
+        # FSDP: the EMA adapters are sharded like the online ones; gather them (a few MB) outside any hook
+        full = [t.full_tensor() if hasattr(t, "full_tensor") else t for t in self.ema]
+        for i, layer in enumerate(self.layers):
+            layer.adapter_override = (full[2 * i], full[2 * i + 1])
+        try:
+            with torch.no_grad():
+                return self.online(input_ids, **kwargs)
+        finally:
+            for layer in self.layers:
+                layer.adapter_override = None
+
+    def reshard(self):
+        if hasattr(self.online, "reshard"):
+            self.online.reshard()
+
+
 @torch.no_grad()
 def ema_update(target, online, decay=EMA_DECAY):
     """theta' <- tau * theta' + (1 - tau) * theta, after every optimizer step (lerp: theta' += (1-tau)(theta - theta'))."""
-    torch._foreach_lerp_(local_tensors(target.parameters()), local_tensors(online.parameters()), 1.0 - decay)
+    sources = target.online_parameters() if isinstance(target, AdapterEMATarget) else online.parameters()
+    torch._foreach_lerp_(local_tensors(target.parameters()), local_tensors(sources), 1.0 - decay)
 
 
 def snapshot_parameters(model):

@@ -182,6 +182,7 @@ class Transformer(nn.Module):
         self.activation_checkpointing = False  # run each block under torch.utils.checkpoint
         self.source_config = None  # the source checkpoint's config.json, written back by save_pretrained
         self.source_dir = None
+        self.lora = None  # LoRA settings once add_lora has run
         init_weights(self)
 
     def num_params(self):
@@ -220,10 +221,105 @@ class Transformer(nn.Module):
 
     def save_pretrained(self, out_dir, tokenizer=None, shard_bytes=5 * 2**30):
         """Write safetensors in the source release's own key names, its config.json and the tokenizer,
-        so the directory loads back here and in the release's original code."""
-        save_checkpoint(self.state_dict(), self.cfg, out_dir, tokenizer=tokenizer,
+        so the directory loads back here and in the release's original code. LoRA adapters are merged."""
+        state = merge_lora(self.state_dict(), self.lora) if self.lora else self.state_dict()
+        save_checkpoint(state, self.cfg, out_dir, tokenizer=tokenizer,
                         source_config=self.source_config, source_dir=self.source_dir,
                         shard_bytes=shard_bytes)
+
+
+# -----------------------------------------------------------------------------
+# LoRA: low-rank adapters, an opt-in for one GPU (the paper fine-tunes every weight). No new dependency.
+
+LORA_TARGETS = {"q": "attn.q_proj", "k": "attn.k_proj", "v": "attn.v_proj", "o": "attn.o_proj",
+                "gate": "mlp.gate_proj", "up": "mlp.up_proj", "down": "mlp.down_proj"}
+
+
+class LoRALinear(nn.Linear):
+    """A frozen linear layer plus a trainable low-rank update: y = x W^T + b + (alpha / r) drop(x) A^T B^T.
+    B starts at zero, so the adapted model starts as the base model. The weight keeps its name; the adapters
+    are lora_a (r, in) and lora_b (out, r). adapter_override = (A', B') runs the layer with other adapters
+    (the EMA target's) without touching the parameters; dropout is off then."""
+
+    def __init__(self, in_features, out_features, bias, rank, alpha, dropout, device=None, dtype=None):
+        super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
+        self.lora_a = nn.Parameter(torch.empty(rank, in_features, device=device, dtype=dtype))
+        self.lora_b = nn.Parameter(torch.zeros(out_features, rank, device=device, dtype=dtype))
+        nn.init.kaiming_uniform_(self.lora_a, a=5 ** 0.5)  # as nn.Linear (and PEFT) initialise A
+        self.scale = alpha / rank
+        self.lora_dropout = nn.Dropout(dropout)
+        self.adapter_override = None
+
+    def forward(self, x):
+        y = F.linear(x, self.weight, self.bias)
+        if self.adapter_override is None:
+            a, b, h = self.lora_a, self.lora_b, self.lora_dropout(x)
+        else:
+            (a, b), h = self.adapter_override, x
+        return y + self.scale * F.linear(F.linear(h, a.to(x.dtype)), b.to(x.dtype))
+
+
+def add_lora(model, rank, alpha=16.0, dropout=0.05, targets=tuple(LORA_TARGETS)):
+    """Replace the target linear layers of every block by LoRALinear (sharing their weight and bias) and
+    freeze everything but the adapters. Records the settings in model.lora for saving."""
+    unknown = set(targets) - set(LORA_TARGETS)
+    if rank < 1 or unknown:
+        raise ValueError(f"LoRA needs rank >= 1 and targets among {list(LORA_TARGETS)}; got {rank}, {sorted(unknown)}")
+    model.requires_grad_(False)
+    for block in model.blocks:
+        for t in targets:
+            parent_name, name = LORA_TARGETS[t].split(".")
+            parent = getattr(block, parent_name)
+            old = getattr(parent, name)
+            new = LoRALinear(old.in_features, old.out_features, old.bias is not None, rank, alpha, dropout,
+                             device=old.weight.device, dtype=old.weight.dtype)
+            new.weight, new.bias = old.weight, old.bias
+            setattr(parent, name, new)
+    model.lora = {"rank": rank, "alpha": alpha, "dropout": dropout, "targets": list(targets)}
+    return model
+
+
+def lora_layers(model):
+    return [m for m in model.modules() if isinstance(m, LoRALinear)]
+
+
+def merge_lora(state_dict, lora):
+    """A plain state dict: W + (alpha / r) B A for every adapted weight, adapter keys dropped."""
+    out = {k: v for k, v in state_dict.items() if not k.endswith((".lora_a", ".lora_b"))}
+    scale = lora["alpha"] / lora["rank"]
+    for key in state_dict:
+        if key.endswith(".lora_a"):
+            prefix = key[: -len(".lora_a")]
+            w = state_dict[prefix + ".weight"]
+            delta = state_dict[prefix + ".lora_b"].float() @ state_dict[key].float()
+            out[prefix + ".weight"] = (w.float() + scale * delta).to(w.dtype)
+    return out
+
+
+def save_adapters(state_dict, lora, out_dir):
+    """Adapter-only checkpoint: adapter.safetensors (our parameter names) and adapter_config.json."""
+    from safetensors.torch import save_file
+    os.makedirs(out_dir, exist_ok=True)
+    adapters = {k: v.detach().contiguous().cpu() for k, v in state_dict.items() if k.endswith((".lora_a", ".lora_b"))}
+    save_file(adapters, os.path.join(out_dir, "adapter.safetensors"))
+    with open(os.path.join(out_dir, "adapter_config.json"), "w") as f:
+        json.dump(lora, f, indent=2)
+
+
+def load_adapters(model, adapter_dir):
+    """Add LoRA layers as adapter_config.json describes (unless present) and load adapter.safetensors."""
+    from safetensors.torch import load_file
+    with open(os.path.join(adapter_dir, "adapter_config.json")) as f:
+        lora = json.load(f)
+    if not getattr(model, "lora", None):
+        add_lora(model, lora["rank"], lora["alpha"], lora["dropout"], lora["targets"])
+    tensors = load_file(os.path.join(adapter_dir, "adapter.safetensors"))
+    expected = {k for k in model.state_dict() if k.endswith((".lora_a", ".lora_b"))}
+    if set(tensors) != expected:
+        raise KeyError(f"adapter file does not match the model: missing {sorted(expected - set(tensors))[:5]}, "
+                       f"unexpected {sorted(set(tensors) - expected)[:5]}")
+    model.load_state_dict(tensors, strict=False)
+    return model
 
 
 # -----------------------------------------------------------------------------

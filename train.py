@@ -46,6 +46,12 @@ jepa_weight = jepa.JEPA_WEIGHT  # lambda; 0 = the diffusion baseline
 predictor_layers = jepa.PREDICTOR_LAYERS  # k; 0 = no predictor (identity)
 ema_decay = jepa.EMA_DECAY
 anchor_l2 = 0.0  # lambda_L2 of the L2-to-base anchor ablation (the paper uses 1e-4); 0 = off
+# one-GPU mode: LoRA adapters (0 = off: the paper's full fine-tuning); the EMA target is then the frozen
+# base plus an EMA of the adapters, and the predictor stays full-rank
+lora_rank = 0
+lora_alpha = 16.0
+lora_dropout = 0.05
+lora_targets = "q,k,v,o,gate,up,down"  # attention q/k/v/out, MLP gate/up/down
 # optimisation
 lr = 1e-5
 weight_decay = 0.01  # on matrices only
@@ -105,6 +111,13 @@ def validate():
         raise ConfigError(f"jepa_weight (lambda) must be >= 0, got {jepa_weight}")
     if anchor_l2 < 0:
         raise ConfigError(f"anchor_l2 must be >= 0, got {anchor_l2}")
+    if lora_rank < 0 or (lora_rank and (lora_alpha <= 0 or not 0 <= lora_dropout < 1)):
+        raise ConfigError("LoRA needs lora_rank >= 0, lora_alpha > 0, 0 <= lora_dropout < 1")
+    unknown = set(lora_targets.split(",")) - set(modellib.LORA_TARGETS)
+    if lora_rank and unknown:
+        raise ConfigError(f"unknown lora_targets {sorted(unknown)}; choose from {','.join(modellib.LORA_TARGETS)}")
+    if lora_rank and anchor_l2:
+        raise ConfigError("the L2-to-base anchor is for full fine-tuning; with LoRA the base does not move")
     if predictor_layers < 0:
         raise ConfigError(f"predictor_layers (k) must be >= 0, got {predictor_layers}")
     if not 0 <= ema_decay < 1:
@@ -227,6 +240,14 @@ def main(argv):
         f"{steps_per_epoch} optimizer steps per epoch, {total_steps} in all")
 
     # ---- models: online backbone, EMA target, predictor, anchor base
+    lora = dict(rank=lora_rank, alpha=lora_alpha, dropout=lora_dropout, targets=lora_targets.split(","))
+
+    def with_lora(net):  # seeded, so every rank (and rank 0's full copy) draws the same adapters
+        if lora_rank:
+            torch.manual_seed(seed + 1)
+            modellib.add_lora(net, **lora)
+        return net
+
     torch.manual_seed(seed)  # random init draws the same full tensors on every rank, as in one process
     if random_init:
         online = modellib.Transformer(model_cfg).to(dev)
@@ -237,8 +258,10 @@ def main(argv):
             online = modellib.Transformer(model_cfg)
     else:
         online = modellib.from_pretrained(ckpt_dir, dtype=torch.float32, device=dev)
+    with_lora(online)
     online.activation_checkpointing = activation_checkpointing
-    target = jepa.make_target_encoder(online) if jepa_weight > 0 else None  # copied before sharding
+    # full fine-tuning: the EMA copy is made before sharding; LoRA: the adapter EMA after loading, below
+    target = jepa.make_target_encoder(online) if jepa_weight > 0 and not lora_rank else None
     predictor = jepa.Predictor(model_cfg, predictor_layers).to(dev) if jepa_weight > 0 else None
     if distributed:
         from torch.distributed.fsdp import MixedPrecisionPolicy
@@ -247,7 +270,8 @@ def main(argv):
             if module is not None and len(module.blocks) > 0:
                 shard(module, mesh, mp_policy)
         if not random_init:
-            full_init = modellib.from_pretrained(ckpt_dir, dtype=torch.float32).state_dict() if master else None
+            full_init = with_lora(modellib.from_pretrained(ckpt_dir, dtype=torch.float32)).state_dict() \
+                if master else None
             for module in (online, target):
                 if module is not None:
                     module.to_empty(device=dev)
@@ -255,14 +279,19 @@ def main(argv):
             del full_init
             if target is not None:
                 target.requires_grad_(False)
+    if jepa_weight > 0 and lora_rank:
+        target = jepa.make_target_encoder(online)
     anchor_base = jepa.snapshot_parameters(online) if anchor_l2 > 0 else None
 
     trainable = nn.ModuleDict({"online": online} | ({"predictor": predictor} if predictor is not None else {}))
-    decay = [p for p in trainable.parameters() if p.ndim >= 2]
-    no_decay = [p for p in trainable.parameters() if p.ndim < 2]
+    params = [p for p in trainable.parameters() if p.requires_grad]  # with LoRA: adapters and predictor
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(beta1, beta2))
-    n_params = sum(p.numel() for p in online.parameters())  # a DTensor's numel is the full tensor's
+    n_params = sum(p.numel() for p in online.parameters() if not p.requires_grad or not lora_rank)
+    if lora_rank:  # a DTensor's numel is the full tensor's
+        log(f"LoRA rank {lora_rank}: {sum(p.numel() for p in params) / 1e6:.2f}M trainable parameters")
     log(f"model {model}: {n_params / 1e6:.2f}M parameters; predictor {predictor_layers} layers; "
         f"lambda {jepa_weight}, t_L {t_low}, t_H {t_high}")
 
@@ -314,8 +343,7 @@ def main(argv):
             tokens_since += batch["input_ids"].numel()
         if anchor_base is not None:
             jepa.add_anchor_gradient(online, anchor_base, anchor_l2)
-        grad_norm = torch.nn.utils.clip_grad_norm_(list(trainable.parameters()), grad_clip if grad_clip > 0 else
-                                                   float("inf"))
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf"))
         if hasattr(grad_norm, "full_tensor"):
             grad_norm = grad_norm.full_tensor()
         step += 1
@@ -364,6 +392,9 @@ def main(argv):
         state = full_state_dict(online, distributed)
         if master:
             final_dir = os.path.join(out_dir, "final")
+            if lora_rank:  # the adapters alone, and merged into a plain checkpoint in the release layout
+                modellib.save_adapters(state, online.lora, os.path.join(out_dir, "adapter"))
+                state = modellib.merge_lora(state, online.lora)
             modellib.save_checkpoint(state, model_cfg, final_dir, tokenizer=tokenizer, source_config=source_config,
                                      source_dir=source_dir)
             log(f"saved {final_dir}")
@@ -374,17 +405,25 @@ def main(argv):
         dist.destroy_process_group()
 
 
+def target_state(target):
+    """The EMA target's state: the copy's state dict, or the adapter EMA tensors by position."""
+    if isinstance(target, jepa.AdapterEMATarget):
+        return {str(i): t for i, t in enumerate(target.parameters())}
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+    return get_model_state_dict(target)
+
+
 def save_resume_state(resume_dir, trainable, target, optimizer, step, cfg, distributed, master):
     """Model, predictor, optimizer and EMA through torch.distributed.checkpoint (each rank writes its
     shards), plus meta.json. Written beside and then swapped in, so a kill mid-save keeps the last state.
     The data position is the step (the batch order is a function of seed and epoch) and the views are a
     function of (seed, epoch, example), so no generator state is needed."""
     import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_state_dict
+    from torch.distributed.checkpoint.state_dict import get_state_dict
     model_sd, optim_sd = get_state_dict(trainable, [optimizer])
     state = {"trainable": model_sd, "optimizer": optim_sd}
     if target is not None:
-        state["target"] = get_model_state_dict(target)
+        state["target"] = target_state(target)
     tmp = resume_dir + ".tmp"
     if master and os.path.exists(tmp):
         shutil.rmtree(tmp)
@@ -405,7 +444,7 @@ def save_resume_state(resume_dir, trainable, target, optimizer, step, cfg, distr
 
 def load_resume_state(resume_dir, trainable, target, optimizer, distributed, log):
     import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import (get_model_state_dict, get_state_dict, set_model_state_dict,
+    from torch.distributed.checkpoint.state_dict import (get_state_dict, set_model_state_dict,
                                                          set_state_dict)
     meta_path = os.path.join(resume_dir, "meta.json")
     if not os.path.exists(meta_path):
@@ -415,10 +454,10 @@ def load_resume_state(resume_dir, trainable, target, optimizer, distributed, log
     model_sd, optim_sd = get_state_dict(trainable, [optimizer])
     state = {"trainable": model_sd, "optimizer": optim_sd}
     if target is not None:
-        state["target"] = get_model_state_dict(target)
-    dcp.load(state, checkpoint_id=resume_dir, no_dist=not distributed)
+        state["target"] = target_state(target)
+    dcp.load(state, checkpoint_id=resume_dir, no_dist=not distributed)  # fills the adapter EMA in place
     set_state_dict(trainable, [optimizer], model_state_dict=state["trainable"], optim_state_dict=state["optimizer"])
-    if target is not None:
+    if target is not None and not isinstance(target, jepa.AdapterEMATarget):
         set_model_state_dict(target, state["target"])
     log(f"resumed from {resume_dir} at step {meta['step']}")
     return meta["step"]
