@@ -8,7 +8,8 @@ Training step, same model, batch and sequence length, each variant in its own pr
   baseline   the diffusion loss alone (lambda = 0): 1 forward + 1 backward            = 3F (Table 1)
   jepa       DLLM-JEPA: the context view with gradient, the target view no-grad (EMA) = 4F
   two_grad   both views through the online model with gradient (LLM-JEPA's cost)    = 6F
-  jepa_lora  DLLM-JEPA with LoRA adapters (--lora_rank > 0): the one-GPU mode's peak memory
+  jepa_lora  DLLM-JEPA with LoRA adapters of --lora_rank (one-GPU mode), for its peak memory: ask for it
+             with --variants=baseline,jepa,two_grad,jepa_lora (or --variants=jepa_lora at 8B on one GPU)
 Reported: seconds per optimizer step, peak memory, tokens/s, MFU (GPU), and the ratios jepa/baseline and
 two_grad/jepa beside the FLOP bookkeeping 4F/3F = 1.33 and 6F/4F = 1.5.
 Sampler: evaluate.generate (batched, logits for the current block only) against a plain one-prompt-at-a-time
@@ -45,7 +46,8 @@ iters = 10  # timed optimizer steps per variant
 warmup = 3
 activation_checkpointing = False
 predictor_layers = 3
-lora_rank = 0  # > 0: also DLLM-JEPA with LoRA adapters of this rank (one-GPU mode), for its peak memory
+lora_rank = 16  # rank of the jepa_lora variant
+variants = "baseline,jepa,two_grad"  # which to run; add jepa_lora for the one-GPU mode's peak memory
 device = "auto"
 dtype = "float32"  # bfloat16 on GPU: autocast compute, float32 master weights
 sampler = True
@@ -205,8 +207,9 @@ def main(argv):
     cfg = configure(globals(), KEYS, argv)
     if model not in MODELS:
         raise ConfigError(f"unknown model {model!r}; models: {', '.join(MODELS)}")
-    if only and only not in VARIANTS:
-        raise ConfigError(f"--only must be one of {VARIANTS}")
+    chosen = variants.split(",")
+    if set(chosen) - set(VARIANTS) or (only and only not in VARIANTS):
+        raise ConfigError(f"variants must be among {VARIANTS}")
     if not 0 < prompt_len < seq_len:
         raise ConfigError("need 0 < prompt_len < seq_len")
     use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
@@ -215,15 +218,15 @@ def main(argv):
         print(json.dumps(run_variant(only, dev)))
         return
     rows = []
-    for variant in VARIANTS[:3] + (("jepa_lora",) if lora_rank else ()):  # a fresh process each: own peak memory
+    for variant in chosen:  # a fresh process each, so peak memory is the variant's own
         proc = subprocess.run([sys.executable, os.path.abspath(__file__), *argv, f"--only={variant}",
                                f"--device={dev.type}"], capture_output=True, text=True)
         if proc.returncode != 0:
             raise RuntimeError(f"variant {variant} failed:\n{proc.stderr[-3000:]}")
         rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
     by = {r["variant"]: r for r in rows}
-    ratios = {"jepa/baseline": by["jepa"]["step_s"] / by["baseline"]["step_s"],
-              "two_grad/jepa": by["two_grad"]["step_s"] / by["jepa"]["step_s"]}
+    ratios = {f"{a}/{b}": by[a]["step_s"] / by[b]["step_s"] for a, b in (("jepa", "baseline"), ("two_grad", "jepa"))
+              if a in by and b in by}
     result = {"config": cfg, "device": torch.cuda.get_device_name(dev) if use_cuda else "cpu",
               "train": rows, "ratios": ratios, "flop_ratios": FLOP_RATIOS}
     if sampler:

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 import data
 import model as modellib
 from configurator import ConfigError, configure, setting_keys
+from train import init_distributed
 
 # -----------------------------------------------------------------------------
 # settings
@@ -668,15 +669,8 @@ def main(argv):
     if shots < 0 or batch_size < 1 or limit < 0 or temperature < 0 or cfg_scale < 0:
         raise ConfigError("shots, limit, temperature and cfg_scale must be >= 0, batch_size >= 1")
     import torch.distributed as dist
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
-    if world > 1:
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
-    rank = dist.get_rank() if world > 1 else 0
-    dev = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if use_cuda else "cpu")
-    if use_cuda:
-        torch.cuda.set_device(dev)
-    master = rank == 0
+    world, rank, dev = init_distributed(device)
+    use_cuda, master = dev.type == "cuda", rank == 0
 
     ckpt_dir = modellib.resolve_checkpoint_dir(checkpoint)
     model = modellib.from_pretrained(ckpt_dir, dtype=torch.bfloat16 if (use_cuda and dtype == "bfloat16")

@@ -31,6 +31,7 @@ import data
 import jepa
 import model as modellib
 from configurator import ConfigError, configure, setting_keys
+from train import init_distributed
 
 # -----------------------------------------------------------------------------
 # settings
@@ -250,13 +251,8 @@ def main(argv):
         if len(pair) != 2 or not set(pair) <= set(labels):
             raise ConfigError(f"--ratio pairs are name/name over {labels}; got {'/'.join(pair)}")
     import torch.distributed as dist
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
-    if world > 1:
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
-    rank = dist.get_rank() if world > 1 else 0
-    dev = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if use_cuda else "cpu")
-    model_dtype = torch.bfloat16 if (use_cuda and dtype == "bfloat16") else torch.float32
+    world, rank, dev = init_distributed(device)
+    model_dtype = torch.bfloat16 if (dev.type == "cuda" and dtype == "bfloat16") else torch.float32
     master = rank == 0
 
     base_dir = modellib.resolve_checkpoint_dir(base)

@@ -6,9 +6,10 @@ DLLM-JEPA fine-tuning, a hand-written torchrun FSDP2 loop.
 
 Configuration: the constants below, overridden by a preset (--preset aggressive | wide-t | tiny), then by
 an optional config file (--config file.json or a .py of assignments), then by flags (--key=value or
---key value), in that order. Outputs in out_dir: train_config.json, log.jsonl, final/ (the model in its release's own layout,
-loadable by evaluate.py, probe.py and the release's code), base/ (the initial weights, when they were
-randomly initialised) and resume/ (a resumable state, every save_every steps and on SIGTERM).
+--key value), in that order. Outputs in out_dir: train_config.json, log.jsonl, final/ (the model in its
+release's own layout, loadable by evaluate.py, probe.py and the release's code), base/ (the initial weights,
+when they were randomly initialised), adapter/ (with LoRA) and resume/ (a resumable state, every
+save_every steps and on SIGTERM).
 """
 
 import json
@@ -168,6 +169,19 @@ def peak_flops(dev):
     return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
 
 
+def init_distributed(device_setting):
+    """(world size, rank, device). Under torchrun (WORLD_SIZE > 1) joins the process group: NCCL on GPUs,
+    gloo on the CPU. device_setting: 'auto' (cuda when available), 'cuda' or 'cpu'."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    use_cuda = device_setting == "cuda" or (device_setting == "auto" and torch.cuda.is_available())
+    if world > 1:
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    dev = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if use_cuda else "cpu")
+    if use_cuda:
+        torch.cuda.set_device(dev)
+    return world, dist.get_rank() if world > 1 else 0, dev
+
+
 def shard(module, mesh, mp_policy):
     """FSDP2: each block, then the root (embeddings, final norm, LM head)."""
     from torch.distributed.fsdp import fully_shard
@@ -185,11 +199,8 @@ def full_state_dict(module, distributed):
     return sd if dist.get_rank() == 0 else None
 
 
-def load_full_state(module, full_state, distributed):
-    """Fill a (possibly meta, possibly sharded) module from a full state dict held by rank 0."""
-    if not distributed:
-        module.load_state_dict(full_state, strict=True, assign=True)
-        return
+def load_full_state(module, full_state):
+    """Fill a sharded module (materialised with to_empty) from the full state dict rank 0 holds."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
     set_model_state_dict(module, full_state if dist.get_rank() == 0 else {},
                          options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
@@ -201,17 +212,8 @@ def load_full_state(module, full_state, distributed):
 
 def main(argv):
     cfg = configure(argv)
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    distributed = world > 1
-    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
-    if distributed:
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
-    rank = dist.get_rank() if distributed else 0
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    dev = torch.device(f"cuda:{local_rank}" if use_cuda else "cpu")
-    if use_cuda:
-        torch.cuda.set_device(dev)
-    master = rank == 0
+    world, rank, dev = init_distributed(device)
+    distributed, use_cuda, master = world > 1, dev.type == "cuda", rank == 0
     log = print if master else (lambda *a, **k: None)
     compute_dtype = torch.bfloat16 if (use_cuda and dtype == "bfloat16") else torch.float32
     mesh = None
@@ -275,7 +277,7 @@ def main(argv):
             for module in (online, target):
                 if module is not None:
                     module.to_empty(device=dev)
-                    load_full_state(module, full_init, distributed)
+                    load_full_state(module, full_init)
             del full_init
             if target is not None:
                 target.requires_grad_(False)

@@ -248,3 +248,28 @@ def test_real_wikitext_and_mmlu():
     assert (len(test), len(dev), len({x["subject"] for x in test})) == (14042, 285, 57)
     counts = [sum(1 for x in test if x["answer"] == a) for a in range(4)]
     assert counts == [3222, 3462, 3582, 3776]
+
+
+def test_hub_rows_are_converted(monkeypatch):
+    # the hub path without a network: load_dataset's rows, as the hub serves them, through each converter
+    rows = {
+        ("openai/gsm8k", "main", "test"): [{"question": "1+1?", "answer": "#### 2"}],
+        ("xlangai/spider", None, "validation"): [{"question": "How many?", "query": "SELECT 1", "db_id": "db"}],
+        ("Salesforce/wikitext", "wikitext-103-raw-v1", "validation"): [{"text": ""}, {"text": " = T = \n"},
+                                                                      {"text": " Para . \n"}],
+        ("cais/mmlu", "all", "test"): [{"subject": "anatomy", "question": "Q?", "choices": ["a", "b", "c", "d"],
+                                        "answer": 3}],
+    }
+    asked = []
+
+    def fake(hub_id, config, split):
+        asked.append((hub_id, config, split))
+        return rows[(hub_id, config, split)]
+
+    monkeypatch.setattr(D, "hub_rows", fake)
+    assert D.load_task("gsm8k", "eval") == [{"input": "1+1?", "output": "#### 2"}]
+    assert D.load_task("spider", "eval") == [{"input": "How many?", "output": "SELECT 1", "db_id": "db"}]
+    assert D.load_wikitext() == ["Para ."]
+    assert D.load_mmlu("test") == [{"subject": "anatomy", "question": "Q?", "choices": ["a", "b", "c", "d"],
+                                    "answer": 3}]
+    assert asked == list(rows)

@@ -325,3 +325,22 @@ def test_real_nlrx_gold_scores_one():
     regexes |= set(D.read_lines(os.path.join(SHARED, "nl_rx", "deep_regex", "NL-RX-Turk", "targ.txt")))
     for gold in sorted(regexes):
         assert E.score_regex(gold, {"output": gold}) == {"exact": 1.0, "functional": 1.0, "dfa": 1.0}, gold
+
+
+def test_two_process_evaluation_equals_one_process(tmp_path):
+    tok = D.train_tiny_tokenizer(D.tiny_tokenizer_texts())
+    torch.manual_seed(0)
+    M.Transformer(M.PRESETS["tiny"]).save_pretrained(str(tmp_path / "ckpt"), tokenizer=tok)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    args = ["evaluate.py", f"--checkpoint={tmp_path / 'ckpt'}", "--task=tiny-regex", "--limit=7", "--batch_size=2",
+            "--gen_length=16", "--steps=8"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    one = subprocess.run([sys.executable, *args, f"--out_dir={tmp_path / 'one'}"], cwd=root, env=env,
+                         capture_output=True, text=True, timeout=300)
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29651",
+                          *args, f"--out_dir={tmp_path / 'two'}"], cwd=root, env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert one.returncode == 0 and two.returncode == 0, one.stderr[-2000:] + two.stderr[-2000:]
+    a = [json.loads(x) for x in open(tmp_path / "one" / "tiny-regex-0shot.jsonl")]
+    b = [json.loads(x) for x in open(tmp_path / "two" / "tiny-regex-0shot.jsonl")]
+    assert len(a) == 7 and a == b  # rank 0 gathered every shard, in order, with the same generations

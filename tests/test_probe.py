@@ -174,3 +174,29 @@ def test_probe_command_on_tiny_checkpoints(tmp_path, tok):
     assert report["drift_ratios"]["ft/same"]["mean"] is None  # the denominator does not drift
     assert report["mmlu_questions"] == 12 and 0 <= ft_entry["mmlu"] <= 1
     assert "checkpoint" in proc.stdout and "drift ratio ft/same" in proc.stdout
+
+
+def test_two_process_probe_equals_one_process(tmp_path, tok):
+    base, ft = tiny_pair(0.02)
+    base.save_pretrained(str(tmp_path / "base"), tokenizer=tok)
+    ft.save_pretrained(str(tmp_path / "ft"), tokenizer=tok)
+    wt = tmp_path / "wikitext"
+    wt.mkdir()
+    (wt / "wiki.valid.raw").write_text("".join(f" lines with a vowel before a number {i} , " * 6 + "\n"
+                                               for i in range(9)))
+    args = ["probe.py", f"--base={tmp_path / 'base'}", f"--checkpoints={tmp_path / 'ft'}", "--names=ft",
+            f"--wikitext_dir={wt}", "--mmlu_dir=none", "--n_samples=9", "--cos_pairs=100", "--batch_size=2"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    one = subprocess.run([sys.executable, *args, f"--out_dir={tmp_path / 'one'}"], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=300)
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29652",
+                          *args, f"--out_dir={tmp_path / 'two'}"], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert one.returncode == 0 and two.returncode == 0, one.stderr[-2000:] + two.stderr[-2000:]
+    a = json.load(open(tmp_path / "one" / "probe.json"))["checkpoints"]
+    b = json.load(open(tmp_path / "two" / "probe.json"))["checkpoints"]
+    for label in ("base", "ft"):
+        assert a[label]["wikitext_loss"] == pytest.approx(b[label]["wikitext_loss"], rel=1e-5)
+        assert a[label]["collapse"]["z_tL"]["effective_rank"] == pytest.approx(
+            b[label]["collapse"]["z_tL"]["effective_rank"], rel=1e-5)
+    assert a["ft"]["drift_per_layer"] == pytest.approx(b["ft"]["drift_per_layer"], rel=1e-5, abs=1e-9)
