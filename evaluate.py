@@ -33,7 +33,7 @@ import torch.nn.functional as F
 import data
 import model as modellib
 from configurator import ConfigError, configure, setting_keys
-from train import init_distributed
+from train import close_distributed, init_distributed
 
 # -----------------------------------------------------------------------------
 # settings
@@ -721,8 +721,7 @@ def main(argv):
             json.dump(summary, f, indent=2)
         print(json.dumps({k: v for k, v in summary.items() if k != "config"}, indent=2))
         print(f"wrote {stem}.jsonl and {stem}.json")
-    if world > 1:
-        dist.destroy_process_group()
+    close_distributed(world)
 
 
 if __name__ == "__main__":

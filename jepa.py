@@ -163,10 +163,7 @@ class AdapterEMATarget:
         finally:
             for layer in self.layers:
                 layer.adapter_override = None
-
-    def reshard(self):
-        if hasattr(self.online, "reshard"):
-            self.online.reshard()
+    # no reshard(): the online model's root parameters are needed again by the coming backward
 
 
 @torch.no_grad()

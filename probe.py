@@ -31,7 +31,7 @@ import data
 import jepa
 import model as modellib
 from configurator import ConfigError, configure, setting_keys
-from train import init_distributed
+from train import close_distributed, init_distributed
 
 # -----------------------------------------------------------------------------
 # settings
@@ -250,7 +250,6 @@ def main(argv):
     for pair in pairs:
         if len(pair) != 2 or not set(pair) <= set(labels):
             raise ConfigError(f"--ratio pairs are name/name over {labels}; got {'/'.join(pair)}")
-    import torch.distributed as dist
     world, rank, dev = init_distributed(device)
     model_dtype = torch.bfloat16 if (dev.type == "cuda" and dtype == "bfloat16") else torch.float32
     master = rank == 0
@@ -278,8 +277,7 @@ def main(argv):
             "z_high": torch.cat([p[1]["z_high"] for p in parts])[order],
             "mmlu": [c for p in parts for c in p[3]],
         }
-    if world > 1:
-        dist.destroy_process_group()
+    close_distributed(world)
     if not master:
         return
 

@@ -182,6 +182,13 @@ def init_distributed(device_setting):
     return world, dist.get_rank() if world > 1 else 0, dev
 
 
+def close_distributed(world):
+    """Leave the process group together: a rank that tears down gloo while a peer still works can abort it."""
+    if world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def shard(module, mesh, mp_policy):
     """FSDP2: each block, then the root (embeddings, final norm, LM head)."""
     from torch.distributed.fsdp import fully_shard
@@ -402,9 +409,7 @@ def main(argv):
             log(f"saved {final_dir}")
     if log_file:
         log_file.close()
-    if distributed:
-        dist.barrier()
-        dist.destroy_process_group()
+    close_distributed(world)
 
 
 def target_state(target):
