@@ -209,7 +209,8 @@ def full_state_dict(module, distributed):
 def load_full_state(module, full_state):
     """Fill a sharded module (materialised with to_empty) from the full state dict rank 0 holds."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
-    set_model_state_dict(module, full_state if dist.get_rank() == 0 else {},
+    # a shallow copy: set_model_state_dict writes the loaded (sharded) tensors back into the dict it is given
+    set_model_state_dict(module, dict(full_state) if dist.get_rank() == 0 else {},
                          options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
 
 
@@ -271,6 +272,7 @@ def main(argv):
     online.activation_checkpointing = activation_checkpointing
     # full fine-tuning: the EMA copy is made before sharding; LoRA: the adapter EMA after loading, below
     target = jepa.make_target_encoder(online) if jepa_weight > 0 and not lora_rank else None
+    torch.manual_seed(seed + 2)  # the predictor's own stream: the same weights whatever was drawn before
     predictor = jepa.Predictor(model_cfg, predictor_layers).to(dev) if jepa_weight > 0 else None
     if distributed:
         from torch.distributed.fsdp import MixedPrecisionPolicy
@@ -422,7 +424,7 @@ def target_state(target):
 
 def save_resume_state(resume_dir, trainable, target, optimizer, step, cfg, distributed, master):
     """Model, predictor, optimizer and EMA through torch.distributed.checkpoint (each rank writes its
-    shards), plus meta.json. Written beside and then swapped in, so a kill mid-save keeps the last state.
+    shards), each rank's random generators, plus meta.json. Written beside and then swapped in, so a kill mid-save keeps the last state.
     The data position is the step (the batch order is a function of seed and epoch) and the views are a
     function of (seed, epoch, example), so no generator state is needed."""
     import torch.distributed.checkpoint as dcp
@@ -437,6 +439,9 @@ def save_resume_state(resume_dir, trainable, target, optimizer, step, cfg, distr
     if distributed:
         dist.barrier()
     dcp.save(state, checkpoint_id=tmp, no_dist=not distributed)
+    rank = dist.get_rank() if distributed else 0  # each rank's generators (only LoRA dropout draws from them)
+    torch.save({"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available()
+                else None}, os.path.join(tmp, f"rng_{rank}.pt"))
     if distributed:
         dist.barrier()
     if master:
@@ -466,6 +471,12 @@ def load_resume_state(resume_dir, trainable, target, optimizer, distributed, log
     set_state_dict(trainable, [optimizer], model_state_dict=state["trainable"], optim_state_dict=state["optimizer"])
     if target is not None and not isinstance(target, jepa.AdapterEMATarget):
         set_model_state_dict(target, state["target"])
+    rng_path = os.path.join(resume_dir, f"rng_{dist.get_rank() if distributed else 0}.pt")
+    if os.path.exists(rng_path):
+        rng = torch.load(rng_path, weights_only=False)
+        torch.set_rng_state(rng["cpu"])
+        if rng["cuda"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
     log(f"resumed from {resume_dir} at step {meta['step']}")
     return meta["step"]
 

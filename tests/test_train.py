@@ -155,12 +155,14 @@ def test_one_and_two_process_losses_agree(tmp_path):
     assert a[1]["diffusion_loss"] == pytest.approx(b[1]["diffusion_loss"], rel=1e-4)  # after one identical update
 
 
-def test_resumed_run_reproduces_uninterrupted(tmp_path):
+@pytest.mark.parametrize("extra", [["--anchor_l2=1e-4"], ["--lora_rank=4", "--lora_dropout=0.3"]])
+def test_resumed_run_reproduces_uninterrupted(tmp_path, extra):
+    # the anchor's base copy, and LoRA's adapter EMA and dropout generator, must all come back
     full, parts = str(tmp_path / "full"), str(tmp_path / "parts")
-    run(TINY + ["--max_steps=5", "--anchor_l2=1e-4", f"--out_dir={full}"])
-    run(TINY + ["--max_steps=5", "--anchor_l2=1e-4", "--stop_step=2", f"--out_dir={parts}"])
+    run(TINY + ["--max_steps=5", *extra, f"--out_dir={full}"])
+    run(TINY + ["--max_steps=5", *extra, "--stop_step=2", f"--out_dir={parts}"])
     assert not os.path.exists(os.path.join(parts, "final"))
-    run(TINY + ["--max_steps=5", "--anchor_l2=1e-4", "--resume", f"--out_dir={parts}"])
+    run(TINY + ["--max_steps=5", *extra, "--resume", f"--out_dir={parts}"])
     a, b = read_log(full), read_log(parts)
     assert [r["step"] for r in b] == [1, 2, 3, 4, 5]
     for ra, rb in zip(a, b):
@@ -192,3 +194,30 @@ def test_sigterm_saves_a_resumable_state(tmp_path):
     with open(os.path.join(out, "resume", "meta.json")) as f:
         stopped_at = json.load(f)["step"]
     assert 1 <= stopped_at < 100000 and read_log(out)[-1]["step"] == stopped_at
+
+
+@pytest.mark.parametrize("layout,extra,port", [("llada", [], 29633), ("dream", [], 29634),
+                                               ("llada", ["--lora_rank=4", "--lora_dropout=0"], 29635)])
+def test_release_checkpoint_loads_sharded_and_matches_one_process(tmp_path, layout, extra, port):
+    # a release-layout checkpoint: built on meta, sharded, filled from rank 0 (broadcast) under torchrun;
+    # loaded directly in one process; the first steps must agree (LoRA without dropout: dropout draws from
+    # each process's own generator)
+    from dataclasses import replace
+    import data as D
+    import model as M
+    cfg = M.PRESETS["tiny"] if layout == "llada" else replace(M.PRESETS["tiny"], arch="dream", qkv_bias=True,
+                                                                shift_logits=True)
+    torch.manual_seed(3)
+    M.Transformer(cfg).save_pretrained(str(tmp_path / "ckpt"),
+                                       tokenizer=D.train_tiny_tokenizer(D.tiny_tokenizer_texts()))
+    common = TINY + [f"--model={tmp_path / 'ckpt'}", "--max_steps=2", "--activation_checkpointing=true", *extra]
+    one, two = str(tmp_path / "one"), str(tmp_path / "two")
+    run(common + ["--grad_accum=2", f"--out_dir={one}"])
+    run(common + ["--grad_accum=1", f"--out_dir={two}"], nproc=2, port=port)
+    a, b = read_log(one), read_log(two)
+    for key in ("diffusion_loss", "jepa_loss", "grad_norm"):
+        assert a[0][key] == pytest.approx(b[0][key], rel=1e-5, abs=1e-6), key
+    assert a[1]["diffusion_loss"] == pytest.approx(b[1]["diffusion_loss"], rel=1e-4)
+    with open(tmp_path / "two" / "final" / "config.json") as f:
+        assert json.load(f)["model_type"].lower() == layout  # saved back in the release's own layout
+    assert not os.path.exists(tmp_path / "two" / "base")  # not a random initialisation
