@@ -113,6 +113,7 @@ def generate(model, prompts, *, steps, gen_length, block_length, temperature=0.0
         in_block = torch.zeros(B, T, dtype=torch.bool, device=dev)
         in_block[rows, block_pos] = True
         schedule = num_transfer_tokens((x[rows, block_pos] == cfg.mask_token_id).sum(1), steps_per_block)
+        most = schedule.max(dim=0).values.tolist()  # per step, the largest k of any row (one sync per block)
         for step in range(steps_per_block):
             if cfg_scale > 0:  # unconditional copy: the prompt masked
                 x_uncond = torch.where(is_prompt, cfg.mask_token_id, x)
@@ -126,11 +127,11 @@ def generate(model, prompts, *, steps, gen_length, block_length, temperature=0.0
             current = x[rows, block_pos]
             still_masked = current == cfg.mask_token_id
             confidence = torch.where(still_masked, confidence, -math.inf)
+            # top-k per row with k from the row's schedule: one top-k at the largest k, keeping each row's first k
             commit = torch.zeros_like(still_masked)
-            for b in range(B):  # top-k per row, k from the row's schedule
-                k = int(schedule[b, step])
-                if k:
-                    commit[b, torch.topk(confidence[b], k).indices] = True
+            if most[step]:
+                top = torch.topk(confidence, most[step], dim=1).indices
+                commit.scatter_(1, top, torch.arange(most[step], device=dev)[None, :] < schedule[:, step, None])
             x[rows, block_pos] = torch.where(commit, x0, current)
             if on_step is not None:
                 on_step(x.clone())
