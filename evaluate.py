@@ -663,6 +663,15 @@ def summarize(records):
 # the command
 
 
+def uses_chat_template(checkpoint_arg, ckpt_dir):
+    """chat=auto: what train.py used (train_config.json beside final/), else whether the name says Instruct."""
+    for path in (os.path.join(ckpt_dir, "train_config.json"), os.path.join(ckpt_dir, "..", "train_config.json")):
+        if os.path.exists(path):
+            with open(path) as f:
+                return json.load(f).get("chat") == "true"
+    return "instruct" in checkpoint_arg.lower()
+
+
 def main(argv):
     cfg = configure(globals(), KEYS, argv)
     if task not in data.TASKS:
@@ -677,7 +686,7 @@ def main(argv):
     model = modellib.from_pretrained(ckpt_dir, dtype=torch.bfloat16 if (use_cuda and dtype == "bfloat16")
                                      else torch.float32, device=dev).eval()
     tokenizer = modellib.load_tokenizer(ckpt_dir, model.cfg)
-    use_chat = chat == "true" or (chat == "auto" and "instruct" in checkpoint.lower())
+    use_chat = chat == "true" or (chat == "auto" and uses_chat_template(checkpoint, ckpt_dir))
     length = gen_length or data.TASKS[task]["gen_length"]
     block = block_length or min(128, length)
     n_steps = steps or min(128, length)

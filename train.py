@@ -322,8 +322,8 @@ def main(argv):
     os.makedirs(out_dir, exist_ok=True)
     log_file = open(os.path.join(out_dir, "log.jsonl"), "a") if master else None
     if master:
-        with open(os.path.join(out_dir, "train_config.json"), "w") as f:
-            json.dump(cfg, f, indent=2)
+        with open(os.path.join(out_dir, "train_config.json"), "w") as f:  # 'chat' resolved, for evaluate.py
+            json.dump(cfg | {"chat": "true" if use_chat else "false"}, f, indent=2)
     try:
         from tqdm import tqdm
         bar = tqdm(total=total_steps, initial=step, disable=not master, desc="train", dynamic_ncols=True)

@@ -344,3 +344,14 @@ def test_two_process_evaluation_equals_one_process(tmp_path):
     a = [json.loads(x) for x in open(tmp_path / "one" / "tiny-regex-0shot.jsonl")]
     b = [json.loads(x) for x in open(tmp_path / "two" / "tiny-regex-0shot.jsonl")]
     assert len(a) == 7 and a == b  # rank 0 gathered every shard, in order, with the same generations
+
+
+def test_chat_auto_follows_training(tmp_path):
+    run = tmp_path / "run"
+    (run / "final").mkdir(parents=True)
+    assert E.uses_chat_template("GSAI-ML/LLaDA-8B-Instruct", str(tmp_path / "nowhere"))
+    assert not E.uses_chat_template(str(run), str(run / "final"))
+    (run / "train_config.json").write_text(json.dumps({"chat": "true"}))
+    assert E.uses_chat_template(str(run), str(run / "final"))
+    (run / "train_config.json").write_text(json.dumps({"chat": "false"}))
+    assert not E.uses_chat_template("my-Instruct-run", str(run / "final"))
