@@ -330,6 +330,7 @@ def print_table(report):
 def plot_drift(report, path):
     try:
         import matplotlib
+        import matplotlib.ticker
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
@@ -338,6 +339,7 @@ def plot_drift(report, path):
     for label, e in report["checkpoints"].items():
         if "drift_per_layer" in e:
             ax.plot(range(len(e["drift_per_layer"])), e["drift_per_layer"], marker="o", ms=3, label=label)
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_xlabel("layer (0 = embeddings)")
     ax.set_ylabel("1 - cos(base, fine-tuned)")
     ax.set_title("Per-layer drift from the base (WikiText)")
