@@ -257,6 +257,8 @@ def main(argv):
     base_dir = modellib.resolve_checkpoint_dir(base)
     tokenizer = modellib.load_tokenizer(base_dir)
     samples, cut = wikitext_samples(tokenizer, n_samples, sample_len, wikitext_dir or None)
+    if master:
+        print(f"WikiText: {len(samples)} samples, {cut} of them cut to sample_len={sample_len} tokens")
     questions = [] if mmlu_dir == "none" else mmlu_subset(data.load_mmlu("test", mmlu_dir or None), mmlu_questions, seed)
     my_samples = list(range(rank, len(samples), world))
     my_questions = list(range(rank, len(questions), world))
