@@ -600,7 +600,11 @@ def score_spider(prediction, item, db_dir=None, timeout=5.0):
     db_path = os.path.join(db_dir or "", item.get("db_id") or "", f"{item.get('db_id')}.sqlite")
     if not db_dir or not os.path.exists(db_path):
         return scores
-    gold_rows = run_sql(db_path, gold, timeout)
+    try:
+        gold_rows = run_sql(db_path, gold, timeout)
+    except (sqlite3.Error, sqlite3.Warning) as e:  # the gold itself does not run here: not scorable
+        scores["gold_error"] = str(e)
+        return scores
     try:
         pred_rows = run_sql(db_path, pred, timeout)
     except (sqlite3.Error, sqlite3.Warning, ValueError, OverflowError):
@@ -649,7 +653,9 @@ def summarize(records):
     keys = sorted({k for r in records for k, v in r["scores"].items()})
     for k in keys:
         values = [r["scores"][k] for r in records if r["scores"].get(k) is not None]
-        if values and isinstance(values[0], str):
+        if k == "gold_error":  # gold queries that do not run: counted, their messages stay in the jsonl
+            summary["gold_errors"] = len(values)
+        elif values and isinstance(values[0], str):
             for cat, n in sorted(Counter(values).items()):
                 summary[f"{k}/{cat}"] = n / len(values)
         elif values:

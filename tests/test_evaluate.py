@@ -237,6 +237,10 @@ def test_spider_scores(db_dir):
     ordered = {"output": "SELECT name FROM item ORDER BY price", "db_id": "shop"}
     assert E.score_spider("SELECT name FROM item ORDER BY price DESC", ordered, db_dir)["exec"] == 0.0
     assert E.score_spider("SELECT name FROM item", {"output": "SELECT 1", "db_id": "absent"}, db_dir)["exec"] is None
+    broken_gold = E.score_spider("SELECT name FROM item", {"output": "SELECT nope FROM item", "db_id": "shop"}, db_dir)
+    assert broken_gold["exec"] is None and "nope" in broken_gold["gold_error"]
+    summary = E.summarize([{"scores": broken_gold}, {"scores": {"exact": 1.0, "exec": 1.0}}])
+    assert summary == {"n": 2, "exact": 0.5, "exec": 1.0, "exec_n": 1, "gold_errors": 1}
 
 
 def test_spider_never_writes(db_dir):

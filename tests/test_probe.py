@@ -174,10 +174,10 @@ def test_probe_command_on_tiny_checkpoints(tmp_path, tok):
     assert report["drift_ratios"]["ft/same"]["mean"] is None  # the denominator does not drift
     assert report["mmlu_questions"] == 12 and 0 <= ft_entry["mmlu"] <= 1
     assert "checkpoint" in proc.stdout and "drift ratio ft/same" in proc.stdout
-    try:
-        import matplotlib  # noqa: F401  (optional: the plot is made only where it is installed)
+    import importlib.util
+    if importlib.util.find_spec("matplotlib"):  # optional: the plot is made only where it is installed
         assert (out / "drift.png").stat().st_size > 1000
-    except ImportError:
+    else:
         assert not (out / "drift.png").exists()
 
 
