@@ -1,5 +1,20 @@
-# lets tests import the top-level scripts (model.py, jepa.py, ...) from any working directory
+# lets tests import the top-level scripts (model.py, jepa.py, ...) from any working directory, and gives
+# them one way to run a script as a user would: `python script.py ...` or torchrun with N CPU processes
 import os
+import subprocess
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, ROOT)
+
+
+def run_script(args, nproc=1, port=29600, check=True, timeout=300):
+    """Run `python <args>` (nproc = 1) or `torchrun --nproc_per_node <nproc> <args>` in the repository root,
+    one thread per process. With check, a non-zero exit fails with the tail of the output."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    launcher = [] if nproc == 1 else ["-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--master_port={port}"]
+    cmd = [sys.executable, *launcher, *args]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc

@@ -4,14 +4,13 @@ release files in ../shared/data where present."""
 import json
 import os
 import sqlite3
-import subprocess
-import sys
 import time
 from dataclasses import replace
 from fractions import Fraction
 
 import pytest
 import torch
+from conftest import run_script
 
 import data as D
 import evaluate as E
@@ -285,11 +284,8 @@ def test_evaluate_command_on_a_train_output_directory(tmp_path):
     torch.manual_seed(0)
     run_dir = tmp_path / "run"
     M.Transformer(M.PRESETS["tiny"]).save_pretrained(str(run_dir / "final"), tokenizer=tok)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    proc = subprocess.run([sys.executable, "evaluate.py", f"--checkpoint={run_dir}", "--task", "tiny-regex",
-                           "--limit=6", "--batch_size=4", "--shots=4", "--gen_length=16", "--steps=8"],
-                          cwd=root, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_script(["evaluate.py", f"--checkpoint={run_dir}", "--task", "tiny-regex", "--limit=6", "--batch_size=4",
+                "--shots=4", "--gen_length=16", "--steps=8"])
     summary = json.load(open(run_dir / "final" / "tiny-regex-4shot.json"))
     assert summary["n"] == 6 and set(summary) >= {"exact", "functional", "dfa"}
     rows = [json.loads(line) for line in open(run_dir / "final" / "tiny-regex-4shot.jsonl")]
@@ -335,16 +331,10 @@ def test_two_process_evaluation_equals_one_process(tmp_path):
     tok = D.train_tiny_tokenizer(D.tiny_tokenizer_texts())
     torch.manual_seed(0)
     M.Transformer(M.PRESETS["tiny"]).save_pretrained(str(tmp_path / "ckpt"), tokenizer=tok)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     args = ["evaluate.py", f"--checkpoint={tmp_path / 'ckpt'}", "--task=tiny-regex", "--limit=7", "--batch_size=2",
             "--gen_length=16", "--steps=8"]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    one = subprocess.run([sys.executable, *args, f"--out_dir={tmp_path / 'one'}"], cwd=root, env=env,
-                         capture_output=True, text=True, timeout=300)
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29651",
-                          *args, f"--out_dir={tmp_path / 'two'}"], cwd=root, env=env, capture_output=True, text=True,
-                         timeout=300)
-    assert one.returncode == 0 and two.returncode == 0, one.stderr[-2000:] + two.stderr[-2000:]
+    run_script([*args, f"--out_dir={tmp_path / 'one'}"])
+    run_script([*args, f"--out_dir={tmp_path / 'two'}"], nproc=2, port=29651)
     a = [json.loads(x) for x in open(tmp_path / "one" / "tiny-regex-0shot.jsonl")]
     b = [json.loads(x) for x in open(tmp_path / "two" / "tiny-regex-0shot.jsonl")]
     assert len(a) == 7 and a == b  # rank 0 gathered every shard, in order, with the same generations

@@ -4,19 +4,17 @@
 import copy
 import json
 import os
-import subprocess
-import sys
 from dataclasses import replace
 
 import pytest
 import torch
+from conftest import run_script
 
 import jepa as J
 import model as M
 
 SMALL = replace(M.PRESETS["tiny"], vocab_size=64, n_layers=2, d_model=64, n_heads=4, n_kv_heads=2, mlp_hidden=128)
 LAYOUTS = {"llada": SMALL, "dream": replace(SMALL, arch="dream", qkv_bias=True, shift_logits=True)}
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def batch():
@@ -126,21 +124,12 @@ def test_bad_lora_settings():
         train.configure(["--lora_rank=8", "--anchor_l2=1e-4"])
 
 
-def run(args, nproc, port):
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--master_port={port}",
-           "train.py", *args] if nproc > 1 else [sys.executable, "train.py", *args]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    return proc
-
-
 def test_two_process_lora_fsdp_run(tmp_path):
     out = str(tmp_path / "lora")
     args = ["--preset", "tiny", "--lora_rank=4", "--log_every=1", "--batch_size=4", "--max_steps=3",
             "--activation_checkpointing=true", f"--out_dir={out}"]
-    run(args + ["--stop_step=2"], 2, 29641)
-    run(args + ["--resume"], 2, 29642)
+    run_script(["train.py", *args, "--stop_step=2"], nproc=2, port=29641)
+    run_script(["train.py", *args, "--resume"], nproc=2, port=29642)
     log = [json.loads(line) for line in open(os.path.join(out, "log.jsonl"))]
     assert [r["step"] for r in log] == [1, 2, 3]
     assert all(r["diffusion_loss"] == r["diffusion_loss"] and r["jepa_loss"] >= 0 for r in log)

@@ -3,18 +3,16 @@ end to end on tiny checkpoints."""
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
+from conftest import run_script
 
 import data as D
 import model as M
 import probe as P
 
 SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
@@ -161,12 +159,9 @@ def test_probe_command_on_tiny_checkpoints(tmp_path, tok):
         (mm / f"sub{k}_test.csv").write_text("question,choice0,choice1,choice2,choice3,answer\n" +
                                              "".join(f"q{i},a,b,c,d,{i % 4}\n" for i in range(5)))
     out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, "probe.py", f"--base={tmp_path / 'base'}",
-                           f"--checkpoints={tmp_path / 'run'},{tmp_path / 'same'}", "--names=ft,same",
-                           "--ratio=ft/same", f"--wikitext_dir={wt}", f"--mmlu_dir={tmp_path / 'mmlu'}",
-                           "--n_samples=10", "--mmlu_questions=12", "--cos_pairs=200", f"--out_dir={out}"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = run_script(["probe.py", f"--base={tmp_path / 'base'}", f"--checkpoints={tmp_path / 'run'},{tmp_path / 'same'}",
+                       "--names=ft,same", "--ratio=ft/same", f"--wikitext_dir={wt}", f"--mmlu_dir={tmp_path / 'mmlu'}",
+                       "--n_samples=10", "--mmlu_questions=12", "--cos_pairs=200", f"--out_dir={out}"])
     report = json.load(open(out / "probe.json"))
     same, ft_entry = report["checkpoints"]["same"], report["checkpoints"]["ft"]
     assert same["drift"]["mean"] == pytest.approx(0.0, abs=1e-6) and same["forgetting"] == pytest.approx(0.0, abs=1e-6)
@@ -191,13 +186,8 @@ def test_two_process_probe_equals_one_process(tmp_path, tok):
                                                for i in range(9)))
     args = ["probe.py", f"--base={tmp_path / 'base'}", f"--checkpoints={tmp_path / 'ft'}", "--names=ft",
             f"--wikitext_dir={wt}", "--mmlu_dir=none", "--n_samples=9", "--cos_pairs=100", "--batch_size=2"]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    one = subprocess.run([sys.executable, *args, f"--out_dir={tmp_path / 'one'}"], cwd=ROOT, env=env,
-                         capture_output=True, text=True, timeout=300)
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29652",
-                          *args, f"--out_dir={tmp_path / 'two'}"], cwd=ROOT, env=env, capture_output=True, text=True,
-                         timeout=300)
-    assert one.returncode == 0 and two.returncode == 0, one.stderr[-2000:] + two.stderr[-2000:]
+    run_script([*args, f"--out_dir={tmp_path / 'one'}"])
+    run_script([*args, f"--out_dir={tmp_path / 'two'}"], nproc=2, port=29652)
     a = json.load(open(tmp_path / "one" / "probe.json"))["checkpoints"]
     b = json.load(open(tmp_path / "two" / "probe.json"))["checkpoints"]
     for label in ("base", "ft"):
