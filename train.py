@@ -243,8 +243,8 @@ def main(argv):
     use_chat = chat == "true" or (chat == "auto" and "instruct" in model.lower())
     items = data.load_task(task, "train", data_dir or None)
     examples = data.tokenize_task(task, items, tokenizer, max_len, chat=use_chat, log=log)
-    micro_per_epoch = len(data.epoch_batches(len(examples), batch_size, world, rank, seed, 0))
-    steps_per_epoch = math.ceil(micro_per_epoch / grad_accum)
+    micro, micro_epoch = data.epoch_batches(len(examples), batch_size, world, rank, seed, 0), 0
+    steps_per_epoch = math.ceil(len(micro) / grad_accum)
     total_steps = max_steps or epochs * steps_per_epoch
     log(f"{task}: {len(examples)} training examples, {world} rank(s) x batch {batch_size} x accum {grad_accum}; "
         f"{steps_per_epoch} optimizer steps per epoch, {total_steps} in all")
@@ -333,7 +333,8 @@ def main(argv):
     t0, tokens_since = time.time(), 0
     while step < total_steps:
         epoch, step_in_epoch = divmod(step, steps_per_epoch)
-        micro = data.epoch_batches(len(examples), batch_size, world, rank, seed, epoch)
+        if epoch != micro_epoch:  # the epoch's batch order, computed once per epoch
+            micro, micro_epoch = data.epoch_batches(len(examples), batch_size, world, rank, seed, epoch), epoch
         group = micro[step_in_epoch * grad_accum:(step_in_epoch + 1) * grad_accum]
         sums = {}
         for i, indices in enumerate(group):

@@ -146,7 +146,8 @@ def test_one_and_two_process_losses_agree(tmp_path):
     assert a[1]["diffusion_loss"] == pytest.approx(b[1]["diffusion_loss"], rel=1e-4)  # after one identical update
 
 
-@pytest.mark.parametrize("extra", [["--anchor_l2=1e-4"], ["--lora_rank=4", "--lora_dropout=0.3"]])
+@pytest.mark.parametrize("extra", [["--anchor_l2=1e-4"], ["--lora_rank=4", "--lora_dropout=0.3"],
+                                   ["--batch_size=200"]])  # 3 steps an epoch: the resumed run crosses epochs
 def test_resumed_run_reproduces_uninterrupted(tmp_path, extra):
     # the anchor's base copy, and LoRA's adapter EMA and dropout generator, must all come back
     full, parts = str(tmp_path / "full"), str(tmp_path / "parts")
