@@ -34,7 +34,7 @@ import evaluate
 import jepa
 import model as modellib
 from configurator import ConfigError, configure, setting_keys
-from train import peak_flops
+from train import init_distributed, peak_flops, resolve_dtype
 
 # -----------------------------------------------------------------------------
 # settings
@@ -49,7 +49,7 @@ predictor_layers = 3
 lora_rank = 16  # rank of the jepa_lora variant
 variants = "baseline,jepa,two_grad"  # which to run; add jepa_lora for the one-GPU mode's peak memory
 device = "auto"
-dtype = "float32"  # bfloat16 on GPU: autocast compute, float32 master weights
+dtype = "auto"  # auto = bfloat16 on GPU (autocast compute, float32 master weights), float32 on CPU
 sampler = True
 sampler_prompts = 8
 sampler_gen_length = 64
@@ -116,7 +116,7 @@ def run_variant(variant, dev):
     optimizer = torch.optim.AdamW(params, lr=1e-5, fused=dev.type == "cuda")
     batch = synthetic_batch(cfg, dev)
     noise = torch.rand(3, batch_size, seq_len, generator=torch.Generator().manual_seed(1))
-    use_autocast = dev.type == "cuda" and dtype == "bfloat16"
+    use_autocast = resolve_dtype(dtype, dev) == torch.bfloat16
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
 
@@ -181,9 +181,7 @@ def plain_generate(net, prompt, steps, gen_length, block_length):
 def run_sampler(dev):
     cfg = MODELS[model]
     torch.manual_seed(0)
-    net = modellib.Transformer(cfg).to(dev).eval()
-    if dev.type == "cuda" and dtype == "bfloat16":
-        net = net.to(torch.bfloat16)
+    net = modellib.Transformer(cfg).to(dev, resolve_dtype(dtype, dev)).eval()
     g = torch.Generator().manual_seed(2)
     prompts = [torch.randint(3, cfg.vocab_size, (int(torch.randint(prompt_len // 2, prompt_len + 1, (1,), generator=g)),),
                              generator=g).tolist() for _ in range(sampler_prompts)]
@@ -215,8 +213,8 @@ def main(argv):
         raise ConfigError(f"variants must be among {VARIANTS}")
     if not 0 < prompt_len < seq_len:
         raise ConfigError("need 0 < prompt_len < seq_len")
-    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
-    dev = torch.device("cuda" if use_cuda else "cpu")
+    _, _, dev = init_distributed(device)
+    use_cuda, compute_dtype = dev.type == "cuda", resolve_dtype(dtype, dev)  # a bad --dtype fails here
     if only:
         print(json.dumps(run_variant(only, dev)))
         return
@@ -238,7 +236,7 @@ def main(argv):
     result["targets_met"] = {k: (v <= TARGETS[k][1] if TARGETS[k][0] == "<=" else v >= TARGETS[k][1])
                              for k, v in checks.items()}
     print(f"device {result['device']}, model {model} ({rows[0]['params'] / 1e6:.1f}M), batch {batch_size} x "
-          f"{seq_len} tokens, dtype {dtype}, activation checkpointing {activation_checkpointing}")
+          f"{seq_len} tokens, {str(compute_dtype).removeprefix('torch.')}, activation checkpointing {activation_checkpointing}")
     print(f"{'variant':10} {'s/step':>9} {'tokens/s':>10} {'peak GB':>8} {'MFU':>6}")
     for r in rows:
         mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "-"

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 import data
 import model as modellib
 from configurator import ConfigError, configure, setting_keys
-from train import close_distributed, init_distributed
+from train import close_distributed, init_distributed, resolve_dtype
 
 # -----------------------------------------------------------------------------
 # settings
@@ -50,7 +50,7 @@ block_length = 0  # 0 = min(128, gen_length)
 temperature = 0.0  # 0 = greedy (the paper)
 cfg_scale = 0.0  # classifier-free guidance scale; 0 = off
 chat = "auto"  # 'auto' (instruct checkpoints), 'true', 'false'
-dtype = "bfloat16"  # on GPU; the CPU always runs float32
+dtype = "auto"  # the weights' dtype: auto = bfloat16 on GPU, float32 on CPU
 device = "auto"
 seed = 0
 sql_timeout = 5.0  # seconds per Spider query
@@ -689,8 +689,7 @@ def main(argv):
     use_cuda, master = dev.type == "cuda", rank == 0
 
     ckpt_dir = modellib.resolve_checkpoint_dir(checkpoint)
-    model = modellib.from_pretrained(ckpt_dir, dtype=torch.bfloat16 if (use_cuda and dtype == "bfloat16")
-                                     else torch.float32, device=dev).eval()
+    model = modellib.from_pretrained(ckpt_dir, dtype=resolve_dtype(dtype, dev), device=dev).eval()
     tokenizer = modellib.load_tokenizer(ckpt_dir, model.cfg)
     use_chat = chat == "true" or (chat == "auto" and uses_chat_template(checkpoint, ckpt_dir))
     length = gen_length or data.TASKS[task]["gen_length"]

@@ -31,7 +31,7 @@ import data
 import jepa
 import model as modellib
 from configurator import ConfigError, configure, setting_keys
-from train import close_distributed, init_distributed
+from train import close_distributed, init_distributed, resolve_dtype
 
 # -----------------------------------------------------------------------------
 # settings
@@ -50,7 +50,7 @@ cos_pairs = 5000
 mmlu_questions = 500
 batch_size = 8
 seed = 0
-dtype = "bfloat16"  # on GPU; the CPU runs float32
+dtype = "auto"  # the weights' dtype: auto = bfloat16 on GPU, float32 on CPU
 device = "auto"
 out_dir = "probe"
 KEYS = setting_keys(globals())
@@ -251,7 +251,7 @@ def main(argv):
         if len(pair) != 2 or not set(pair) <= set(labels):
             raise ConfigError(f"--ratio pairs are name/name over {labels}; got {'/'.join(pair)}")
     world, rank, dev = init_distributed(device)
-    model_dtype = torch.bfloat16 if (dev.type == "cuda" and dtype == "bfloat16") else torch.float32
+    model_dtype = resolve_dtype(dtype, dev)
     master = rank == 0
 
     base_dir = modellib.resolve_checkpoint_dir(base)

@@ -67,7 +67,7 @@ max_steps = 0  # > 0: the schedule's length in optimizer steps, instead of epoch
 seed = 42
 # system
 device = "auto"  # auto = cuda if available, else cpu
-dtype = "bfloat16"  # compute dtype on GPU (master weights, reductions and the optimizer stay float32)
+dtype = "auto"  # compute dtype: auto = bfloat16 on GPU, float32 on CPU (master weights, reductions, optimizer: float32)
 activation_checkpointing = True
 out_dir = "out"
 log_every = 10
@@ -85,7 +85,8 @@ PRESETS = {
                  batch_size=16, grad_accum=1, epochs=30, activation_checkpointing=False, predictor_layers=2,
                  ema_decay=0.99, log_every=10, save_every=0, seed=0, out_dir="out-tiny"),
 }
-CHOICES = {"task": tuple(data.TASKS), "chat": ("auto", "true", "false"), "dtype": ("bfloat16", "float32"),
+DTYPES = {"auto": None, "bfloat16": torch.bfloat16, "float32": torch.float32}  # None: by device (resolve_dtype)
+CHOICES = {"task": tuple(data.TASKS), "chat": ("auto", "true", "false"), "dtype": tuple(DTYPES),
            "device": ("auto", "cuda", "cpu")}
 KEYS = setting_keys(globals())
 
@@ -169,6 +170,15 @@ def peak_flops(dev):
     return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
 
 
+def resolve_dtype(setting, dev):
+    """The compute dtype a --dtype setting means on a device: 'auto' is bfloat16 on a GPU and float32 on the
+    CPU; an explicit dtype holds on any device (bfloat16 on the CPU is how the tests run the GPU's
+    mixed-precision paths)."""
+    if setting not in DTYPES:
+        raise ConfigError(f"--dtype={setting!r} is not one of {', '.join(map(repr, DTYPES))}")
+    return DTYPES[setting] or (torch.bfloat16 if dev.type == "cuda" else torch.float32)
+
+
 def init_distributed(device_setting):
     """(world size, rank, device). Under torchrun (WORLD_SIZE > 1) joins the process group: NCCL on GPUs,
     gloo on the CPU. device_setting: 'auto' (cuda when available), 'cuda' or 'cpu'."""
@@ -221,9 +231,9 @@ def load_full_state(module, full_state):
 def main(argv):
     cfg = configure(argv)
     world, rank, dev = init_distributed(device)
-    distributed, use_cuda, master = world > 1, dev.type == "cuda", rank == 0
+    distributed, master = world > 1, rank == 0
     log = print if master else (lambda *a, **k: None)
-    compute_dtype = torch.bfloat16 if (use_cuda and dtype == "bfloat16") else torch.float32
+    compute_dtype = resolve_dtype(dtype, dev)
     mesh = None
     if distributed:
         from torch.distributed.device_mesh import init_device_mesh
@@ -316,8 +326,9 @@ def main(argv):
     stop_requested = {"flag": False}
     signal.signal(signal.SIGTERM, lambda *_: stop_requested.__setitem__("flag", True))
 
-    autocast = torch.autocast("cuda", dtype=compute_dtype) if (use_cuda and not distributed and
-                                                                compute_dtype != torch.float32) else nullcontext()
+    # mixed precision: one process autocasts; under torchrun FSDP2's MixedPrecisionPolicy casts instead
+    autocast = torch.autocast(dev.type, dtype=compute_dtype) if (not distributed and compute_dtype != torch.float32) \
+        else nullcontext()
     peak = peak_flops(dev)
     os.makedirs(out_dir, exist_ok=True)
     log_file = open(os.path.join(out_dir, "log.jsonl"), "a") if master else None

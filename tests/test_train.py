@@ -146,6 +146,27 @@ def test_one_and_two_process_losses_agree(tmp_path):
     assert a[1]["diffusion_loss"] == pytest.approx(b[1]["diffusion_loss"], rel=1e-4)  # after one identical update
 
 
+def test_bfloat16_paths_agree_with_float32(tmp_path):
+    # the GPU's mixed precision, run on the CPU: autocast in one process, FSDP2's MixedPrecisionPolicy (bf16
+    # parameters in compute, fp32 gradient reduction) under torchrun. Both must track the fp32 run to bf16
+    # accuracy without equalling it (bf16 really ran), and keep fp32 master weights.
+    from safetensors import safe_open
+    ref, one, two = str(tmp_path / "fp32"), str(tmp_path / "one"), str(tmp_path / "two")
+    run(TINY + ["--max_steps=2", "--grad_accum=2", f"--out_dir={ref}"])
+    run(TINY + ["--max_steps=2", "--grad_accum=2", "--dtype=bfloat16", f"--out_dir={one}"])
+    run(TINY + ["--max_steps=2", "--grad_accum=1", "--dtype=bfloat16", f"--out_dir={two}"], nproc=2, port=29636)
+    fp32 = read_log(ref)
+    for out in (one, two):
+        log = read_log(out)
+        assert log[0]["diffusion_loss"] != fp32[0]["diffusion_loss"], out
+        for step in range(2):
+            assert log[step]["diffusion_loss"] == pytest.approx(fp32[step]["diffusion_loss"], rel=2e-3), (out, step)
+            for key in ("jepa_loss", "cosine"):
+                assert log[step][key] == pytest.approx(fp32[step][key], abs=1e-2), (out, step, key)
+        with safe_open(os.path.join(out, "final", "model.safetensors"), framework="pt") as f:
+            assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"F32"}, out
+
+
 @pytest.mark.parametrize("extra", [["--anchor_l2=1e-4"], ["--lora_rank=4", "--lora_dropout=0.3"],
                                    ["--batch_size=200"]])  # 3 steps an epoch: the resumed run crosses epochs
 def test_resumed_run_reproduces_uninterrupted(tmp_path, extra):
