@@ -716,7 +716,7 @@ def main(argv):
                        temperature=temperature, cfg_scale=cfg_scale, generator=generator)
         for i, p, gen in zip(idx, prompts, out.tolist()):
             text = tokenizer.decode(cut_at_stop(gen, stop_ids), skip_special_tokens=True)
-            records.append({"index": i, "prompt": tokenizer.decode(p), "generation": text,
+            records.append({"index": i, "prompt": tokenizer.decode(p), "prompt_tokens": len(p), "generation": text,
                             "gold": items[i]["output"],
                             "scores": score(task, text, items[i], db_dir, sql_timeout)})
     if world > 1:
@@ -724,6 +724,11 @@ def main(argv):
         dist.all_gather_object(gathered, records)
         records = sorted((r for part in gathered for r in part), key=lambda r: r["index"])
     if master:
+        # past the trained context the positions are extrapolated: run anyway, but say how often
+        over = sum(r["prompt_tokens"] + length > model.cfg.max_seq_len for r in records)
+        if over:
+            print(f"warning: {over} of {len(records)} prompts + gen_length={length} exceed the model's context "
+                  f"window of {model.cfg.max_seq_len} tokens")
         target_dir = out_dir or (ckpt_dir if os.path.isdir(checkpoint) else "eval")
         os.makedirs(target_dir, exist_ok=True)
         stem = os.path.join(target_dir, f"{task}-{shots}shot")
@@ -731,7 +736,8 @@ def main(argv):
             for r in records:
                 f.write(json.dumps(r) + "\n")
         summary = {"task": task, "shots": shots, "checkpoint": checkpoint, "steps": n_steps, "gen_length": length,
-                   "block_length": block, "temperature": temperature, **summarize(records), "config": cfg}
+                   "block_length": block, "temperature": temperature, "over_context_window": over, **summarize(records),
+                   "config": cfg}
         with open(stem + ".json", "w") as f:
             json.dump(summary, f, indent=2)
         print(json.dumps({k: v for k, v in summary.items() if k != "config"}, indent=2))

@@ -283,14 +283,21 @@ def test_evaluate_command_on_a_train_output_directory(tmp_path):
     tok = D.train_tiny_tokenizer(D.tiny_tokenizer_texts())
     torch.manual_seed(0)
     run_dir = tmp_path / "run"
-    M.Transformer(M.PRESETS["tiny"]).save_pretrained(str(run_dir / "final"), tokenizer=tok)
-    run_script(["evaluate.py", f"--checkpoint={run_dir}", "--task", "tiny-regex", "--limit=6", "--batch_size=4",
-                "--shots=4", "--gen_length=16", "--steps=8"])
+    window = 96  # a context window some 4-shot prompts + 16 generated tokens overrun: counted, not fatal
+    M.Transformer(replace(M.PRESETS["tiny"], max_seq_len=window)).save_pretrained(str(run_dir / "final"), tokenizer=tok)
+    proc = run_script(["evaluate.py", f"--checkpoint={run_dir}", "--task", "tiny-regex", "--limit=6", "--batch_size=4",
+                       "--shots=4", "--gen_length=16", "--steps=8"])
     summary = json.load(open(run_dir / "final" / "tiny-regex-4shot.json"))
     assert summary["n"] == 6 and set(summary) >= {"exact", "functional", "dfa"}
     rows = [json.loads(line) for line in open(run_dir / "final" / "tiny-regex-4shot.jsonl")]
     assert [r["index"] for r in rows] == list(range(6))
     assert all(r["prompt"].count("Regex:") == 5 for r in rows)  # 4 shots + the item
+    items, train_items = D.load_task("tiny-regex", "eval")[:6], D.load_task("tiny-regex", "train")
+    lengths = [len(D.format_example("tiny-regex", x, tok, D.choose_shots(train_items, 4, x))[0]) for x in items]
+    assert [r["prompt_tokens"] for r in rows] == lengths
+    over = sum(n + 16 > window for n in lengths)
+    assert 0 < over and summary["over_context_window"] == over
+    assert f"{over} of 6 prompts" in proc.stdout
 
 
 # --- the real release files: every gold answer scores 1 on every metric ---
