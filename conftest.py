@@ -4,8 +4,14 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, ROOT)
+# the real release files (GSM8K, NL-RX, ...) beside the checkout; tests that read them skip without them
+SHARED = os.path.join(ROOT, "..", "shared", "data")
+needs_shared = pytest.mark.skipif(not os.path.isdir(SHARED),
+                                  reason="../shared/data (the real release files) is not beside this checkout")
 
 
 def run_script(args, nproc=1, port=29600, check=True, timeout=300):

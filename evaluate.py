@@ -686,7 +686,7 @@ def main(argv):
         raise ConfigError("shots, limit, temperature and cfg_scale must be >= 0, batch_size >= 1")
     import torch.distributed as dist
     world, rank, dev = init_distributed(device)
-    use_cuda, master = dev.type == "cuda", rank == 0
+    master = rank == 0
 
     ckpt_dir = modellib.resolve_checkpoint_dir(checkpoint)
     model = modellib.from_pretrained(ckpt_dir, dtype=resolve_dtype(dtype, dev), device=dev).eval()

@@ -5,12 +5,9 @@ import os
 import re
 
 import pytest
+from conftest import SHARED, needs_shared
 
 import data as D
-
-SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
-needs_shared = pytest.mark.skipif(not os.path.isdir(SHARED),
-                                  reason="../shared/data (the real release files) is not beside this checkout")
 
 
 @pytest.fixture(scope="module")

@@ -10,15 +10,12 @@ from fractions import Fraction
 
 import pytest
 import torch
-from conftest import run_script
+from conftest import SHARED, needs_shared, run_script
 
 import data as D
 import evaluate as E
 import model as M
 
-SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
-needs_shared = pytest.mark.skipif(not os.path.isdir(SHARED),
-                                  reason="../shared/data (the real release files) is not beside this checkpoint")
 SMALL = replace(M.PRESETS["tiny"], vocab_size=48, n_layers=2, d_model=32, n_heads=4, n_kv_heads=2, mlp_hidden=64)
 MASK = SMALL.mask_token_id
 

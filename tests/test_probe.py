@@ -6,13 +6,12 @@ import os
 
 import pytest
 import torch
-from conftest import run_script
+from conftest import SHARED, needs_shared, run_script
 
 import data as D
 import model as M
 import probe as P
 
-SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +117,7 @@ def test_mmlu_subset_stratified_and_stable():
     assert len({q["question"] for q in subset}) == 500
 
 
-@pytest.mark.skipif(not os.path.isdir(SHARED), reason="../shared/data (the real MMLU files) is not beside this checkout")
+@needs_shared
 def test_mmlu_subset_on_real_files():
     qs = D.load_mmlu("test", os.path.join(SHARED, "mmlu"))
     subset = P.mmlu_subset(qs, 500, seed=0)

@@ -4,6 +4,7 @@ resume, SIGTERM. The runs use the tiny preset for a handful of steps."""
 import importlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -11,7 +12,7 @@ import time
 
 import pytest
 import torch
-from conftest import ROOT, run_script
+from conftest import ROOT, SHARED, needs_shared, run_script
 
 TINY = ["--preset", "tiny", "--log_every=1", "--batch_size=4"]
 
@@ -234,3 +235,28 @@ def test_release_checkpoint_loads_sharded_and_matches_one_process(tmp_path, layo
     with open(tmp_path / "two" / "final" / "config.json") as f:
         assert json.load(f)["model_type"].lower() == layout  # saved back in the release's own layout
     assert not os.path.exists(tmp_path / "two" / "base")  # not a random initialisation
+
+
+@needs_shared
+def test_users_command_on_the_real_gsm8k_files(tmp_path):
+    # `torchrun ... train.py --task gsm8k` with the paper's defaults, on the real release files, a tiny
+    # LLaDA-layout checkpoint standing in for LLaDA-8B; then evaluate.py on what it wrote
+    import data as D
+    import model as M
+    torch.manual_seed(0)
+    M.Transformer(M.PRESETS["tiny"]).save_pretrained(str(tmp_path / "ckpt"),
+                                                     tokenizer=D.train_tiny_tokenizer(D.tiny_tokenizer_texts()))
+    gsm8k, out = os.path.join(SHARED, "gsm8k", "openai"), tmp_path / "run"
+    proc = run(["--task", "gsm8k", f"--data_dir={gsm8k}", f"--model={tmp_path / 'ckpt'}", "--max_len=512",
+                "--max_steps=1", "--device=cpu", f"--out_dir={out}"], nproc=2, port=29637)
+    kept = int(re.search(r"gsm8k: (\d+) training examples", proc.stdout).group(1))
+    dropped = int(re.search(r"dropped (\d+) of 7473 examples longer than max_len=512", proc.stdout).group(1))
+    assert kept + dropped == 7473 and kept > 0
+    cfg = json.load(open(out / "train_config.json"))
+    assert (cfg["t_low"], cfg["t_high"], cfg["lr"], cfg["jepa_weight"], cfg["predictor_layers"]) == (0.2, 0.7, 1e-5, 1.0, 3)
+    record = read_log(str(out))[-1]
+    assert record["step"] == 1 and 0 < record["jepa_loss"] < 2 and record["diffusion_loss"] > 0
+    run_script(["evaluate.py", f"--checkpoint={out}", "--task=gsm8k", f"--data_dir={gsm8k}", "--limit=2",
+                "--gen_length=16", "--steps=16"])
+    summary = json.load(open(out / "final" / "gsm8k-0shot.json"))
+    assert summary["n"] == 2 and 0 <= summary["accuracy"] <= 1
