@@ -105,11 +105,13 @@ def peak_memory_bytes(dev):
 def run_variant(variant, dev):
     cfg = MODELS[model]
     torch.manual_seed(0)
-    online = modellib.Transformer(cfg).to(dev)
+    with torch.device(dev):  # initialised where it runs: an 8B random init on the host takes minutes
+        online = modellib.Transformer(cfg)
     online.activation_checkpointing = activation_checkpointing
     if variant == "jepa_lora":
         modellib.add_lora(online, lora_rank)
-    predictor = jepa.Predictor(cfg, predictor_layers).to(dev) if variant != "baseline" else None
+    with torch.device(dev):
+        predictor = jepa.Predictor(cfg, predictor_layers) if variant != "baseline" else None
     target = jepa.make_target_encoder(online) if variant in ("jepa", "jepa_lora") else None
     params = [p for p in online.parameters() if p.requires_grad] + \
         (list(predictor.parameters()) if predictor is not None else [])
@@ -181,7 +183,8 @@ def plain_generate(net, prompt, steps, gen_length, block_length):
 def run_sampler(dev):
     cfg = MODELS[model]
     torch.manual_seed(0)
-    net = modellib.Transformer(cfg).to(dev, resolve_dtype(dtype, dev)).eval()
+    with torch.device(dev):
+        net = modellib.Transformer(cfg).to(resolve_dtype(dtype, dev)).eval()
     g = torch.Generator().manual_seed(2)
     prompts = [torch.randint(3, cfg.vocab_size, (int(torch.randint(prompt_len // 2, prompt_len + 1, (1,), generator=g)),),
                              generator=g).tolist() for _ in range(sampler_prompts)]
