@@ -308,8 +308,7 @@ def end_of_turn_id(tokenizer):
 
 def format_example(task, item, tokenizer, shots=(), chat=False):
     """(prompt ids, response ids) for one item. Base models: instruction, the shots and the question as
-    plain 'Label: text' lines, BOS first where the tokenizer has a BOS distinct from EOS (LLaDA's
-    <|startoftext|>; Qwen-style tokenizers have none). Instruct models: the tokenizer's chat template, one
+    plain 'Label: text' lines (encode_plain). Instruct models: the tokenizer's chat template, one
     user/assistant turn per shot, and the response closed by the end-of-turn token. The trailing EOS is
     added by collate."""
     spec = TASKS[task]
@@ -327,10 +326,15 @@ def format_example(task, item, tokenizer, shots=(), chat=False):
     for s in shots:
         text += f"{spec['input_label']}: {item_input(task, s)}\n{spec['output_label']}: {s['output']}\n\n"
     text += f"{spec['input_label']}: {item_input(task, item)}\n{spec['output_label']}:"
+    return encode_plain(tokenizer, text), tokenizer.encode(" " + item["output"], add_special_tokens=False)
+
+
+def encode_plain(tokenizer, text):
+    """A base model's text as token ids, BOS first where the tokenizer has a BOS distinct from EOS (LLaDA's
+    <|startoftext|>; Qwen-style tokenizers, Dream's, have none)."""
     bos = tokenizer.bos_token_id
     prefix = [bos] if bos is not None and bos != tokenizer.eos_token_id else []
-    return prefix + tokenizer.encode(text, add_special_tokens=False), \
-        tokenizer.encode(" " + item["output"], add_special_tokens=False)
+    return prefix + tokenizer.encode(text, add_special_tokens=False)
 
 
 def tokenize_task(task, items, tokenizer, max_len, chat=False, log=print):

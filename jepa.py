@@ -58,19 +58,26 @@ def view_noise(example_ids, length, seed, max_len):
 # losses
 
 
-def diffusion_loss(masked_logits, masked_targets, masked):
-    """Eq. 2: cross-entropy over the masked positions, averaged over the masked positions of each sequence,
-    then over the sequences that have any. masked_logits (N, V) are the logits at masked.nonzero() in
-    row-major order (what model(..., logits_at=masked) returns); masked_targets (N,) the clean tokens.
-    A row with no masked position contributes nothing; a batch with none gives 0, never NaN."""
+def sequence_losses(masked_logits, masked_targets, masked):
+    """Cross-entropy at the masked positions averaged within each sequence: (B,) losses (0 for a sequence
+    with none masked) and (B,) bool, which sequences have any. masked_logits (N, V) are the logits at
+    masked.nonzero() in row-major order (what model(..., logits_at=masked) returns); masked_targets (N,)
+    the clean tokens there."""
     token_loss = F.cross_entropy(masked_logits.float(), masked_targets, reduction="none")
     rows = masked.nonzero()[:, 0]
     per_row_sum = torch.zeros(masked.shape[0], device=token_loss.device).index_add_(0, rows, token_loss)
     per_row_count = masked.sum(dim=1)
-    has_masked = per_row_count > 0
+    return per_row_sum / per_row_count.clamp(min=1), per_row_count > 0
+
+
+def diffusion_loss(masked_logits, masked_targets, masked):
+    """Eq. 2: cross-entropy over the masked positions, averaged over the masked positions of each sequence,
+    then over the sequences that have any. A row with no masked position contributes nothing; a batch
+    with none gives 0, never NaN."""
+    per_sequence, has_masked = sequence_losses(masked_logits, masked_targets, masked)
     if not has_masked.any():
-        return token_loss.sum() * 0.0  # keeps the graph (and FSDP's gradient hooks) intact
-    return (per_row_sum[has_masked] / per_row_count[has_masked]).mean()
+        return per_sequence.sum() * 0.0  # keeps the graph (and FSDP's gradient hooks) intact
+    return per_sequence[has_masked].mean()
 
 
 def jepa_loss(predicted, target):

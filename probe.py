@@ -106,11 +106,9 @@ def collapse_stats(z, n_pairs, seed):
 def wikitext_samples(tokenizer, n, length, data_dir):
     """The first n WikiText-103 validation paragraphs of at least 32 tokens, as token ids (BOS first where
     the tokenizer has a distinct one), cut to `length` tokens. Returns (samples, number cut)."""
-    bos = tokenizer.bos_token_id
-    prefix = [bos] if bos is not None and bos != tokenizer.eos_token_id else []
     samples, cut = [], 0
     for text in data.load_wikitext(data_dir):
-        ids = prefix + tokenizer.encode(text, add_special_tokens=False)
+        ids = data.encode_plain(tokenizer, text)
         if len(ids) < 32:
             continue
         cut += len(ids) > length
@@ -190,11 +188,7 @@ def wikitext_pass(model, samples, indices, batch):
         noise = jepa.view_noise(idx, ids.shape[1], seed, sample_len)
         forget_view, forget_masked = jepa.mask_view(ids, maskable, forgetting_rate, cfg.mask_token_id, noise[0])
         logits = model(forget_view, padding_mask=real, logits_at=forget_masked).logits
-        rows = forget_masked.nonzero()[:, 0]
-        token_loss = F.cross_entropy(logits.float(), ids[forget_masked], reduction="none")
-        per_row = torch.zeros(len(chunk), device=dev).index_add_(0, rows, token_loss) / \
-            forget_masked.sum(1).clamp(min=1)
-        losses.append(per_row.cpu())
+        losses.append(jepa.sequence_losses(logits, ids[forget_masked], forget_masked)[0].cpu())
         noise2 = jepa.view_noise(idx, ids.shape[1], seed + 1, sample_len)  # views of the collapse probe
         for t, noise_row, store in ((t_low, noise2[0], z_low), (t_high, noise2[1], z_high)):
             view, masked = jepa.mask_view(ids, maskable, t, cfg.mask_token_id, noise_row)
@@ -210,13 +204,11 @@ def mmlu_pass(model, tokenizer, questions, batch):
     cfg = model.cfg
     dev = next(model.parameters()).device
     letters, space_in_prompt = letter_ids(tokenizer)
-    bos = tokenizer.bos_token_id
-    prefix = [bos] if bos is not None and bos != tokenizer.eos_token_id else []
     correct = []
     for start in range(0, len(questions), batch):
         chunk = questions[start:start + batch]
-        prompts = [prefix + tokenizer.encode(mmlu_prompt(q) + (" " if space_in_prompt else ""),
-                                             add_special_tokens=False) + [cfg.mask_token_id] for q in chunk]
+        prompts = [data.encode_plain(tokenizer, mmlu_prompt(q) + (" " if space_in_prompt else ""))
+                   + [cfg.mask_token_id] for q in chunk]
         ids, real = pad_batch(prompts, cfg.pad_token_id, dev)
         at = torch.zeros_like(real)
         at[torch.arange(len(chunk)), torch.tensor([len(p) - 1 for p in prompts])] = True
