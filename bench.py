@@ -108,8 +108,8 @@ def run_variant(variant, dev):
     with torch.device(dev):  # initialised where it runs: an 8B random init on the host takes minutes
         online = modellib.Transformer(cfg)
     online.activation_checkpointing = activation_checkpointing
-    if variant == "jepa_lora":
-        modellib.add_lora(online, lora_rank)
+    if variant == "jepa_lora":  # as train.py's one-process LoRA: the frozen base in the compute dtype
+        modellib.add_lora(online.to(resolve_dtype(dtype, dev)), lora_rank)
     with torch.device(dev):
         predictor = jepa.Predictor(cfg, predictor_layers) if variant != "baseline" else None
     target = jepa.make_target_encoder(online) if variant in ("jepa", "jepa_lora") else None

@@ -237,14 +237,17 @@ LORA_TARGETS = {"q": "attn.q_proj", "k": "attn.k_proj", "v": "attn.v_proj", "o":
 
 class LoRALinear(nn.Linear):
     """A frozen linear layer plus a trainable low-rank update: y = x W^T + b + (alpha / r) drop(x) A^T B^T.
-    B starts at zero, so the adapted model starts as the base model. The weight keeps its name; the adapters
-    are lora_a (r, in) and lora_b (out, r). adapter_override = (A', B') runs the layer with other adapters
-    (the EMA target's) without touching the parameters; dropout is off then."""
+    B starts at zero, so the adapted model starts as the base model. The layer takes over the base layer's
+    weight and bias (same names); the adapters are lora_a (r, in) and lora_b (out, r), float32 whatever the
+    base's dtype (one GPU holds the frozen base in bf16). adapter_override = (A', B') runs the layer with
+    other adapters (the EMA target's) without touching the parameters; dropout is off then."""
 
-    def __init__(self, in_features, out_features, bias, rank, alpha, dropout, device=None, dtype=None):
-        super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
-        self.lora_a = nn.Parameter(torch.empty(rank, in_features, device=device, dtype=dtype))
-        self.lora_b = nn.Parameter(torch.zeros(out_features, rank, device=device, dtype=dtype))
+    def __init__(self, base, rank, alpha, dropout):
+        super().__init__(base.in_features, base.out_features, bias=base.bias is not None, device="meta")
+        self.weight, self.bias = base.weight, base.bias
+        device = base.weight.device
+        self.lora_a = nn.Parameter(torch.empty(rank, base.in_features, device=device, dtype=torch.float32))
+        self.lora_b = nn.Parameter(torch.zeros(base.out_features, rank, device=device, dtype=torch.float32))
         nn.init.kaiming_uniform_(self.lora_a, a=5 ** 0.5)  # as nn.Linear (and PEFT) initialise A
         self.scale = alpha / rank
         self.lora_dropout = nn.Dropout(dropout)
@@ -270,11 +273,7 @@ def add_lora(model, rank, alpha=16.0, dropout=0.05, targets=tuple(LORA_TARGETS))
         for t in targets:
             parent_name, name = LORA_TARGETS[t].split(".")
             parent = getattr(block, parent_name)
-            old = getattr(parent, name)
-            new = LoRALinear(old.in_features, old.out_features, old.bias is not None, rank, alpha, dropout,
-                             device=old.weight.device, dtype=old.weight.dtype)
-            new.weight, new.bias = old.weight, old.bias
-            setattr(parent, name, new)
+            setattr(parent, name, LoRALinear(getattr(parent, name), rank, alpha, dropout))
     model.lora = {"rank": rank, "alpha": alpha, "dropout": dropout, "targets": list(targets)}
     return model
 

@@ -276,8 +276,9 @@ def main(argv):
     elif distributed:  # built on meta, sharded, then filled from rank 0's copy (REFERENCE.md §5)
         with torch.device("meta"):
             online = modellib.Transformer(model_cfg)
-    else:
-        online = modellib.from_pretrained(ckpt_dir, dtype=torch.float32, device=dev)
+    else:  # one process. Full fine-tuning keeps float32 master weights; with LoRA the base never moves, so it is
+        # held in the compute dtype (LLaDA-8B in bf16: 16 GB instead of 32) and only the adapters are float32
+        online = modellib.from_pretrained(ckpt_dir, dtype=compute_dtype if lora_rank else torch.float32, device=dev)
     with_lora(online)
     online.activation_checkpointing = activation_checkpointing
     # full fine-tuning: the EMA copy is made before sharding; LoRA: the adapter EMA after loading, below

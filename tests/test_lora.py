@@ -143,3 +143,33 @@ def test_two_process_lora_fsdp_run(tmp_path):
     assert changed and all(k.endswith(("q_proj.weight", "k_proj.weight", "v_proj.weight", "attn_out.weight",
                                        "ff_proj.weight", "up_proj.weight", "ff_out.weight")) for k in changed)
     assert torch.equal(base["model.transformer.wte.weight"], final["model.transformer.wte.weight"])
+
+
+def test_one_process_bf16_holds_the_frozen_base_in_bf16(tmp_path):
+    # the one-GPU mode's precision (here on the CPU): the base loads in bf16 and stays frozen there, the
+    # adapters and the predictor train in fp32 under autocast; final/ is the bf16 merge, adapter/ is fp32
+    import data as D
+    from safetensors.torch import load_file
+    torch.manual_seed(3)
+    M.Transformer(M.PRESETS["tiny"]).save_pretrained(str(tmp_path / "ckpt"),
+                                                     tokenizer=D.train_tiny_tokenizer(D.tiny_tokenizer_texts()))
+    common = ["train.py", "--preset", "tiny", f"--model={tmp_path / 'ckpt'}", "--lora_rank=4", "--lora_dropout=0",
+              "--log_every=1", "--batch_size=4", "--max_steps=2"]
+    run_script([*common, f"--out_dir={tmp_path / 'fp32'}"])
+    run_script([*common, "--dtype=bfloat16", f"--out_dir={tmp_path / 'bf16'}"])
+    logs = [[json.loads(line) for line in open(tmp_path / d / "log.jsonl")] for d in ("fp32", "bf16")]
+    assert logs[1][0]["diffusion_loss"] != logs[0][0]["diffusion_loss"]  # bf16 really ran
+    for step in range(2):
+        assert logs[1][step]["diffusion_loss"] == pytest.approx(logs[0][step]["diffusion_loss"], rel=2e-3)
+    final = load_file(str(tmp_path / "bf16" / "final" / "model.safetensors"))
+    adapters = load_file(str(tmp_path / "bf16" / "adapter" / "adapter.safetensors"))
+    assert {t.dtype for t in final.values()} == {torch.bfloat16}
+    assert {t.dtype for t in adapters.values()} == {torch.float32}
+    release = load_file(str(tmp_path / "ckpt" / "model.safetensors"))
+    key, prefix = "model.transformer.blocks.0.q_proj.weight", "blocks.0.attn.q_proj"
+    lora_a, lora_b = adapters[prefix + ".lora_a"], adapters[prefix + ".lora_b"]
+    assert lora_b.abs().sum() > 0  # trained
+    merged = (release[key].to(torch.bfloat16).float() + (16.0 / 4) * (lora_b @ lora_a)).to(torch.bfloat16)
+    assert torch.equal(final[key], merged)  # W (in bf16) + (alpha / r) B A, rounded to bf16
+    emb = "model.transformer.wte.weight"
+    assert torch.equal(final[emb], release[emb].to(torch.bfloat16))
