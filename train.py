@@ -441,8 +441,9 @@ def save_resume_state(resume_dir, trainable, target, optimizer, step, cfg, distr
     The data position is the step (the batch order is a function of seed and epoch) and the views are a
     function of (seed, epoch, example), so no generator state is needed."""
     import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import get_state_dict
-    model_sd, optim_sd = get_state_dict(trainable, [optimizer])
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+    # not the frozen base of a LoRA run (16 GB for LLaDA-8B): a resumed run reloads it from its source
+    model_sd, optim_sd = get_state_dict(trainable, [optimizer], options=StateDictOptions(ignore_frozen_params=True))
     state = {"trainable": model_sd, "optimizer": optim_sd}
     if target is not None:
         state["target"] = target_state(target)
@@ -469,19 +470,22 @@ def save_resume_state(resume_dir, trainable, target, optimizer, step, cfg, distr
 
 def load_resume_state(resume_dir, trainable, target, optimizer, distributed, log):
     import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import (get_state_dict, set_model_state_dict,
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_state_dict, set_model_state_dict,
                                                          set_state_dict)
     meta_path = os.path.join(resume_dir, "meta.json")
     if not os.path.exists(meta_path):
         raise FileNotFoundError(f"--resume=true but there is no resumable state in {resume_dir}")
     with open(meta_path) as f:
         meta = json.load(f)
-    model_sd, optim_sd = get_state_dict(trainable, [optimizer])
+    model_sd, optim_sd = get_state_dict(trainable, [optimizer], options=StateDictOptions(ignore_frozen_params=True))
     state = {"trainable": model_sd, "optimizer": optim_sd}
     if target is not None:
         state["target"] = target_state(target)
-    dcp.load(state, checkpoint_id=resume_dir, no_dist=not distributed)  # fills the adapter EMA in place
-    set_state_dict(trainable, [optimizer], model_state_dict=state["trainable"], optim_state_dict=state["optimizer"])
+    dcp.load(state, checkpoint_id=resume_dir, no_dist=not distributed)  # every key asked for must be there
+    # strict=False only lets the frozen base (LoRA) stay as loaded from the source; the adapter EMA was
+    # filled in place by dcp.load
+    set_state_dict(trainable, [optimizer], model_state_dict=state["trainable"], optim_state_dict=state["optimizer"],
+                   options=StateDictOptions(ignore_frozen_params=True, strict=False))
     if target is not None and not isinstance(target, jepa.AdapterEMATarget):
         set_model_state_dict(target, state["target"])
     rng_path = os.path.join(resume_dir, f"rng_{dist.get_rank() if distributed else 0}.pt")

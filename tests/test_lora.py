@@ -129,6 +129,10 @@ def test_two_process_lora_fsdp_run(tmp_path):
     args = ["--preset", "tiny", "--lora_rank=4", "--log_every=1", "--batch_size=4", "--max_steps=3",
             "--activation_checkpointing=true", f"--out_dir={out}"]
     run_script(["train.py", *args, "--stop_step=2"], nproc=2, port=29641)
+    from test_train import read_resume_state
+    saved = read_resume_state(out)["trainable"]  # the adapters and the predictor; the frozen base is not saved
+    assert "online.blocks.0.attn.q_proj.lora_a" in saved and "predictor.blocks.0.attn.q_proj.weight" in saved
+    assert not any(k.startswith("online.") and not k.endswith((".lora_a", ".lora_b")) for k in saved)
     run_script(["train.py", *args, "--resume"], nproc=2, port=29642)
     log = [json.loads(line) for line in open(os.path.join(out, "log.jsonl"))]
     assert [r["step"] for r in log] == [1, 2, 3]
