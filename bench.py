@@ -115,7 +115,7 @@ def run_variant(variant, dev):
     target = jepa.make_target_encoder(online) if variant in ("jepa", "jepa_lora") else None
     params = [p for p in online.parameters() if p.requires_grad] + \
         (list(predictor.parameters()) if predictor is not None else [])
-    optimizer = torch.optim.AdamW(params, lr=1e-5, fused=dev.type == "cuda")
+    optimizer = torch.optim.AdamW(params, lr=1e-5, fused=True)  # as train.py
     batch = synthetic_batch(cfg, dev)
     noise = torch.rand(3, batch_size, seq_len, generator=torch.Generator().manual_seed(1))
     use_autocast = resolve_dtype(dtype, dev) == torch.bfloat16
