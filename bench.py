@@ -239,7 +239,8 @@ def main(argv):
     result["targets_met"] = {k: (v <= TARGETS[k][1] if TARGETS[k][0] == "<=" else v >= TARGETS[k][1])
                              for k, v in checks.items()}
     print(f"device {result['device']}, model {model} ({rows[0]['params'] / 1e6:.1f}M), batch {batch_size} x "
-          f"{seq_len} tokens, {str(compute_dtype).removeprefix('torch.')}, activation checkpointing {activation_checkpointing}")
+          f"{seq_len} tokens, {str(compute_dtype).removeprefix('torch.')}, "
+          f"activation checkpointing {activation_checkpointing}")
     print(f"{'variant':10} {'s/step':>9} {'tokens/s':>10} {'peak GB':>8} {'MFU':>6}")
     for r in rows:
         mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "-"

@@ -253,7 +253,8 @@ def test_users_command_on_the_real_gsm8k_files(tmp_path):
     dropped = int(re.search(r"dropped (\d+) of 7473 examples longer than max_len=512", proc.stdout).group(1))
     assert kept + dropped == 7473 and kept > 0
     cfg = json.load(open(out / "train_config.json"))
-    assert (cfg["t_low"], cfg["t_high"], cfg["lr"], cfg["jepa_weight"], cfg["predictor_layers"]) == (0.2, 0.7, 1e-5, 1.0, 3)
+    paper = (cfg["t_low"], cfg["t_high"], cfg["lr"], cfg["jepa_weight"], cfg["predictor_layers"])
+    assert paper == (0.2, 0.7, 1e-5, 1.0, 3)
     record = read_log(str(out))[-1]
     assert record["step"] == 1 and 0 < record["jepa_loss"] < 2 and record["diffusion_loss"] > 0
     run_script(["evaluate.py", f"--checkpoint={out}", "--task=gsm8k", f"--data_dir={gsm8k}", "--limit=2",
