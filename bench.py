@@ -149,8 +149,9 @@ def run_variant(variant, dev):
     seconds = sorted(times)[len(times) // 2]
     tokens = batch_size * seq_len
     n_params = online.num_params()
-    # 2N FLOPs per token per F; LoRA still runs the full backward through the activations (~4F in all)
-    flops = {"baseline": 6, "jepa": 8, "two_grad": 12, "jepa_lora": 8}[variant] * n_params * tokens
+    # per token: forward 2N, backward 4N (2N input gradients + 2N weight gradients), no-grad target forward 2N.
+    # LoRA's frozen base needs input gradients only: 2N + 2N + 2N (the adapters' share is negligible)
+    flops = {"baseline": 6, "jepa": 8, "two_grad": 12, "jepa_lora": 6}[variant] * n_params * tokens
     peak = peak_flops(dev)
     return {"variant": variant, "step_s": seconds, "tokens_per_s": tokens / seconds,
             "peak_memory_gb": peak_memory_bytes(dev) / 2**30, "params": n_params,

@@ -313,6 +313,8 @@ def main(argv):
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(beta1, beta2), fused=True)
     n_params = sum(p.numel() for p in online.parameters() if not p.requires_grad or not lora_rank)
+    # for MFU: forward 2N + backward 4N (LoRA: 2N, no weight gradients for the frozen base) + target forward 2N
+    flops_per_token = ((4 if lora_rank else 6) + (2 if jepa_weight > 0 else 0)) * n_params
     if lora_rank:  # a DTensor's numel is the full tensor's
         log(f"LoRA rank {lora_rank}: {sum(p.numel() for p in params) / 1e6:.2f}M trainable parameters")
     log(f"model {model}: {n_params / 1e6:.2f}M parameters; predictor {predictor_layers} layers; "
@@ -395,7 +397,6 @@ def main(argv):
         if step % log_every == 0 or step == total_steps or stop_now:
             elapsed = time.time() - t0
             tps = tokens_since * world / max(elapsed, 1e-9)
-            flops_per_token = (6 + (2 if jepa_weight > 0 else 0)) * n_params  # fwd+bwd online, fwd target
             record = {"step": step, "epoch": epoch, "lr": current_lr, "grad_norm": float(grad_norm),
                       "tokens_per_s": tps, "mfu": (tps * flops_per_token / (peak * world)) if peak else None, **stats}
             if master:
