@@ -34,7 +34,7 @@ import evaluate
 import jepa
 import model as modellib
 from configurator import ConfigError, configure, setting_keys
-from train import init_distributed, peak_flops, resolve_dtype
+from train import flops_per_token, init_distributed, peak_flops, resolve_dtype
 
 # -----------------------------------------------------------------------------
 # settings
@@ -149,9 +149,9 @@ def run_variant(variant, dev):
     seconds = sorted(times)[len(times) // 2]
     tokens = batch_size * seq_len
     n_params = online.num_params()
-    # per token: forward 2N, backward 4N (2N input gradients + 2N weight gradients), no-grad target forward 2N.
-    # LoRA's frozen base needs input gradients only: 2N + 2N + 2N (the adapters' share is negligible)
-    flops = {"baseline": 6, "jepa": 8, "two_grad": 12, "jepa_lora": 6}[variant] * n_params * tokens
+    # two_grad: forward and backward of both views, 2 x 6N
+    flops = tokens * (12 * n_params if variant == "two_grad" else
+                      flops_per_token(n_params, jepa=variant != "baseline", lora=variant == "jepa_lora"))
     peak = peak_flops(dev)
     return {"variant": variant, "step_s": seconds, "tokens_per_s": tokens / seconds,
             "peak_memory_gb": peak_memory_bytes(dev) / 2**30, "params": n_params,

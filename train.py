@@ -170,6 +170,12 @@ def peak_flops(dev):
     return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
 
 
+def flops_per_token(n_params, jepa, lora):
+    """Model FLOPs per training token, for MFU: forward 2N + backward 4N (input and weight gradients; with
+    LoRA 2N, the frozen base needs input gradients only) + the no-grad target forward 2N when lambda > 0."""
+    return ((4 if lora else 6) + (2 if jepa else 0)) * n_params
+
+
 def resolve_dtype(setting, dev):
     """The compute dtype a --dtype setting means on a device: 'auto' is bfloat16 on a GPU and float32 on the
     CPU; an explicit dtype holds on any device (bfloat16 on the CPU is how the tests run the GPU's
@@ -313,8 +319,7 @@ def main(argv):
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(beta1, beta2), fused=True)
     n_params = sum(p.numel() for p in online.parameters() if not p.requires_grad or not lora_rank)
-    # for MFU: forward 2N + backward 4N (LoRA: 2N, no weight gradients for the frozen base) + target forward 2N
-    flops_per_token = ((4 if lora_rank else 6) + (2 if jepa_weight > 0 else 0)) * n_params
+    model_flops = flops_per_token(n_params, jepa=jepa_weight > 0, lora=lora_rank > 0)
     if lora_rank:  # a DTensor's numel is the full tensor's
         log(f"LoRA rank {lora_rank}: {sum(p.numel() for p in params) / 1e6:.2f}M trainable parameters")
     log(f"model {model}: {n_params / 1e6:.2f}M parameters; predictor {predictor_layers} layers; "
@@ -398,7 +403,7 @@ def main(argv):
             elapsed = time.time() - t0
             tps = tokens_since * world / max(elapsed, 1e-9)
             record = {"step": step, "epoch": epoch, "lr": current_lr, "grad_norm": float(grad_norm),
-                      "tokens_per_s": tps, "mfu": (tps * flops_per_token / (peak * world)) if peak else None, **stats}
+                      "tokens_per_s": tps, "mfu": (tps * model_flops / (peak * world)) if peak else None, **stats}
             if master:
                 log_file.write(json.dumps(record) + "\n")
                 log_file.flush()

@@ -18,3 +18,14 @@ def test_bench_runs_and_reports(tmp_path):
     assert set(result["ratios"]) == {"jepa/baseline", "two_grad/jepa"}
     assert result["sampler"]["identical_outputs"] is True
     assert "jepa/baseline" in proc.stdout and "sampler:" in proc.stdout
+
+
+def test_flops_per_token_follows_table_1():
+    # the paper's bookkeeping (Table 1): baseline 3F, DLLM-JEPA 4F, LLM-JEPA's two gradient views 6F (F = 2N)
+    import bench
+    from train import flops_per_token
+    n = 1000
+    baseline, jepa = flops_per_token(n, jepa=False, lora=False), flops_per_token(n, jepa=True, lora=False)
+    assert (baseline, jepa) == (3 * 2 * n, 4 * 2 * n)
+    assert jepa / baseline == bench.FLOP_RATIOS["jepa/baseline"] and 12 * n / jepa == bench.FLOP_RATIOS["two_grad/jepa"]
+    assert flops_per_token(n, jepa=True, lora=True) == 3 * 2 * n  # LoRA: no weight gradients for the base
