@@ -1,37 +1,32 @@
 """
-Generation with LLaDA's low-confidence remasking sampler, and the paper's scoring.
+Generation with LLaDA's low-confidence remasking sampler, and the command that scores it (scoring.py).
 
   python evaluate.py --checkpoint out-tiny --task tiny-regex
   torchrun --nproc_per_node 8 evaluate.py --checkpoint out --task gsm8k --shots 4
 
 checkpoint: a hub id, a release checkpoint directory, or a train.py output directory (its final/).
-Writes <out_dir>/<task>-<shots>shot.jsonl (prompt, generation, gold, scores per example) and
-<out_dir>/<task>-<shots>shot.json (the summary). Each rank evaluates its own shard; rank 0 gathers and writes.
+Writes <out_dir>/<task>-<shots>shot.jsonl (prompt, generation, prediction, gold, scores per item, in item
+order) and <out_dir>/<task>-<shots>shot.json (the summary). Each rank appends every record to its own
+<task>-<shots>shot.rank<r>.jsonl as soon as it is scored, so a crash or a kill keeps what was done, and
+`--resume true` skips the items already there; at the end rank 0 merges the parts into the .jsonl.
 
-Sampler (../shared/REFERENCE.md §4, LLaDA's public generate.py): the canvas is the prompt followed by
+Sampler (LLaDA's public generate.py, github.com/ML-GSAI/LLaDA): the canvas is the prompt followed by
 gen_length mask tokens, filled block by block, left to right; each block gets steps / n_blocks steps and
 each step commits the most confident predictions of the block's still-masked positions.
 """
 
+import glob
 import json
 import math
 import os
-import random
-import re
-import sqlite3
-import string
 import sys
-import time
-import zlib
-from collections import Counter
-from fractions import Fraction
-from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
 
 import data
 import model as modellib
+import scoring
 from configurator import ConfigError, configure, setting_keys
 from train import close_distributed, init_distributed, resolve_dtype
 
@@ -41,6 +36,7 @@ checkpoint = "out"
 task = "gsm8k"
 data_dir = ""  # local release files; empty = the hub (gsm8k, spider)
 spider_db_dir = ""  # Spider's database/ folder (<db_id>/<db_id>.sqlite); empty = <data_dir>/database
+spider_tables = ""  # Spider's tables.json (foreign keys for exact-set match); empty = <data_dir>/tables.json
 shots = 0  # 0 or 4 in the paper
 limit = 0  # > 0: the first N evaluation items only
 batch_size = 8
@@ -52,8 +48,9 @@ cfg_scale = 0.0  # classifier-free guidance scale; 0 = off
 chat = "auto"  # 'auto' (instruct checkpoints), 'true', 'false'
 dtype = "auto"  # the weights' dtype: auto = bfloat16 on GPU, float32 on CPU
 device = "auto"
-seed = 0
-sql_timeout = 5.0  # seconds per Spider query
+seed = 0  # the sampler's (temperature > 0) and the scorers' (NL-RX test strings)
+sql_max_steps = scoring.SQL_MAX_STEPS  # sqlite instructions per Spider query (counted, the same on any machine)
+resume = False  # true: keep the records already written for this task and shots, score only the rest
 out_dir = ""  # empty = beside the checkpoint (or ./eval for a hub id)
 KEYS = setting_keys(globals())
 
@@ -147,525 +144,6 @@ def cut_at_stop(ids, stop_ids):
 
 
 # -----------------------------------------------------------------------------
-# GSM8K
-
-
-NUMBER = re.compile(r"-?\$?\d[\d,]*(?:\.\d+)?|-?\$?\.\d+")
-
-
-def to_number(text):
-    text = text.replace(",", "").replace("$", "").rstrip(".")
-    try:
-        return Fraction(text)
-    except (ValueError, ZeroDivisionError):
-        return None
-
-
-def extract_gsm8k_answer(text):
-    """'#### N', else 'The answer is N', else the last number in the text; commas, dollar signs and a
-    trailing period are dropped. Returns a Fraction, or None."""
-    for pattern in (r"####\s*(.*)", r"[Tt]he answer is[:\s]*(.*)"):
-        m = re.search(pattern, text)
-        if m:
-            found = NUMBER.search(m.group(1))
-            if found:
-                return to_number(found.group(0))
-    numbers = NUMBER.findall(text)
-    return to_number(numbers[-1]) if numbers else None
-
-
-def score_gsm8k(prediction, item):
-    gold = extract_gsm8k_answer(item["output"])
-    predicted = extract_gsm8k_answer(prediction)
-    return {"accuracy": float(predicted is not None and predicted == gold)}
-
-
-# -----------------------------------------------------------------------------
-# NL-RX: a small regex engine for the dk.brics syntax the dataset's authors used (REFERENCE.md §6), on
-# Brzozowski derivatives: matching and DFA exploration work on derivative terms, never backtrack, and
-# stop at MAX_STATES, so no pattern can hang the scorer. Model output never reaches Python's re.
-# Syntax: | (lowest) < & < concatenation < postfix * + ? {n} {n,} {n,m} < prefix ~ (highest), so
-# ~(dog)(.*) is (~(dog))(.*). '.' is any character, [..] / [^..] classes with ranges, '\' escapes the next
-# character. Like brics, '\b' is the literal letter 'b' (NL-RX's "words with" targets use \b...\b); gold
-# and prediction are read the same way. Every other character is itself.
-
-MAX_STATES = 100_000  # derivative states; real NL-RX golds need up to about 6,000
-MAX_REPEAT = 50
-NLRX_ALPHABET = string.ascii_letters + string.digits + " "
-OTHER = "\uffff"  # stands for every character no regex mentions
-
-EMPTY, EPS = ("empty",), ("eps",)
-
-
-class RegexError(ValueError):
-    pass
-
-
-def chars_node(chars, negated=False):
-    return ("set", negated, frozenset(chars))
-
-
-def mk_or(*items):
-    flat = set()
-    for r in items:
-        flat |= r[1] if r[0] == "or" else {r}
-    flat.discard(EMPTY)
-    if ("not", EMPTY) in flat:
-        return ("not", EMPTY)
-    if not flat:
-        return EMPTY
-    return next(iter(flat)) if len(flat) == 1 else ("or", frozenset(flat))
-
-
-def mk_and(*items):
-    flat = set()
-    for r in items:
-        flat |= r[1] if r[0] == "and" else {r}
-    if EMPTY in flat:
-        return EMPTY
-    flat.discard(("not", EMPTY))
-    if not flat:
-        return ("not", EMPTY)
-    return next(iter(flat)) if len(flat) == 1 else ("and", frozenset(flat))
-
-
-def mk_cat(a, b):
-    if a == EMPTY or b == EMPTY:
-        return EMPTY
-    if a == EPS:
-        return b
-    if b == EPS:
-        return a
-    if a[0] == "cat":  # right-associate, so equal languages get equal terms more often
-        return mk_cat(a[1], mk_cat(a[2], b))
-    return ("cat", a, b)
-
-
-def mk_star(r):
-    if r in (EMPTY, EPS):
-        return EPS
-    return r if r[0] == "star" else ("star", r)
-
-
-def mk_not(r):
-    return r[1] if r[0] == "not" else ("not", r)
-
-
-def mk_repeat(r, low, high):
-    """r{low,high}; high None = unbounded."""
-    if low > MAX_REPEAT or (high is not None and (high > MAX_REPEAT or high < low)):
-        raise RegexError(f"repetition {{{low},{high}}} out of range")
-    out = EPS
-    for _ in range(low):
-        out = mk_cat(out, r)
-    if high is None:
-        return mk_cat(out, mk_star(r))
-    optional = mk_or(r, EPS)
-    for _ in range(high - low):
-        out = mk_cat(out, optional)
-    return out
-
-
-def parse_regex(text):
-    if len(text) > 1000:
-        raise RegexError("regex longer than 1000 characters")
-    pos = 0
-
-    def peek():
-        return text[pos] if pos < len(text) else None
-
-    def take():
-        nonlocal pos
-        if pos >= len(text):
-            raise RegexError("unexpected end of regex")
-        pos += 1
-        return text[pos - 1]
-
-    def union():
-        r = inter()
-        while peek() == "|":
-            take()
-            r = mk_or(r, inter())
-        return r
-
-    def inter():
-        r = concat()
-        while peek() == "&":
-            take()
-            r = mk_and(r, concat())
-        return r
-
-    def concat():
-        parts = []
-        while peek() is not None and peek() not in "|&)":
-            parts.append(repeat())
-        out = EPS
-        for p in reversed(parts):
-            out = mk_cat(p, out)
-        return out
-
-    def number():
-        digits = ""
-        while peek() is not None and peek().isdigit():
-            digits += take()
-        if not digits:
-            raise RegexError(f"expected a number at {pos}")
-        return int(digits)
-
-    def repeat():
-        r = complement()
-        while peek() is not None and peek() in "*+?{":
-            op = take()
-            if op == "*":
-                r = mk_star(r)
-            elif op == "+":
-                r = mk_cat(r, mk_star(r))
-            elif op == "?":
-                r = mk_or(r, EPS)
-            else:
-                low, high = number(), None
-                if peek() == ",":
-                    take()
-                    high = number() if peek() != "}" else None
-                else:
-                    high = low
-                if take() != "}":
-                    raise RegexError(f"expected '}}' at {pos - 1}")
-                r = mk_repeat(r, low, high)
-        return r
-
-    def complement():
-        if peek() == "~":
-            take()
-            return mk_not(complement())
-        return atom()
-
-    def atom():
-        c = take()
-        if c == "(":
-            if peek() == ")":
-                take()
-                return EPS
-            r = union()
-            if take() != ")":
-                raise RegexError(f"expected ')' at {pos - 1}")
-            return r
-        if c == "[":
-            return char_class()
-        if c == ".":
-            return chars_node((), negated=True)
-        if c == "\\":
-            return chars_node(take())
-        if c in ")]*+?{}|&":
-            raise RegexError(f"unexpected {c!r} at {pos - 1}")
-        return chars_node(c)
-
-    def char_class():
-        negated = peek() == "^"
-        if negated:
-            take()
-        chars = set()
-        first = True
-        while first or peek() != "]":
-            first = False
-            c = take()
-            if c == "\\":
-                c = take()
-            if peek() == "-" and pos + 1 < len(text) and text[pos + 1] != "]":
-                take()
-                end = take()
-                if end == "\\":
-                    end = take()
-                if ord(end) < ord(c) or ord(end) - ord(c) > 1000:
-                    raise RegexError(f"bad range {c}-{end}")
-                chars |= {chr(i) for i in range(ord(c), ord(end) + 1)}
-            else:
-                chars.add(c)
-        take()
-        return chars_node(chars, negated)
-
-    r = union()
-    if pos != len(text):
-        raise RegexError(f"unexpected {text[pos]!r} at {pos}")
-    return r
-
-
-@lru_cache(maxsize=None)
-def nullable(r):
-    kind = r[0]
-    if kind in ("eps", "star"):
-        return True
-    if kind in ("empty", "set"):
-        return False
-    if kind == "cat":
-        return nullable(r[1]) and nullable(r[2])
-    if kind == "or":
-        return any(nullable(x) for x in r[1])
-    if kind == "and":
-        return all(nullable(x) for x in r[1])
-    return not nullable(r[1])  # not
-
-
-@lru_cache(maxsize=200_000)
-def derivative(r, c):
-    kind = r[0]
-    if kind in ("empty", "eps"):
-        return EMPTY
-    if kind == "set":
-        return EPS if (c in r[2]) != r[1] else EMPTY
-    if kind == "cat":
-        d = mk_cat(derivative(r[1], c), r[2])
-        return mk_or(d, derivative(r[2], c)) if nullable(r[1]) else d
-    if kind == "or":
-        return mk_or(*(derivative(x, c) for x in r[1]))
-    if kind == "and":
-        return mk_and(*(derivative(x, c) for x in r[1]))
-    if kind == "star":
-        return mk_cat(derivative(r[1], c), r)
-    return mk_not(derivative(r[1], c))
-
-
-def mentioned_sets(r, out=None):
-    out = set() if out is None else out
-    if r[0] == "set":
-        out.add(r[2])
-    elif r[0] in ("cat",):
-        mentioned_sets(r[1], out), mentioned_sets(r[2], out)
-    elif r[0] in ("or", "and"):
-        for x in r[1]:
-            mentioned_sets(x, out)
-    elif r[0] in ("star", "not"):
-        mentioned_sets(r[1], out)
-    return out
-
-
-def char_classes(*regexes):
-    """Partition the characters into classes no regex can tell apart: {representative: members}.
-    Characters no regex mentions form one class, represented by OTHER."""
-    sets = set()
-    for r in regexes:
-        mentioned_sets(r, sets)
-    sets = sorted(sets, key=lambda s: sorted(s))
-    groups = {}
-    for ch in sorted(set().union(*sets)) if sets else []:
-        groups.setdefault(tuple(ch in s for s in sets), []).append(ch)
-    classes = {members[0]: members for members in groups.values()}
-    classes[OTHER] = []
-    return classes
-
-
-def matches(r, text, classes_index):
-    for ch in text:
-        r = derivative(r, classes_index.get(ch, OTHER))
-        if r == EMPTY:
-            return False
-    return nullable(r)
-
-
-def explore(start, reps, deadline):
-    """The derivative automaton from start: {state: {rep: next state}}. Raises RegexError past MAX_STATES."""
-    edges, todo = {}, [start]
-    while todo:
-        s = todo.pop()
-        if s in edges:
-            continue
-        if len(edges) >= MAX_STATES or time.monotonic() > deadline:
-            raise RegexError("automaton too large")
-        edges[s] = {c: derivative(s, c) for c in reps}
-        todo.extend(t for t in edges[s].values() if t not in edges)
-    return edges
-
-
-def equivalent(a, b, time_limit=5.0):
-    """DFA equivalence: explore pairs of derivatives; a pair that disagrees on acceptance is a counterexample."""
-    if a == b:
-        return True
-    reps = list(char_classes(a, b))
-    deadline = time.monotonic() + time_limit
-    seen, todo = set(), [(a, b)]
-    while todo:
-        pair = todo.pop()
-        if pair in seen:
-            continue
-        if nullable(pair[0]) != nullable(pair[1]):
-            return False
-        seen.add(pair)
-        if len(seen) > MAX_STATES or time.monotonic() > deadline:
-            raise RegexError("automaton too large")
-        todo.extend((derivative(pair[0], c), derivative(pair[1], c)) for c in reps)
-    return True
-
-
-def sample_strings(gold, n_matching, n_random, seed, max_length=30):
-    """n_matching strings the gold regex accepts (a random walk on its automaton towards acceptance) and
-    n_random strings over NLRX_ALPHABET (lengths 0-20). All-random when the gold language is empty."""
-    rng = random.Random(seed)
-    members = char_classes(gold)
-    mentioned = {c for ms in members.values() for c in ms}
-    members[OTHER] = [c for c in NLRX_ALPHABET + "#%@" if c not in mentioned]  # unmentioned characters
-    edges = explore(gold, list(members), time.monotonic() + 5.0)
-    # distance to acceptance, by backward search
-    dist = {s: 0 for s in edges if nullable(s)}
-    frontier = list(dist)
-    reverse = {}
-    for s, out in edges.items():
-        for c, t in out.items():
-            reverse.setdefault(t, []).append(s)
-    while frontier:
-        nxt = []
-        for t in frontier:
-            for s in reverse.get(t, []):
-                if s not in dist:
-                    dist[s] = dist[t] + 1
-                    nxt.append(s)
-        frontier = nxt
-    live = {s: [c for c, t in edges[s].items() if t in dist] for s in dist}
-    closer = {s: [c for c in live[s] if dist[edges[s][c]] < dist[s]] for s in dist}
-    strings = []
-    if gold in dist:
-        for _ in range(n_matching):
-            s, out = gold, []
-            while True:
-                options = live[s] if len(out) < max_length else closer[s]  # past max_length: head for acceptance
-                if nullable(s) and (not options or rng.random() < 0.15 or len(out) >= max_length):
-                    break
-                c = rng.choice(options)
-                out.append(rng.choice(members[c]))
-                s = edges[s][c]
-            strings.append("".join(out))
-    else:
-        n_random += n_matching
-    for _ in range(n_random):
-        strings.append("".join(rng.choice(NLRX_ALPHABET) for _ in range(rng.randint(0, 20))))
-    return strings
-
-
-def score_regex(prediction, item):
-    """Exact match; functional match on 200 strings (100 drawn to match the gold, 100 random); DFA
-    equivalence. A prediction that does not parse, or whose automaton is too large, scores 0."""
-    pred_text, gold_text = prediction.strip(), item["output"].strip()
-    scores = {"exact": float(pred_text == gold_text), "functional": 0.0, "dfa": 0.0}
-    gold = parse_regex(gold_text)
-    try:
-        pred = parse_regex(pred_text)
-    except RegexError:
-        return scores
-    seed = zlib.crc32(gold_text.encode())
-    classes_index = {ch: rep for rep, ms in char_classes(gold, pred).items() for ch in ms}
-    try:
-        tests = sample_strings(gold, 100, 100, seed)
-        scores["functional"] = float(all(matches(gold, s, classes_index) == matches(pred, s, classes_index)
-                                         for s in tests))
-        scores["dfa"] = float(equivalent(pred, gold))
-    except RegexError:
-        pass
-    return scores
-
-
-# -----------------------------------------------------------------------------
-# Spider
-
-
-def normalize_sql(sql):
-    """Lower case, single quotes for double, spaces around punctuation, single spaces, no trailing ';'."""
-    sql = sql.strip().rstrip(";").replace('"', "'").lower()
-    sql = re.sub(r"\s*([(),=<>!*+\-/])\s*", r" \1 ", sql)
-    return re.sub(r"\s+", " ", sql).strip()
-
-
-ALLOWED_SQL = {sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_FUNCTION, getattr(sqlite3, "SQLITE_RECURSIVE", 33)}
-
-
-def run_sql(db_path, sql, timeout):
-    """Rows of a query on a database opened read-only, with only reads allowed by the authorizer and a
-    time limit enforced by the progress handler. Raises sqlite3.Error (a timeout is 'interrupted')."""
-    conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=1.0)
-    try:
-        conn.text_factory = lambda b: b.decode("utf-8", errors="replace")
-        conn.set_authorizer(lambda action, *args: sqlite3.SQLITE_OK if action in ALLOWED_SQL else sqlite3.SQLITE_DENY)
-        deadline = time.monotonic() + timeout
-        conn.set_progress_handler(lambda: int(time.monotonic() > deadline), 1000)
-        return conn.execute(sql).fetchall()
-    finally:
-        conn.close()
-
-
-def score_spider(prediction, item, db_dir=None, timeout=5.0):
-    """The prediction cut at the first ';' (the paper's stopping-robust cleaning). Exact match after
-    normalize_sql (string level, not Spider's component matching). Execution match: the same rows as the
-    gold query (as a multiset, or in order when the gold has ORDER BY); None when the database is absent."""
-    pred = prediction.split(";")[0].strip()
-    gold = item["output"].strip()
-    scores = {"exact": float(normalize_sql(pred) == normalize_sql(gold)), "exec": None}
-    db_path = os.path.join(db_dir or "", item.get("db_id") or "", f"{item.get('db_id')}.sqlite")
-    if not db_dir or not os.path.exists(db_path):
-        return scores
-    try:
-        gold_rows = run_sql(db_path, gold, timeout)
-    except (sqlite3.Error, sqlite3.Warning) as e:  # the gold itself does not run here: not scorable
-        scores["gold_error"] = str(e)
-        return scores
-    try:
-        pred_rows = run_sql(db_path, pred, timeout)
-    except (sqlite3.Error, sqlite3.Warning, ValueError, OverflowError):
-        scores["exec"] = 0.0
-        return scores
-    if "order by" in gold.lower():
-        scores["exec"] = float(pred_rows == gold_rows)
-    else:
-        scores["exec"] = float(Counter(map(repr, pred_rows)) == Counter(map(repr, gold_rows)))
-    return scores
-
-
-# -----------------------------------------------------------------------------
-# Django
-
-
-def collapse_ws(text):
-    return re.sub(r"\s+", " ", text).strip()
-
-
-def score_django(prediction, item):
-    """Exact match; whitespace-normalised prefix match (the gold, whitespace collapsed, starts the
-    prediction); and the decomposition of Table 5: exact / stopping artifact (correct code followed by
-    more tokens) / content error."""
-    exact = prediction.strip() == item["output"].strip()
-    prefix = collapse_ws(prediction).startswith(collapse_ws(item["output"]))
-    category = "exact" if exact else ("stopping_artifact" if prefix else "content_error")
-    return {"exact": float(exact), "ws_prefix": float(prefix or exact), "category": category}
-
-
-def score(task_name, prediction, item, db_dir=None, timeout=5.0):
-    if task_name == "gsm8k":
-        return score_gsm8k(prediction, item)
-    if task_name in ("nlrx", "nlrx-turk", "tiny-regex"):
-        return score_regex(prediction, item)
-    if task_name == "spider":
-        return score_spider(prediction, item, db_dir, timeout)
-    if task_name == "django":
-        return score_django(prediction, item)
-    raise ValueError(f"no scorer for task {task_name!r}")
-
-
-def summarize(records):
-    """Mean of every numeric metric over the examples that have it, category fractions, counts."""
-    summary = {"n": len(records)}
-    keys = sorted({k for r in records for k, v in r["scores"].items()})
-    for k in keys:
-        values = [r["scores"][k] for r in records if r["scores"].get(k) is not None]
-        if k == "gold_error":  # gold queries that do not run: counted, their messages stay in the jsonl
-            summary["gold_errors"] = len(values)
-        elif values and isinstance(values[0], str):
-            for cat, n in sorted(Counter(values).items()):
-                summary[f"{k}/{cat}"] = n / len(values)
-        elif values:
-            summary[k] = sum(values) / len(values)
-            if len(values) != len(records):
-                summary[f"{k}_n"] = len(values)
-    return summary
-
-
-# -----------------------------------------------------------------------------
 # the command
 
 
@@ -678,17 +156,96 @@ def uses_chat_template(checkpoint_arg, ckpt_dir):
     return "instruct" in checkpoint_arg.lower()
 
 
+def output_stem(ckpt_dir):
+    """<out_dir>/<task>-<shots>shot, its folder created and test-written now, before any expensive work."""
+    target = out_dir or (ckpt_dir if os.path.isdir(checkpoint) else "eval")
+    os.makedirs(target, exist_ok=True)
+    probe = os.path.join(target, f".write-test-{os.getpid()}")
+    try:
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as e:
+        raise ConfigError(f"cannot write results into {target} ({e.strerror}); pass --out_dir=<a writable folder>")
+    return os.path.join(target, f"{task}-{shots}shot")
+
+
+def read_records(paths):
+    """{item index: record} from JSONL files; a last line cut short by a kill is skipped."""
+    done = {}
+    for path in paths:
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                done[record["index"]] = record
+    return done
+
+
+def previous_records(stem):
+    """The records of an earlier run of this task and shots (merged file and rank parts), for --resume."""
+    return read_records([p for p in [stem + ".jsonl"] + sorted(glob.glob(stem + ".rank*.jsonl")) if os.path.exists(p)])
+
+
+def score_generation(ids, item, index, prompt, tokenizer, stop_ids, use_chat):
+    """The record of one item: the generation cut at the first stop token, then (plain prompts) at the
+    start of a next exemplar, and its scores."""
+    text = tokenizer.decode(cut_at_stop(ids, stop_ids), skip_special_tokens=True)
+    prediction, cut = (text, False) if use_chat else scoring.cut_at_next_exemplar(text, data.TASKS[task]["input_label"])
+    db_dir = spider_db_dir or (os.path.join(data_dir, "database") if data_dir else "")
+    tables = spider_tables or (os.path.join(data_dir, "tables.json") if data_dir else "")
+    record = {"index": index, "prompt": tokenizer.decode(prompt), "prompt_tokens": len(prompt), "generation": text,
+              "prediction": prediction, "gold": item["output"],
+              "scores": scoring.score(task, prediction, item, seed, db_dir, tables, sql_max_steps)}
+    if cut:
+        record["cut_at_exemplar"] = True
+    return record
+
+
+def merge_and_summarize(stem, n_items, run, max_seq_len, cfg):
+    """Rank 0, after every rank is done: one .jsonl in item order, the rank parts removed, the summary."""
+    parts = sorted(glob.glob(stem + ".rank*.jsonl"))
+    records = sorted(previous_records(stem).values(), key=lambda r: r["index"])
+    tmp = stem + ".jsonl.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        for r in records:
+            f.write(json.dumps(r) + "\n")
+    os.replace(tmp, stem + ".jsonl")
+    for p in parts:
+        os.remove(p)
+    # past the trained context the positions are extrapolated: run anyway, but say how often
+    over = sum(r["prompt_tokens"] + run["gen_length"] > max_seq_len for r in records)
+    if over:
+        print(f"warning: {over} of {len(records)} prompts + gen_length={run['gen_length']} exceed the model's "
+              f"context window of {max_seq_len} tokens")
+    summary = {"task": task, "shots": shots, "checkpoint": checkpoint, "items": n_items, **run,
+               "over_context_window": over, **scoring.summarize(records), "config": cfg}
+    with open(stem + ".json", "w") as f:
+        json.dump(summary, f, indent=2)
+    print(json.dumps({k: v for k, v in summary.items() if k != "config"}, indent=2))
+    print(f"wrote {stem}.jsonl and {stem}.json")
+
+
 def main(argv):
     cfg = configure(globals(), KEYS, argv)
     if task not in data.TASKS:
         raise ConfigError(f"unknown task {task!r}; tasks: {', '.join(data.TASKS)}")
-    if shots < 0 or batch_size < 1 or limit < 0 or temperature < 0 or cfg_scale < 0:
-        raise ConfigError("shots, limit, temperature and cfg_scale must be >= 0, batch_size >= 1")
+    if shots < 0 or batch_size < 1 or limit < 0 or temperature < 0 or cfg_scale < 0 or sql_max_steps < 1:
+        raise ConfigError("shots, limit, temperature and cfg_scale must be >= 0, batch_size and sql_max_steps >= 1")
     import torch.distributed as dist
     world, rank, dev = init_distributed(device)
     master = rank == 0
 
     ckpt_dir = modellib.resolve_checkpoint_dir(checkpoint)
+    stem = output_stem(ckpt_dir)
+    done = previous_records(stem) if resume else {}
+    if world > 1:
+        dist.barrier()  # every rank has read the old parts before rank 0 clears them
+    if master and not resume:
+        for p in glob.glob(stem + ".rank*.jsonl"):
+            os.remove(p)
     model = modellib.from_pretrained(ckpt_dir, dtype=resolve_dtype(dtype, dev), device=dev).eval()
     tokenizer = modellib.load_tokenizer(ckpt_dir, model.cfg)
     use_chat = chat == "true" or (chat == "auto" and uses_chat_template(checkpoint, ckpt_dir))
@@ -699,49 +256,31 @@ def main(argv):
     train_items = data.load_task(task, "train", data_dir or None) if shots else []
     if limit:
         items = items[:limit]
-    db_dir = spider_db_dir or (os.path.join(data_dir, "database") if data_dir else "")
     stop_ids = {model.cfg.eos_token_id}
     if use_chat:
         stop_ids.add(data.end_of_turn_id(tokenizer))
 
-    mine = list(range(rank, len(items), world))
+    mine = [i for i in range(len(items)) if i not in done][rank::world]
+    if master and done:
+        print(f"resuming: {len(done)} of {len(items)} items already scored in {stem}")
     generator = torch.Generator(device=dev).manual_seed(seed + rank)
-    records = []
     from tqdm import tqdm
-    for start in tqdm(range(0, len(mine), batch_size), disable=not master, desc=f"{task} {shots}-shot"):
-        idx = mine[start:start + batch_size]
-        prompts = [data.format_example(task, items[i], tokenizer, data.choose_shots(train_items, shots, items[i]),
-                                       chat=use_chat)[0] for i in idx]
-        out = generate(model, prompts, steps=n_steps, gen_length=length, block_length=block,
-                       temperature=temperature, cfg_scale=cfg_scale, generator=generator)
-        for i, p, gen in zip(idx, prompts, out.tolist()):
-            text = tokenizer.decode(cut_at_stop(gen, stop_ids), skip_special_tokens=True)
-            records.append({"index": i, "prompt": tokenizer.decode(p), "prompt_tokens": len(p), "generation": text,
-                            "gold": items[i]["output"],
-                            "scores": score(task, text, items[i], db_dir, sql_timeout)})
+    with open(f"{stem}.rank{rank}.jsonl", "a", encoding="utf-8") as out:
+        for start in tqdm(range(0, len(mine), batch_size), disable=not master, desc=f"{task} {shots}-shot"):
+            idx = mine[start:start + batch_size]
+            prompts = [data.format_example(task, items[i], tokenizer, data.choose_shots(train_items, shots, items[i]),
+                                           chat=use_chat)[0] for i in idx]
+            generated = generate(model, prompts, steps=n_steps, gen_length=length, block_length=block,
+                                 temperature=temperature, cfg_scale=cfg_scale, generator=generator)
+            for i, prompt, ids in zip(idx, prompts, generated.tolist()):
+                record = score_generation(ids, items[i], i, prompt, tokenizer, stop_ids, use_chat)
+                out.write(json.dumps(record) + "\n")
+                out.flush()
     if world > 1:
-        gathered = [None] * world
-        dist.all_gather_object(gathered, records)
-        records = sorted((r for part in gathered for r in part), key=lambda r: r["index"])
+        dist.barrier()
     if master:
-        # past the trained context the positions are extrapolated: run anyway, but say how often
-        over = sum(r["prompt_tokens"] + length > model.cfg.max_seq_len for r in records)
-        if over:
-            print(f"warning: {over} of {len(records)} prompts + gen_length={length} exceed the model's context "
-                  f"window of {model.cfg.max_seq_len} tokens")
-        target_dir = out_dir or (ckpt_dir if os.path.isdir(checkpoint) else "eval")
-        os.makedirs(target_dir, exist_ok=True)
-        stem = os.path.join(target_dir, f"{task}-{shots}shot")
-        with open(stem + ".jsonl", "w") as f:
-            for r in records:
-                f.write(json.dumps(r) + "\n")
-        summary = {"task": task, "shots": shots, "checkpoint": checkpoint, "steps": n_steps, "gen_length": length,
-                   "block_length": block, "temperature": temperature, "over_context_window": over, **summarize(records),
-                   "config": cfg}
-        with open(stem + ".json", "w") as f:
-            json.dump(summary, f, indent=2)
-        print(json.dumps({k: v for k, v in summary.items() if k != "config"}, indent=2))
-        print(f"wrote {stem}.jsonl and {stem}.json")
+        run = {"steps": n_steps, "gen_length": length, "block_length": block, "temperature": temperature}
+        merge_and_summarize(stem, len(items), run, model.cfg.max_seq_len, cfg)
     close_distributed(world)
 
 

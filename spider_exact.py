@@ -153,7 +153,7 @@ class Converter:
                 raise Unparsable(f"FROM {type(target).__name__}")
         self.default_tables = default_tables
         for join in node.args.get("joins") or []:
-            if join.args.get("on") is not None:
+            if join.args.get("on") is not None and not isinstance(join.args["on"], exp.Boolean):  # sqlglot's ON TRUE
                 conds += (["and"] if conds else []) + self.condition(join.args["on"])
         out = empty_sql()
         out["from"] = {"table_units": table_units, "conds": conds}

@@ -1,16 +1,12 @@
-"""evaluate.py: the sampler on a tiny model, the scorers on crafted cases, and the scorers on the real
-release files in ../shared/data where present."""
+"""evaluate.py: the sampler on a tiny model, and the command end to end (records written as they are
+scored, resume, 1 vs 2 processes). The scorers' tests are in test_scoring.py and test_spider.py."""
 
 import json
-import os
-import sqlite3
-import time
 from dataclasses import replace
-from fractions import Fraction
 
 import pytest
 import torch
-from conftest import SHARED, needs_shared, run_script
+from conftest import run_script
 
 import data as D
 import evaluate as E
@@ -111,169 +107,6 @@ def test_cut_at_stop():
     assert E.cut_at_stop([5, 6], {0}) == [5, 6]
 
 
-# --- GSM8K ---
-
-@pytest.mark.parametrize("text,expected", [
-    ("She has 3 + 4 = 7 apples.\n#### 7", 7),
-    ("#### 1,234", 1234),
-    ("The answer is $18.", 18),
-    ("so the total is 5 and then 12.50 dollars.", Fraction("12.5")),
-    ("#### -3\nQuestion: 99", -3),
-    ("The answer is: 0.5", Fraction(1, 2)),
-    ("no number here", None),
-])
-def test_gsm8k_extraction(text, expected):
-    assert E.extract_gsm8k_answer(text) == expected
-
-
-def test_gsm8k_scoring():
-    item = {"output": "Natalia sold 48/2 = <<48/2=24>>24 clips.\n#### 72"}
-    assert E.score_gsm8k("48 + 24 = 72\n#### 72", item)["accuracy"] == 1.0
-    assert E.score_gsm8k("The answer is 72.00", item)["accuracy"] == 1.0
-    assert E.score_gsm8k("#### 71", item)["accuracy"] == 0.0
-
-
-# --- NL-RX regexes ---
-
-@pytest.mark.parametrize("a,b,same", [
-    (".*(dog).*", ".*dog.*", True),
-    ("(a|b)*", "(a*b*)*", True),
-    ("([0-9])+", "[0-9][0-9]*", True),
-    ("(dog){2,}", "dogdog(dog)*", True),
-    ("~(dog)(.*)", "(~(dog))(.*)", True),  # prefix ~ binds tighter than concatenation
-    ("~(.*dog.*)", "~(.*(dog).*)", True),
-    ("[AEIOUaeiou]", "[aeiouAEIOU]", True),
-    ("(.*[A-Z].*)&(.*[0-9].*)", "(.*[A-Z].*[0-9].*)|(.*[0-9].*[A-Z].*)", True),
-    ("\\b(dog)\\b", "b(dog)b", True),  # '\b' is the letter b, as in dk.brics
-    (".*(dog).*", ".*(dog)", False),
-    ("[a-z]", "[A-Z]", False),
-    ("(dog){3}", "(dog){3,}", False),
-    ("~(a)", "a", False),
-])
-def test_regex_equivalence(a, b, same):
-    assert E.equivalent(E.parse_regex(a), E.parse_regex(b)) is same
-    scores = E.score_regex(a, {"output": b})
-    assert scores["dfa"] == float(same)
-    if same:
-        assert scores["functional"] == 1.0
-
-
-def test_regex_matching_whole_line():
-    classes = lambda r: {ch: rep for rep, ms in E.char_classes(r).items() for ch in ms}  # noqa: E731
-    r = E.parse_regex("(.*[0-9].*){3,}")
-    assert E.matches(r, "a1b2c3", classes(r)) and not E.matches(r, "a1b2", classes(r))
-    r = E.parse_regex("dog")
-    assert E.matches(r, "dog", classes(r)) and not E.matches(r, "dogs", classes(r))
-    r = E.parse_regex("~(.*dog.*)")
-    assert E.matches(r, "cat", classes(r)) and not E.matches(r, "hotdogs", classes(r))
-
-
-def test_functional_match_catches_a_difference_the_samples_can_see():
-    scores = E.score_regex(".*(dog).*", {"output": ".*([0-9]).*"})
-    assert scores == {"exact": 0.0, "functional": 0.0, "dfa": 0.0}
-    scores = E.score_regex("garbage((", {"output": ".*dog.*"})
-    assert scores == {"exact": 0.0, "functional": 0.0, "dfa": 0.0}
-
-
-def test_sampled_strings_match_the_gold():
-    gold = E.parse_regex("(.*(dog).*)&(([A-Z]).*)")
-    strings = E.sample_strings(gold, 50, 50, seed=1)
-    classes = {ch: rep for rep, ms in E.char_classes(gold).items() for ch in ms}
-    assert len(strings) == 100
-    assert all(E.matches(gold, s, classes) for s in strings[:50])
-    assert strings == E.sample_strings(gold, 50, 50, seed=1)
-
-
-@pytest.mark.parametrize("evil", ["(a*)*b", "((a|a)*)*c", "(.*.*.*.*.*.*.*.*)*x", "(a|aa)*(a|aa)*(a|aa)*b"])
-def test_adversarial_regex_does_not_hang(evil):
-    t = time.monotonic()
-    r = E.parse_regex(evil)
-    classes = {ch: rep for rep, ms in E.char_classes(r).items() for ch in ms}
-    assert not E.matches(r, "a" * 5000 + "!", classes)
-    E.score_regex(evil, {"output": ".*(dog).*"})
-    assert time.monotonic() - t < 20
-
-
-def test_regex_blowup_is_bounded(monkeypatch):
-    monkeypatch.setattr(E, "MAX_STATES", 50)
-    r = E.parse_regex("(.*a.{8})")  # the classic exponential DFA: 'a' nine from the end
-    with pytest.raises(E.RegexError, match="too large"):
-        E.explore(r, list(E.char_classes(r)), time.monotonic() + 10)
-    assert E.score_regex("(.*a.{8})", {"output": "(.*a.{8})"})["exact"] == 1.0  # scored, the run goes on
-
-
-@pytest.mark.parametrize("bad", ["(dog", "dog)", "[a-", "a{3", "a{99}", "*a", "a|*"])
-def test_regex_parse_errors(bad):
-    with pytest.raises(E.RegexError):
-        E.parse_regex(bad)
-
-
-# --- Spider ---
-
-@pytest.fixture()
-def db_dir(tmp_path):
-    path = tmp_path / "db" / "shop"
-    path.mkdir(parents=True)
-    conn = sqlite3.connect(path / "shop.sqlite")
-    conn.executescript("CREATE TABLE item (id INTEGER, name TEXT, price REAL);"
-                       "INSERT INTO item VALUES (1, 'pen', 1.5), (2, 'ink', 3.0), (3, 'pad', 2.0);")
-    conn.commit()
-    conn.close()
-    return str(tmp_path / "db")
-
-
-def test_spider_scores(db_dir):
-    item = {"output": "SELECT name FROM item WHERE price > 1.8", "db_id": "shop"}
-    assert E.score_spider("SELECT name FROM item WHERE price > 1.8;", item, db_dir) == {"exact": 1.0, "exec": 1.0}
-    # cut at the first ';', normalised exact match, execution match as a multiset
-    assert E.score_spider("select name from item where price>1.8; garbage", item, db_dir) == {"exact": 1.0, "exec": 1.0}
-    assert E.score_spider("SELECT name FROM item WHERE price >= 2", item, db_dir) == {"exact": 0.0, "exec": 1.0}
-    assert E.score_spider("SELECT name FROM item", item, db_dir)["exec"] == 0.0
-    assert E.score_spider("SELEC nonsense", item, db_dir)["exec"] == 0.0  # fails to parse: 0, no exception
-    ordered = {"output": "SELECT name FROM item ORDER BY price", "db_id": "shop"}
-    assert E.score_spider("SELECT name FROM item ORDER BY price DESC", ordered, db_dir)["exec"] == 0.0
-    assert E.score_spider("SELECT name FROM item", {"output": "SELECT 1", "db_id": "absent"}, db_dir)["exec"] is None
-    broken_gold = E.score_spider("SELECT name FROM item", {"output": "SELECT nope FROM item", "db_id": "shop"}, db_dir)
-    assert broken_gold["exec"] is None and "nope" in broken_gold["gold_error"]
-    summary = E.summarize([{"scores": broken_gold}, {"scores": {"exact": 1.0, "exec": 1.0}}])
-    assert summary == {"n": 2, "exact": 0.5, "exec": 1.0, "exec_n": 1, "gold_errors": 1}
-
-
-def test_spider_never_writes(db_dir):
-    path = os.path.join(db_dir, "shop", "shop.sqlite")
-    before = open(path, "rb").read()
-    item = {"output": "SELECT count(*) FROM item", "db_id": "shop"}
-    for sql in ["DELETE FROM item", "DROP TABLE item", "INSERT INTO item VALUES (4, 'x', 1)",
-                "UPDATE item SET price = 0", f"ATTACH DATABASE '{db_dir}/evil.sqlite' AS evil",
-                "CREATE TABLE t (x)", "PRAGMA journal_mode=DELETE"]:
-        assert E.score_spider(sql, item, db_dir)["exec"] == 0.0
-    assert open(path, "rb").read() == before
-    assert not os.path.exists(os.path.join(db_dir, "evil.sqlite"))
-
-
-def test_spider_query_that_runs_forever_times_out(db_dir):
-    item = {"output": "SELECT count(*) FROM item", "db_id": "shop"}
-    forever = ("WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r) SELECT count(*) FROM r")
-    t = time.monotonic()
-    assert E.score_spider(forever, item, db_dir, timeout=1.0)["exec"] == 0.0
-    assert time.monotonic() - t < 10
-
-
-# --- Django ---
-
-def test_django_decomposition():
-    item = {"output": "from django . conf import settings"}
-    assert E.score_django("from django . conf import settings", item) == \
-        {"exact": 1.0, "ws_prefix": 1.0, "category": "exact"}
-    assert E.score_django("from  django . conf import settings\nimport os", item) == \
-        {"exact": 0.0, "ws_prefix": 1.0, "category": "stopping_artifact"}
-    assert E.score_django("from django import settings", item) == \
-        {"exact": 0.0, "ws_prefix": 0.0, "category": "content_error"}
-    summary = E.summarize([{"scores": E.score_django(p, item)} for p in
-                           ["from django . conf import settings", "x", "from django . conf import settings !"]])
-    assert summary["exact"] == pytest.approx(1 / 3) and summary["category/content_error"] == pytest.approx(1 / 3)
-
-
 # --- the command, end to end on a tiny checkpoint ---
 
 def test_evaluate_command_on_a_train_output_directory(tmp_path):
@@ -295,40 +128,6 @@ def test_evaluate_command_on_a_train_output_directory(tmp_path):
     over = sum(n + 16 > window for n in lengths)
     assert 0 < over and summary["over_context_window"] == over
     assert f"{over} of 6 prompts" in proc.stdout
-
-
-# --- the real release files: every gold answer scores 1 on every metric ---
-
-@needs_shared
-def test_real_gsm8k_gold_scores_one():
-    items = D.load_task("gsm8k", "eval", os.path.join(SHARED, "gsm8k", "openai"))
-    assert len(items) == 1319 and all(E.score_gsm8k(x["output"], x)["accuracy"] == 1.0 for x in items)
-
-
-@needs_shared
-def test_real_django_gold_scores_one():
-    items = D.load_task("django", "eval", os.path.join(SHARED, "django"))
-    assert all(E.score_django(x["output"], x) == {"exact": 1.0, "ws_prefix": 1.0, "category": "exact"} for x in items)
-
-
-@needs_shared
-def test_real_spider_gold_scores_one():
-    items = D.load_task("spider", "eval", os.path.join(SHARED, "spider", "official"))
-    db_dir = os.path.join(SHARED, "spider", "database")
-    present = [x for x in items if os.path.exists(os.path.join(db_dir, x["db_id"], x["db_id"] + ".sqlite"))]
-    assert len(present) == 972  # ../shared/data/README.md: 972 of 1,034 dev questions are executable
-    for x in present:
-        assert E.score_spider(x["output"], x, db_dir) == {"exact": 1.0, "exec": 1.0}, x["output"]
-
-
-@needs_shared
-def test_real_nlrx_gold_scores_one():
-    # the scores depend on the gold string alone, so each distinct regex of the corpus is scored once
-    # (NL-RX-Synth and NL-RX-Turk share their 10,000 regexes)
-    regexes = set(D.read_lines(os.path.join(SHARED, "nl_rx", "deep_regex", "NL-RX-Synth", "targ.txt")))
-    regexes |= set(D.read_lines(os.path.join(SHARED, "nl_rx", "deep_regex", "NL-RX-Turk", "targ.txt")))
-    for gold in sorted(regexes):
-        assert E.score_regex(gold, {"output": gold}) == {"exact": 1.0, "functional": 1.0, "dfa": 1.0}, gold
 
 
 def test_two_process_evaluation_equals_one_process(tmp_path):

@@ -1,0 +1,175 @@
+"""scoring.py: GSM8K, NL-RX and Django on crafted cases (each defect of issue 13 as a regression case),
+hostile outputs that must get a score, the summary, and every real gold scoring 1 (../shared/data)."""
+
+import os
+from fractions import Fraction
+
+import pytest
+from conftest import SHARED, needs_shared
+
+import data as D
+import scoring as S
+
+# --- GSM8K ---
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("She has 3 + 4 = 7 apples.\n#### 7", 7),
+    ("#### 1,234", 1234),
+    ("The answer is $18.", 18),
+    ("so the total is 5 and then 12.50 dollars.", Fraction("12.5")),
+    ("#### -3\nQuestion: 99", -3),
+    ("The answer is: 0.5", Fraction(1, 2)),
+    ("no number here", None),
+    ("#### " + "9" * 5000, None),  # past Python's digit limit: no answer, no exception
+])
+def test_gsm8k_extraction(text, expected):
+    assert S.extract_gsm8k_answer(text) == expected
+
+
+def test_gsm8k_scoring():
+    item = {"output": "Natalia sold 48/2 = <<48/2=24>>24 clips.\n#### 72"}
+    assert S.score_gsm8k("48 + 24 = 72\n#### 72", item)["accuracy"] == 1.0
+    assert S.score_gsm8k("The answer is 72.00", item)["accuracy"] == 1.0
+    assert S.score_gsm8k("#### 71", item)["accuracy"] == 0.0
+
+
+def test_few_shot_output_is_cut_at_the_next_exemplar():
+    # issue 13 item 8: the model goes on with a made-up exemplar whose '#### 5' would be scored
+    item = {"output": "... #### 72"}
+    generation = "48 + 24 = 72\nThe answer is 72.\n\nQuestion: How many legs?\nAnswer: 2 + 3 = 5\n#### 5"
+    assert S.score_gsm8k(generation, item)["accuracy"] == 0.0
+    prediction, cut = S.cut_at_next_exemplar(generation, D.TASKS["gsm8k"]["input_label"])
+    assert cut and prediction == "48 + 24 = 72\nThe answer is 72.\n\n"
+    assert S.score_gsm8k(prediction, item)["accuracy"] == 1.0
+    assert S.cut_at_next_exemplar("#### 72", "Question") == ("#### 72", False)
+
+
+# --- NL-RX ---
+
+
+def test_regex_metrics():
+    full = {"exact": 1.0, "functional": 1.0, "functional_random200": 1.0, "dfa": 1.0}
+    assert S.score_regex(" .*dog.* ", {"output": ".*dog.*"}) == full
+    assert S.score_regex(".*(dog).*", {"output": ".*dog.*"}) == {**full, "exact": 0.0}
+    # random strings over letters and digits almost never hold 'dog' or 'cat': the literal reading of
+    # '200 random strings' passes this wrong regex, the 100 + 100 draw does not
+    assert S.score_regex(".*cat.*", {"output": ".*dog.*"}) == \
+        {"exact": 0.0, "functional": 0.0, "functional_random200": 1.0, "dfa": 0.0}
+    assert S.score_regex(".*([0-9]).*", {"output": ".*dog.*"}) == \
+        {"exact": 0.0, "functional": 0.0, "functional_random200": 0.0, "dfa": 0.0}
+    not_regex = S.score_regex("garbage((", {"output": ".*dog.*"})
+    assert not_regex["functional"] == not_regex["dfa"] == 0.0 and "not a regex" in not_regex["reason"]
+
+
+def test_regex_scores_are_a_function_of_prediction_gold_and_seed():
+    item = {"output": "(.*[0-9].*)&(.*[A-Z].*)"}
+    assert S.score_regex("(.*[A-Z].*)&(.*[0-9].*)", item, seed=3) == S.score_regex("(.*[A-Z].*)&(.*[0-9].*)", item, seed=3)
+    # issue 13 item 2: this gold against itself once scored 1 on an idle machine and 0 on a busy one
+    gold = "((.*dog.*)|(truck)){7,}"
+    assert S.score_regex(gold, {"output": gold}) == \
+        {"exact": 1.0, "functional": 1.0, "functional_random200": 1.0, "dfa": 1.0}
+
+
+def test_undecided_is_reported_not_silently_zero(monkeypatch):
+    monkeypatch.setattr(S.rx, "BUDGET", 20_000)
+    scores = S.score_regex("(.*a.{20})|(b&c)", {"output": "(.*a.{20})"})  # equal languages, 2^21-state automata
+    assert scores["dfa"] == scores["functional"] == 0.0 and scores["undecided"] == ["functional", "dfa"]
+    assert scores["functional_random200"] == 1.0 and "budget" in scores["reason"]
+    summary = S.summarize([{"scores": scores}, {"scores": S.score_regex("a", {"output": "a"})}])
+    assert summary["dfa_undecided"] == summary["functional_undecided"] == 1 and summary["dfa"] == 0.5
+
+
+@pytest.mark.parametrize("prediction", ["((a){50}){50}", "(.{50}){50}", "(" * 170, "~" * 990, "a" * 995,
+                                        "a" + "*?" * 600, "[\u0000-\uffff]", "a{99999999999}", "\x00\ud800",
+                                        "(" * 5000 + ")" * 5000, "\\"])
+def test_hostile_regexes_get_a_score(prediction):
+    # issue 13 item 1: each of these once raised RecursionError and ended the whole evaluation
+    scores = S.score("nlrx", prediction, {"output": ".*(dog).*"})
+    assert set(scores) >= set(S.METRICS["regex"]) and "scorer_error" not in scores
+
+
+# --- Django ---
+
+
+@pytest.mark.parametrize("prediction,gold,category", [
+    ("from django . conf import settings", "from django . conf import settings", "exact"),
+    ("from  django . conf import settings\nimport os", "from django . conf import settings", "stopping_artifact"),
+    ("return x\nreturn y", "return x", "stopping_artifact"),
+    ("from django import settings", "from django . conf import settings", "content_error"),
+    # issue 13 item 7: a character prefix is not a token prefix
+    ("return xy", "return x", "content_error"),
+    ("x = 10", "x = 1", "content_error"),
+    ("password += 1", "pass", "content_error"),
+    ("", "pass", "content_error"),
+])
+def test_django_decomposition(prediction, gold, category):
+    scores = S.score_django(prediction, {"output": gold})
+    assert scores["category"] == category
+    assert scores["ws_prefix"] == float(category != "content_error")
+    assert scores["exact"] == float(category == "exact")
+
+
+def test_django_summary():
+    item = {"output": "from django . conf import settings"}
+    summary = S.summarize([{"scores": S.score_django(p, item)} for p in
+                           ["from django . conf import settings", "x", "from django . conf import settings !"]])
+    assert summary["exact"] == pytest.approx(1 / 3) and summary["ws_prefix"] == pytest.approx(2 / 3)
+    assert summary["category/content_error"] == pytest.approx(1 / 3)
+
+
+# --- any output gets a score ---
+
+HOSTILE = ["", " ", "\x00" * 100, "\ud800\udfff", "🙂" * 1000, "#### " + "1" * 10000, "(" * 10000, "; DROP TABLE x",
+           "a" * 100_000, "\n" * 1000]
+
+
+@pytest.mark.parametrize("task", ["gsm8k", "nlrx", "django", "spider"])
+def test_no_output_raises(task):
+    item = {"output": {"gsm8k": "#### 1", "nlrx": ".*dog.*", "django": "pass", "spider": "SELECT 1"}[task],
+            "db_id": "absent"}
+    for text in HOSTILE:
+        scores = S.score(task, text, item)
+        assert set(S.METRICS[S.TASK_SCORER[task]]) <= set(scores) and "scorer_error" not in scores
+
+
+def test_a_failing_scorer_scores_zero_with_its_reason(monkeypatch):
+    def broken(prediction, item, seed=0):
+        raise RecursionError("maximum recursion depth exceeded")
+    monkeypatch.setattr(S, "score_regex", broken)
+    scores = S.score("nlrx", "x", {"output": "x"})
+    assert scores["exact"] == scores["dfa"] == 0.0
+    assert scores["scorer_error"].startswith("RecursionError at test_scoring.py:")
+    summary = S.summarize([{"scores": scores}, {"scores": {"exact": 1.0}, "cut_at_exemplar": True}])
+    assert summary["scorer_errors"] == 1 and summary["exact"] == 0.5 and summary["cut_at_exemplar"] == 1
+
+
+def test_unknown_task_is_a_named_error():
+    with pytest.raises(ValueError, match="no scorer for task 'mmlu'"):
+        S.score("mmlu", "x", {"output": "x"})
+
+
+# --- the real release files: every gold answer scores 1 on every metric ---
+
+
+@needs_shared
+def test_real_gsm8k_gold_scores_one():
+    items = D.load_task("gsm8k", "eval", os.path.join(SHARED, "gsm8k", "openai"))
+    assert len(items) == 1319 and all(S.score_gsm8k(x["output"], x)["accuracy"] == 1.0 for x in items)
+
+
+@needs_shared
+def test_real_django_gold_scores_one():
+    items = D.load_task("django", "eval", os.path.join(SHARED, "django"))
+    assert all(S.score_django(x["output"], x) == {"exact": 1.0, "ws_prefix": 1.0, "category": "exact"} for x in items)
+
+
+@needs_shared
+def test_real_nlrx_gold_scores_one():
+    # the scores depend on the gold string alone, so each distinct regex of the corpus is scored once
+    # (NL-RX-Synth and NL-RX-Turk share their 10,000 regexes)
+    regexes = set(D.read_lines(os.path.join(SHARED, "nl_rx", "deep_regex", "NL-RX-Synth", "targ.txt")))
+    regexes |= set(D.read_lines(os.path.join(SHARED, "nl_rx", "deep_regex", "NL-RX-Turk", "targ.txt")))
+    full = {"exact": 1.0, "functional": 1.0, "functional_random200": 1.0, "dfa": 1.0}
+    for gold in sorted(regexes):
+        assert S.score_regex(gold, {"output": gold}) == full, gold
