@@ -289,36 +289,48 @@ def spider_variants(prediction):
     return {"raw": prediction.strip(), "clean": prediction.split(";")[0].strip()}
 
 
+def exec_match(prediction, gold_rows, files, order_matters, max_steps):
+    """(1.0 or 0.0, why it is 0 or None, whether the safety net stopped it)."""
+    pred = postprocess_sql(remove_distinct(prediction))
+    try:
+        same = all(results_equal(rows, run_sql(f, pred, max_steps), order_matters) for f, rows in zip(files, gold_rows))
+        return float(same), None, False
+    except SQLFailure as e:
+        return 0.0, str(e), isinstance(e, SQLUndecided)
+
+
 def score_spider(prediction, item, seed=0, db_dir=None, tables_path=None, max_steps=SQL_MAX_STEPS):
     """Execution match and exact-set match, each on the raw prediction and on the prediction cut at the
-    first ';'. All None when the database is absent; all None with 'gold_error' when the gold does not run
-    or parse here (the item cannot be scored). Reasons for zeros go in 'reason'."""
+    first ';'. All None when the database is absent; a metric is None with 'gold_error' when the gold does
+    not run (exec) or parse (exact_set) here, so the item cannot be scored on it. Zeros get a 'reason'."""
     scores = dict.fromkeys(METRICS["spider"])
     files = database_files(db_dir or "", item.get("db_id") or "")
     if not files:
         return scores
+    variants, notes, reasons = spider_variants(prediction), [], []
     gold = postprocess_sql(remove_distinct(item["output"].strip()))
-    order_matters = "order by" in gold.lower()
     try:
         gold_rows = [run_sql(f, gold, max_steps) for f in files]
-        spider_exact.parse(item["output"], spider_exact.load_schema(files[0]))
-    except (SQLFailure, spider_exact.Unparsable) as e:
-        return {**scores, "gold_error": str(e)}
-    reasons = []
-    for name, text in spider_variants(prediction).items():
-        pred = postprocess_sql(remove_distinct(text))
-        try:
-            scores[f"exec_{name}"] = float(all(results_equal(rows, run_sql(f, pred, max_steps), order_matters)
-                                               for f, rows in zip(files, gold_rows)))
-        except SQLFailure as e:
-            scores[f"exec_{name}"] = 0.0
-            reasons.append(f"exec_{name}: {e}")
-            if isinstance(e, SQLUndecided):
+    except SQLFailure as e:
+        notes.append(f"gold query: {e}")
+    else:
+        for name, text in variants.items():
+            scores[f"exec_{name}"], why, undecided = exec_match(text, gold_rows, files, "order by" in gold.lower(), max_steps)
+            if why:
+                reasons.append(f"exec_{name}: {why}")
+            if undecided:
                 scores.setdefault("undecided", []).append(f"exec_{name}")
-        match, why = spider_exact.exact_set_match(text, item["output"], files[0], item["db_id"], tables_path)
-        scores[f"exact_set_{name}"] = match
-        if why and not match:
-            reasons.append(f"exact_set_{name}: {why}")
+    try:
+        spider_exact.parse(item["output"], spider_exact.load_schema(files[0]))
+    except spider_exact.Unparsable as e:
+        notes.append(f"gold not parsed for exact-set match: {e}")
+    else:
+        for name, text in variants.items():
+            scores[f"exact_set_{name}"], why = spider_exact.exact_set_match(text, item["output"], files[0],
+                                                                             item["db_id"], tables_path)
+            reasons += [f"exact_set_{name}: {why}"] if why and not scores[f"exact_set_{name}"] else []
+    if notes:
+        scores["gold_error"] = "; ".join(notes)
     if reasons:
         scores["reason"] = "; ".join(reasons)
     return scores
