@@ -159,14 +159,15 @@ def uses_chat_template(checkpoint_arg, ckpt_dir):
 def output_stem(ckpt_dir):
     """<out_dir>/<task>-<shots>shot, its folder created and test-written now, before any expensive work."""
     target = out_dir or (ckpt_dir if os.path.isdir(checkpoint) else "eval")
-    os.makedirs(target, exist_ok=True)
     probe = os.path.join(target, f".write-test-{os.getpid()}")
     try:
+        os.makedirs(target, exist_ok=True)
         with open(probe, "w") as f:
             f.write("ok")
         os.remove(probe)
     except OSError as e:
-        raise ConfigError(f"cannot write results into {target} ({e.strerror}); pass --out_dir=<a writable folder>")
+        raise ConfigError(f"cannot write results into {target} ({e.strerror}); "
+                          "pass --out_dir=<a writable folder>") from None
     return os.path.join(target, f"{task}-{shots}shot")
 
 
@@ -182,6 +183,19 @@ def read_records(paths):
                     continue
                 done[record["index"]] = record
     return done
+
+
+def open_for_append(path):
+    """The file opened to append lines; a last line a kill cut short is ended first, so that the next record
+    starts a line of its own (read_records drops the cut one)."""
+    if os.path.exists(path) and os.path.getsize(path):
+        with open(path, "rb") as f:
+            f.seek(-1, os.SEEK_END)
+            cut_short = f.read(1) != b"\n"
+        if cut_short:
+            with open(path, "a", encoding="utf-8") as f:
+                f.write("\n")
+    return open(path, "a", encoding="utf-8")
 
 
 def previous_records(stem):
@@ -207,7 +221,8 @@ def score_generation(ids, item, index, prompt, tokenizer, stop_ids, use_chat):
 def merge_and_summarize(stem, n_items, run, max_seq_len, cfg):
     """Rank 0, after every rank is done: one .jsonl in item order, the rank parts removed, the summary."""
     parts = sorted(glob.glob(stem + ".rank*.jsonl"))
-    records = sorted(previous_records(stem).values(), key=lambda r: r["index"])
+    earlier = [stem + ".jsonl"] if resume and os.path.exists(stem + ".jsonl") else []
+    records = sorted(read_records(earlier + parts).values(), key=lambda r: r["index"])
     tmp = stem + ".jsonl.tmp"
     with open(tmp, "w", encoding="utf-8") as f:
         for r in records:
@@ -265,7 +280,7 @@ def main(argv):
         print(f"resuming: {len(done)} of {len(items)} items already scored in {stem}")
     generator = torch.Generator(device=dev).manual_seed(seed + rank)
     from tqdm import tqdm
-    with open(f"{stem}.rank{rank}.jsonl", "a", encoding="utf-8") as out:
+    with open_for_append(f"{stem}.rank{rank}.jsonl") as out:
         for start in tqdm(range(0, len(mine), batch_size), disable=not master, desc=f"{task} {shots}-shot"):
             idx = mine[start:start + batch_size]
             prompts = [data.format_example(task, items[i], tokenizer, data.choose_shots(train_items, shots, items[i]),

@@ -152,3 +152,59 @@ def test_chat_auto_follows_training(tmp_path):
     assert E.uses_chat_template(str(run), str(run / "final"))
     (run / "train_config.json").write_text(json.dumps({"chat": "false"}))
     assert not E.uses_chat_template("my-Instruct-run", str(run / "final"))
+
+
+def tiny_checkpoint(path):
+    tok = D.train_tiny_tokenizer(D.tiny_tokenizer_texts())
+    torch.manual_seed(0)
+    M.Transformer(M.PRESETS["tiny"]).save_pretrained(str(path), tokenizer=tok)
+    return str(path)
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in open(path)]
+
+
+def test_records_are_kept_as_scored_and_resume_skips_them(tmp_path, monkeypatch):
+    ckpt = tiny_checkpoint(tmp_path / "ckpt")
+    args = [f"--checkpoint={ckpt}", "--task=tiny-regex", "--limit=6", "--batch_size=2", "--gen_length=16", "--steps=8"]
+    # a run killed at its fourth item keeps the three scored before it
+    import scoring
+    real_score, calls = scoring.score, []
+
+    def dies_at_fourth(*a, **kw):
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return real_score(*a, **kw)
+    monkeypatch.setattr(scoring, "score", dies_at_fourth)
+    with pytest.raises(KeyboardInterrupt):
+        E.main([*args, f"--out_dir={tmp_path / 'killed'}"])
+    monkeypatch.setattr(scoring, "score", real_score)
+    part = tmp_path / "killed" / "tiny-regex-0shot.rank0.jsonl"
+    assert [r["index"] for r in read_jsonl(part)] == [0, 1, 2]
+
+    # the full run, for reference
+    run_script(["evaluate.py", *args, f"--out_dir={tmp_path / 'full'}"])
+    full = read_jsonl(tmp_path / "full" / "tiny-regex-0shot.jsonl")
+    # resume: the kept records stay as they are (a marked one proves it was not redone), a line cut short
+    # by the kill is dropped and redone, the rest is generated and scored
+    kept = read_jsonl(part)
+    kept[0]["generation"] = "KEPT"
+    part.write_text("".join(json.dumps(r) + "\n" for r in kept) + '{"index": 3, "prom')
+    proc = run_script(["evaluate.py", *args, f"--out_dir={tmp_path / 'killed'}", "--resume", "true"])
+    assert "resuming: 3 of 6 items" in proc.stdout
+    resumed = read_jsonl(tmp_path / "killed" / "tiny-regex-0shot.jsonl")
+    assert resumed[0]["generation"] == "KEPT" and resumed[1:] == full[1:]
+    assert not part.exists()  # merged into the .jsonl
+    # without --resume the run starts over
+    run_script(["evaluate.py", *args, f"--out_dir={tmp_path / 'killed'}"])
+    assert read_jsonl(tmp_path / "killed" / "tiny-regex-0shot.jsonl") == full
+
+
+def test_unwritable_out_dir_fails_before_any_work(tmp_path):
+    ckpt = tiny_checkpoint(tmp_path / "ckpt")
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    proc = run_script(["evaluate.py", f"--checkpoint={ckpt}", "--task=tiny-regex", f"--out_dir={blocker}"], check=False)
+    assert proc.returncode == 2 and "evaluate.py: " in proc.stderr and "Traceback" not in proc.stderr
