@@ -23,6 +23,7 @@ import json
 import os
 import sqlite3
 from functools import lru_cache
+from pathlib import Path
 
 import sqlglot
 from sqlglot import exp
@@ -52,11 +53,16 @@ def empty_sql():
 # tables.json (evaluation.py's build_foreign_key_map), else from the database's own foreign key list
 
 
+def open_schema(db_path):
+    """The database read-only, for this module's own fixed schema queries (no model output runs here;
+    scoring.open_read_only is the sandbox for that)."""
+    return sqlite3.connect(Path(db_path).resolve().as_uri() + "?mode=ro", uri=True)
+
+
 @lru_cache(maxsize=256)
 def load_schema(db_path):
-    """{table: [columns]}, lower case, read from the sqlite file (opened read-only)."""
-    import pathlib
-    conn = sqlite3.connect(pathlib.Path(db_path).resolve().as_uri() + "?mode=ro", uri=True)
+    """{table: [columns]}, lower case, read from the sqlite file."""
+    conn = open_schema(db_path)
     try:
         tables = [r[0].lower() for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
         return {t: [r[1].lower() for r in conn.execute(f'PRAGMA table_info("{t}")')] for t in tables}
@@ -83,8 +89,7 @@ def foreign_key_map(db_id, db_path, tables_path=None):
         order = {c: i for i, c in enumerate(cols)}
     else:
         schema = load_schema(db_path)
-        import pathlib
-        conn = sqlite3.connect(pathlib.Path(db_path).resolve().as_uri() + "?mode=ro", uri=True)
+        conn = open_schema(db_path)
         try:
             links = [(f"__{t}.{str(r[3]).lower()}__", f"__{str(r[2]).lower()}.{str(r[4]).lower()}__")
                      for t in schema for r in conn.execute(f'PRAGMA foreign_key_list("{t}")') if r[4]]
