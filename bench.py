@@ -34,7 +34,8 @@ import evaluate
 import jepa
 import model as modellib
 from configurator import ConfigError, configure, setting_keys
-from train import flops_per_token, init_distributed, peak_flops, resolve_dtype
+import runtime
+from runtime import flops_per_token, init_distributed, peak_flops, resolve_dtype, run_main
 
 # -----------------------------------------------------------------------------
 # settings
@@ -261,8 +262,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    try:
-        main(sys.argv[1:])
-    except ConfigError as e:
-        print(f"bench.py: {e}", file=sys.stderr)
-        sys.exit(2)
+    run_main("bench.py", main, sys.argv[1:], lambda: runtime.DIST_TIMEOUT)

@@ -8,6 +8,7 @@ type of the constant's default.
 
 import ast
 import json
+import math
 import os
 
 
@@ -33,8 +34,15 @@ def parse_value(key, text, default):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or \
                 (isinstance(default, int) and not isinstance(value, int)):
             raise ConfigError(f"--{key} expects {TYPE_WORDS[type(default)]}, got {text!r}")
-        return type(default)(value)
+        return finite(key, type(default)(value))
     return str(text)
+
+
+def finite(key, value):
+    """Numbers must be finite: 1e999 parses as inf, and an inf or nan learning rate trains to NaN silently."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"--{key} must be a finite number, got {value}")
+    return value
 
 
 def coerce(key, value, default):
@@ -44,7 +52,7 @@ def coerce(key, value, default):
     if isinstance(default, bool) and isinstance(value, bool):
         return value
     if isinstance(default, float) and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
+        return finite(key, float(value))
     if type(default) is int and type(value) is int:
         return value
     raise ConfigError(f"{key} expects {TYPE_WORDS[type(default)]}, got {value!r}")
@@ -73,17 +81,35 @@ def parse_args(argv, settings):
 
 
 def read_config_file(path):
-    if not os.path.exists(path):
+    """[(key, value)] from a .json object or a .py of 'key = literal' lines; every error names the file and
+    line."""
+    if not os.path.isfile(path):
         raise ConfigError(f"config file {path} does not exist")
-    with open(path) as f:
-        text = f.read()
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start})") from None
     if path.endswith(".json"):
-        return list(json.loads(text).items())
+        try:
+            values = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{path}:{e.lineno}: {e.msg}") from None
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: expected a JSON object of settings, got a {type(values).__name__}")
+        return list(values.items())
+    try:
+        body = ast.parse(text).body
+    except SyntaxError as e:
+        raise ConfigError(f"{path}:{e.lineno}: {e.msg}") from None
     out = []
-    for node in ast.parse(text).body:
+    for node in body:
         if not (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)):
-            raise ConfigError(f"{path}: only 'key = literal' lines are allowed")
-        out.append((node.targets[0].id, ast.literal_eval(node.value)))
+            raise ConfigError(f"{path}:{node.lineno}: only 'key = literal' lines are allowed")
+        try:
+            out.append((node.targets[0].id, ast.literal_eval(node.value)))
+        except ValueError:
+            raise ConfigError(f"{path}:{node.lineno}: the value of {node.targets[0].id} is not a literal") from None
     return out
 
 
@@ -98,16 +124,19 @@ def configure(settings, keys, argv, presets=None):
     if preset:
         if not presets or preset not in presets:
             raise ConfigError(f"unknown preset {preset!r}; presets: {', '.join(presets or {})}")
-        layers.append(list(presets[preset].items()))
+        layers.append((f"preset {preset}", list(presets[preset].items())))
     config_path = dict(flags).get("config", settings.get("config", ""))
     if config_path:
-        layers.append(read_config_file(config_path))
-    layers.append(flags)
-    for layer in layers:
+        layers.append((config_path, read_config_file(config_path)))
+    layers.append(("", flags))
+    for source, layer in layers:
         for key, value in layer:
             if key not in keys:
-                raise ConfigError(f"unknown setting {key!r}; settings: {', '.join(keys)}")
-            settings[key] = coerce(key, value, settings[key])
+                raise ConfigError(f"{source + ': ' if source else ''}unknown setting {key!r}; settings: {', '.join(keys)}")
+            try:
+                settings[key] = coerce(key, value, settings[key])
+            except ConfigError as e:
+                raise ConfigError(f"{source}: {e}" if source else str(e)) from None
     return {k: settings[k] for k in keys}
 
 

@@ -28,7 +28,7 @@ import data
 import model as modellib
 import scoring
 from configurator import ConfigError, configure, setting_keys
-from train import close_distributed, init_distributed, resolve_dtype
+from runtime import DIST_TIMEOUT, RunError, close_distributed, init_distributed, resolve_dtype, run_main
 
 # -----------------------------------------------------------------------------
 # settings
@@ -52,6 +52,7 @@ seed = 0  # the sampler's (temperature > 0) and the scorers' (NL-RX test strings
 sql_max_steps = scoring.SQL_MAX_STEPS  # sqlite instructions per Spider query (counted, the same on any machine)
 resume = False  # true: keep the records already written for this task and shots, score only the rest
 out_dir = ""  # empty = beside the checkpoint (or ./eval for a hub id)
+dist_timeout = DIST_TIMEOUT  # seconds a rank waits for the others in a collective
 KEYS = setting_keys(globals())
 
 # -----------------------------------------------------------------------------
@@ -250,7 +251,7 @@ def main(argv):
     if shots < 0 or batch_size < 1 or limit < 0 or temperature < 0 or cfg_scale < 0 or sql_max_steps < 1:
         raise ConfigError("shots, limit, temperature and cfg_scale must be >= 0, batch_size and sql_max_steps >= 1")
     import torch.distributed as dist
-    world, rank, dev = init_distributed(device)
+    world, rank, dev = init_distributed(device, dist_timeout)
     master = rank == 0
 
     ckpt_dir = modellib.resolve_checkpoint_dir(checkpoint)
@@ -300,8 +301,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    try:
-        main(sys.argv[1:])
-    except ConfigError as e:
-        print(f"evaluate.py: {e}", file=sys.stderr)
-        sys.exit(2)
+    run_main("evaluate.py", main, sys.argv[1:], lambda: dist_timeout)

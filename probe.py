@@ -31,7 +31,7 @@ import data
 import jepa
 import model as modellib
 from configurator import ConfigError, configure, setting_keys
-from train import close_distributed, init_distributed, resolve_dtype
+from runtime import DIST_TIMEOUT, RunError, close_distributed, init_distributed, resolve_dtype, run_main
 
 # -----------------------------------------------------------------------------
 # settings
@@ -53,6 +53,7 @@ seed = 0
 dtype = "auto"  # the weights' dtype: auto = bfloat16 on GPU, float32 on CPU
 device = "auto"
 out_dir = "probe"
+dist_timeout = DIST_TIMEOUT  # seconds a rank waits for the others in a collective
 KEYS = setting_keys(globals())
 
 MMLU_LETTERS = "ABCD"
@@ -242,7 +243,7 @@ def main(argv):
     for pair in pairs:
         if len(pair) != 2 or not set(pair) <= set(labels):
             raise ConfigError(f"--ratio pairs are name/name over {labels}; got {'/'.join(pair)}")
-    world, rank, dev = init_distributed(device)
+    world, rank, dev = init_distributed(device, dist_timeout)
     model_dtype = resolve_dtype(dtype, dev)
     master = rank == 0
 
@@ -344,8 +345,4 @@ def plot_drift(report, path):
 
 
 if __name__ == "__main__":
-    try:
-        main(sys.argv[1:])
-    except ConfigError as e:
-        print(f"probe.py: {e}", file=sys.stderr)
-        sys.exit(2)
+    run_main("probe.py", main, sys.argv[1:], lambda: dist_timeout)

@@ -24,10 +24,14 @@ from contextlib import nullcontext
 import torch
 import torch.distributed as dist
 import torch.nn as nn
+from torch.distributed.fsdp import FSDPModule
+from torch.distributed.tensor import DTensor
 
 import data
 import jepa
 import model as modellib
+import run_state
+import runtime
 from configurator import ConfigError, configure as apply_settings, setting_keys
 
 # -----------------------------------------------------------------------------
@@ -72,8 +76,10 @@ activation_checkpointing = True
 out_dir = "out"
 log_every = 10
 save_every = 500  # resumable state every N optimizer steps (0 = only on SIGTERM and at the end)
-resume = False
+resume = False  # continue the run in out_dir from its newest complete resumable state
+overwrite = False  # replace a run already in out_dir (its final/, resume/, log.jsonl, ... are deleted first)
 stop_step = 0  # > 0: stop after this optimizer step, leaving a resumable state (for interrupted runs)
+dist_timeout = runtime.DIST_TIMEOUT  # seconds a rank waits for the others in a collective
 preset = ""
 config = ""
 
@@ -85,9 +91,8 @@ PRESETS = {
                  batch_size=16, grad_accum=1, epochs=30, activation_checkpointing=False, predictor_layers=2,
                  ema_decay=0.99, log_every=10, save_every=0, seed=0, out_dir="out-tiny"),
 }
-DTYPES = {"auto": None, "bfloat16": torch.bfloat16, "float32": torch.float32}  # None: by device (resolve_dtype)
-CHOICES = {"task": tuple(data.TASKS), "chat": ("auto", "true", "false"), "dtype": tuple(DTYPES),
-           "device": ("auto", "cuda", "cpu")}
+CHOICES = {"task": tuple(data.TASKS), "chat": ("auto", "true", "false"), "dtype": tuple(runtime.DTYPES),
+           "device": runtime.DEVICES}
 KEYS = setting_keys(globals())
 
 
@@ -141,6 +146,8 @@ def validate():
             model.count("/") == 1 and not model.startswith((".", "/"))):
         raise ConfigError(f"unknown model {model!r}: expected a hub id like {modellib.HUB_IDS[0]}, a checkpoint "
                           f"directory, or one of the presets {', '.join(modellib.PRESETS)}")
+    if not out_dir:
+        raise ConfigError("--out_dir is empty; name a folder for the run (an empty one would be the current folder)")
     if data_dir and not os.path.isdir(data_dir):
         raise ConfigError(f"data_dir {data_dir} does not exist")
     if not data_dir and data.TASKS[task]["hub"] is None and task != "tiny-regex":
@@ -158,51 +165,6 @@ def lr_at(step, total_steps):
         return lr * step / warmup
     progress = (step - warmup) / max(1, total_steps - warmup)
     return lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-
-PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense bf16 per GPU
-
-
-def peak_flops(dev):
-    if dev.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(dev)
-    return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
-
-
-def flops_per_token(n_params, jepa, lora):
-    """Model FLOPs per training token, for MFU: forward 2N + backward 4N (input and weight gradients; with
-    LoRA 2N, the frozen base needs input gradients only) + the no-grad target forward 2N when lambda > 0."""
-    return ((4 if lora else 6) + (2 if jepa else 0)) * n_params
-
-
-def resolve_dtype(setting, dev):
-    """The compute dtype a --dtype setting means on a device: 'auto' is bfloat16 on a GPU and float32 on the
-    CPU; an explicit dtype holds on any device (bfloat16 on the CPU is how the tests run the GPU's
-    mixed-precision paths)."""
-    if setting not in DTYPES:
-        raise ConfigError(f"--dtype={setting!r} is not one of {', '.join(map(repr, DTYPES))}")
-    return DTYPES[setting] or (torch.bfloat16 if dev.type == "cuda" else torch.float32)
-
-
-def init_distributed(device_setting):
-    """(world size, rank, device). Under torchrun (WORLD_SIZE > 1) joins the process group: NCCL on GPUs,
-    gloo on the CPU. device_setting: 'auto' (cuda when available), 'cuda' or 'cpu'."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    use_cuda = device_setting == "cuda" or (device_setting == "auto" and torch.cuda.is_available())
-    if world > 1:
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
-    dev = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if use_cuda else "cpu")
-    if use_cuda:
-        torch.cuda.set_device(dev)
-    return world, dist.get_rank() if world > 1 else 0, dev
-
-
-def close_distributed(world):
-    """Leave the process group together: a rank that tears down gloo while a peer still works can abort it."""
-    if world > 1:
-        dist.barrier()
-        dist.destroy_process_group()
 
 
 def shard(module, mesh, mp_policy):
@@ -231,20 +193,104 @@ def load_full_state(module, full_state):
 
 
 # -----------------------------------------------------------------------------
+# the run's folder
+
+RUN_ENTRIES = ("final", "adapter", "base", "log.jsonl", "train_config.json") + run_state.NAMES
+
+
+def claim_out_dir(master, distributed):
+    """Check out_dir before anything expensive: it must be writable, and a folder that already holds a run
+    is continued only with --resume=true and replaced only with --overwrite=true (which deletes the old
+    run's files first). Never silently mixed."""
+    held = [e for e in RUN_ENTRIES if os.path.exists(os.path.join(out_dir, e))]
+    if held and not resume and not overwrite:
+        raise ConfigError(f"{out_dir} already holds a run ({', '.join(held)}); pass --resume=true to continue it, "
+                          f"--overwrite=true to replace it, or another --out_dir")
+    if resume and not run_state.has_state(out_dir):
+        raise ConfigError(f"--resume=true but {out_dir} holds no resumable state (resume/)")
+    if distributed:
+        dist.barrier()  # every rank has looked before rank 0 deletes
+    if master:
+        if overwrite and not resume:
+            for entry in held:
+                path = os.path.join(out_dir, entry)
+                shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+        runtime.prepare_output_dir(out_dir)
+    if distributed:
+        dist.barrier()
+
+
+def trim_log(path, step):
+    """A resumed run logs steps after `step` again: drop the records the interrupted run wrote past it."""
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        kept = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= step]
+    with open(path, "w") as f:
+        f.writelines(kept)
+
+
+# -----------------------------------------------------------------------------
 # training
+
+
+class Diverged(runtime.RunError):
+    pass
+
+
+WATCHED = ("loss", "diffusion_loss", "jepa_loss", "grad_norm")
+
+
+def check_finite(step, stats):
+    """Stop before the optimizer applies a NaN or inf: the weights and the last resumable state stay good."""
+    bad = {k: v for k, v in stats.items() if k in WATCHED and not math.isfinite(v)}
+    if bad:
+        raise Diverged(f"step {step}: non-finite {', '.join(f'{k}={v}' for k, v in bad.items())}; the run stopped "
+                       f"before this update (lower --lr?). The last resumable state in {out_dir}/resume is intact; "
+                       f"no final/ was written")
+
+
+class StopFlag:
+    """Set by SIGTERM or SIGINT (Ctrl-C): the loop finishes the optimizer step, saves a resumable state and
+    exits. A second Ctrl-C stops at once."""
+
+    def __init__(self):
+        self.requested = False
+        signal.signal(signal.SIGTERM, self.request)
+        signal.signal(signal.SIGINT, self.request)
+
+    def request(self, signum, frame):
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+
+
+def agree(sums, grad_norm, stop, dev, distributed, world):
+    """The one sync of a step: every rank gets the mean of the logged numbers, the gradient norm, and whether
+    any rank wants to stop."""
+    keys = sorted(sums)
+    packed = torch.stack([sums[k] for k in keys] + [grad_norm.float().reshape(()).to(dev),
+                                                    torch.tensor(float(stop), device=dev)]).to(dev)
+    if distributed:
+        flag = packed[-1:].clone()
+        dist.all_reduce(packed)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        packed = torch.cat([packed[:-1] / world, flag])
+    values = packed.tolist()
+    return dict(zip(keys + ["grad_norm"], values[:-1])), values[-1] > 0
 
 
 def main(argv):
     cfg = configure(argv)
-    world, rank, dev = init_distributed(device)
+    world, rank, dev = runtime.init_distributed(device, dist_timeout)
     distributed, master = world > 1, rank == 0
     log = print if master else (lambda *a, **k: None)
-    compute_dtype = resolve_dtype(dtype, dev)
+    claim_out_dir(master, distributed)
+    compute_dtype = runtime.resolve_dtype(dtype, dev)
     mesh = None
     if distributed:
         from torch.distributed.device_mesh import init_device_mesh
         mesh = init_device_mesh(dev.type, (world,))
-
     # ---- tokenizer and data (before the model: a data error should not cost a model load)
     random_init = model == "tiny"  # the tiny preset: random weights and the tokenizer trained on the offline task
     if random_init:
@@ -319,31 +365,31 @@ def main(argv):
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(beta1, beta2), fused=True)
     n_params = sum(p.numel() for p in online.parameters() if not p.requires_grad or not lora_rank)
-    model_flops = flops_per_token(n_params, jepa=jepa_weight > 0, lora=lora_rank > 0)
+    model_flops = runtime.flops_per_token(n_params, jepa=jepa_weight > 0, lora=lora_rank > 0)
     if lora_rank:  # a DTensor's numel is the full tensor's
         log(f"LoRA rank {lora_rank}: {sum(p.numel() for p in params) / 1e6:.2f}M trainable parameters")
     log(f"model {model}: {n_params / 1e6:.2f}M parameters; predictor {predictor_layers} layers; "
         f"lambda {jepa_weight}, t_L {t_low}, t_H {t_high}")
 
-    # ---- resume
-    step = 0
-    resume_dir = os.path.join(out_dir, "resume")
-    if resume:
-        step = load_resume_state(resume_dir, trainable, target, optimizer, distributed, log)
-
-    # ---- SIGTERM: finish the optimizer step, save a resumable state, exit
-    stop_requested = {"flag": False}
-    signal.signal(signal.SIGTERM, lambda *_: stop_requested.__setitem__("flag", True))
+    # ---- resume, or a fresh log
+    identity = run_state.identity(cfg, world)
+    step = run_state.load(out_dir, trainable, target, optimizer, identity, distributed, log) if resume else 0
+    final_dir = os.path.join(out_dir, "final")
+    if resume and step >= total_steps and os.path.exists(os.path.join(final_dir, "config.json")):
+        log(f"{out_dir} is a finished run (step {step} of {total_steps}; {final_dir} is in place): nothing to do")
+        runtime.close_distributed(world)
+        return
+    if master:
+        trim_log(os.path.join(out_dir, "log.jsonl"), step)
+        with open(os.path.join(out_dir, "train_config.json"), "w") as f:  # 'chat' resolved, for evaluate.py
+            json.dump(cfg | {"chat": "true" if use_chat else "false", "world_size": world}, f, indent=2)
+    stop = StopFlag()
 
     # mixed precision: one process autocasts; under torchrun FSDP2's MixedPrecisionPolicy casts instead
     autocast = torch.autocast(dev.type, dtype=compute_dtype) if (not distributed and compute_dtype != torch.float32) \
         else nullcontext()
-    peak = peak_flops(dev)
-    os.makedirs(out_dir, exist_ok=True)
+    peak = runtime.peak_flops(dev)
     log_file = open(os.path.join(out_dir, "log.jsonl"), "a") if master else None
-    if master:
-        with open(os.path.join(out_dir, "train_config.json"), "w") as f:  # 'chat' resolved, for evaluate.py
-            json.dump(cfg | {"chat": "true" if use_chat else "false"}, f, indent=2)
     try:
         from tqdm import tqdm
         bar = tqdm(total=total_steps, initial=step, disable=not master, desc="train", dynamic_ncols=True)
@@ -361,7 +407,7 @@ def main(argv):
             last = i == len(group) - 1
             if distributed:
                 for m in trainable.values():
-                    if hasattr(m, "set_requires_gradient_sync"):
+                    if isinstance(m, FSDPModule):
                         m.set_requires_gradient_sync(last)
             batch = {k: v.to(dev) for k, v in data.collate([examples[j] for j in indices], tokenizer.eos_token_id).items()}
             noise = jepa.view_noise(indices, batch["input_ids"].shape[1], seed * 1000 + epoch, max_len)
@@ -372,12 +418,15 @@ def main(argv):
             (res.loss / len(group)).backward()
             for k, v in res.stats.items():
                 sums[k] = sums.get(k, 0.0) + v.detach().float() / len(group)
+            sums["loss"] = sums.get("loss", 0.0) + res.loss.detach().float() / len(group)
             tokens_since += batch["input_ids"].numel()
         if anchor_base is not None:
             jepa.add_anchor_gradient(online, anchor_base, anchor_l2)
         grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf"))
-        if hasattr(grad_norm, "full_tensor"):
+        if isinstance(grad_norm, DTensor):
             grad_norm = grad_norm.full_tensor()
+        stats, stop_now = agree(sums, grad_norm, stop.requested, dev, distributed, world)
+        check_finite(step + 1, stats)
         step += 1
         current_lr = lr_at(step, total_steps)
         for group_ in optimizer.param_groups:
@@ -386,33 +435,24 @@ def main(argv):
         optimizer.zero_grad(set_to_none=True)
         if target is not None:
             jepa.ema_update(target, online, ema_decay)
-
-        # all ranks agree on logging numbers and on stopping
-        keys = sorted(sums)
-        packed = torch.stack([sums[k] for k in keys] + [torch.tensor(float(stop_requested["flag"]))]).to(dev)
-        if distributed:
-            flag = packed[-1:].clone()
-            dist.all_reduce(packed)
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-            packed = torch.cat([packed[:-1] / world, flag])
-        stats = {k: packed[i].item() for i, k in enumerate(keys)}
-        stop_now = packed[-1].item() > 0 or (stop_step and step >= stop_step)
+        stop_now = stop_now or bool(stop_step and step >= stop_step)
         if bar is not None:
             bar.update(1)
         if step % log_every == 0 or step == total_steps or stop_now:
             elapsed = time.time() - t0
             tps = tokens_since * world / max(elapsed, 1e-9)
-            record = {"step": step, "epoch": epoch, "lr": current_lr, "grad_norm": float(grad_norm),
-                      "tokens_per_s": tps, "mfu": (tps * model_flops / (peak * world)) if peak else None, **stats}
+            record = {"step": step, "epoch": epoch, "lr": current_lr, "tokens_per_s": tps,
+                      "mfu": (tps * model_flops / (peak * world)) if peak else None, **stats}
             if master:
-                log_file.write(json.dumps(record) + "\n")
-                log_file.flush()
+                with runtime.disk_errors(log_file.name):
+                    log_file.write(json.dumps(record) + "\n")
+                    log_file.flush()
                 if bar is not None:
                     bar.set_postfix(l_diff=f"{stats['diffusion_loss']:.3f}",
                                     l_jepa=f"{stats.get('jepa_loss', 0.0):.3f}", lr=f"{current_lr:.2e}")
             t0, tokens_since = time.time(), 0
         if stop_now or (save_every and step % save_every == 0 and step < total_steps):
-            save_resume_state(resume_dir, trainable, target, optimizer, step, cfg, distributed, master)
+            run_state.save(out_dir, trainable, target, optimizer, step, identity, distributed)
         if stop_now:
             log(f"stopped after step {step}; resume with --resume=true")
             break
@@ -420,94 +460,25 @@ def main(argv):
     if bar is not None:
         bar.close()
     if step >= total_steps:
-        state = full_state_dict(online, distributed)
-        if master:
-            final_dir = os.path.join(out_dir, "final")
-            if lora_rank:  # the adapters alone, and merged into a plain checkpoint in the release layout
+        save_final(online, model_cfg, tokenizer, source_config, source_dir, distributed, master, log)
+    if log_file:
+        log_file.close()
+    runtime.close_distributed(world)
+
+
+def save_final(online, model_cfg, tokenizer, source_config, source_dir, distributed, master, log):
+    """final/ in the release's own layout (with LoRA also adapter/, and final/ is the merge)."""
+    state = full_state_dict(online, distributed)
+    if master:
+        final_dir = os.path.join(out_dir, "final")
+        with runtime.disk_errors(final_dir):
+            if lora_rank:
                 modellib.save_adapters(state, online.lora, os.path.join(out_dir, "adapter"))
                 state = modellib.merge_lora(state, online.lora)
             modellib.save_checkpoint(state, model_cfg, final_dir, tokenizer=tokenizer, source_config=source_config,
                                      source_dir=source_dir)
-            log(f"saved {final_dir}")
-    if log_file:
-        log_file.close()
-    close_distributed(world)
-
-
-def target_state(target):
-    """The EMA target's state: the copy's state dict, or the adapter EMA tensors by position."""
-    if isinstance(target, jepa.AdapterEMATarget):
-        return {str(i): t for i, t in enumerate(target.parameters())}
-    from torch.distributed.checkpoint.state_dict import get_model_state_dict
-    return get_model_state_dict(target)
-
-
-def save_resume_state(resume_dir, trainable, target, optimizer, step, cfg, distributed, master):
-    """Model, predictor, optimizer and EMA through torch.distributed.checkpoint (each rank writes its
-    shards), each rank's random generators, plus meta.json. Written beside and then swapped in, so a kill mid-save keeps the last state.
-    The data position is the step (the batch order is a function of seed and epoch) and the views are a
-    function of (seed, epoch, example), so no generator state is needed."""
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
-    # not the frozen base of a LoRA run (16 GB for LLaDA-8B): a resumed run reloads it from its source
-    model_sd, optim_sd = get_state_dict(trainable, [optimizer], options=StateDictOptions(ignore_frozen_params=True))
-    state = {"trainable": model_sd, "optimizer": optim_sd}
-    if target is not None:
-        state["target"] = target_state(target)
-    tmp = resume_dir + ".tmp"
-    if master and os.path.exists(tmp):
-        shutil.rmtree(tmp)
-    if distributed:
-        dist.barrier()
-    dcp.save(state, checkpoint_id=tmp, no_dist=not distributed)
-    rank = dist.get_rank() if distributed else 0  # each rank's generators (only LoRA dropout draws from them)
-    torch.save({"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available()
-                else None}, os.path.join(tmp, f"rng_{rank}.pt"))
-    if distributed:
-        dist.barrier()
-    if master:
-        with open(os.path.join(tmp, "meta.json"), "w") as f:
-            json.dump({"step": step, "config": cfg}, f, indent=2)
-        if os.path.exists(resume_dir):
-            shutil.rmtree(resume_dir)
-        os.replace(tmp, resume_dir)
-    if distributed:
-        dist.barrier()
-
-
-def load_resume_state(resume_dir, trainable, target, optimizer, distributed, log):
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_state_dict, set_model_state_dict,
-                                                         set_state_dict)
-    meta_path = os.path.join(resume_dir, "meta.json")
-    if not os.path.exists(meta_path):
-        raise FileNotFoundError(f"--resume=true but there is no resumable state in {resume_dir}")
-    with open(meta_path) as f:
-        meta = json.load(f)
-    model_sd, optim_sd = get_state_dict(trainable, [optimizer], options=StateDictOptions(ignore_frozen_params=True))
-    state = {"trainable": model_sd, "optimizer": optim_sd}
-    if target is not None:
-        state["target"] = target_state(target)
-    dcp.load(state, checkpoint_id=resume_dir, no_dist=not distributed)  # every key asked for must be there
-    # strict=False only lets the frozen base (LoRA) stay as loaded from the source; the adapter EMA was
-    # filled in place by dcp.load
-    set_state_dict(trainable, [optimizer], model_state_dict=state["trainable"], optim_state_dict=state["optimizer"],
-                   options=StateDictOptions(ignore_frozen_params=True, strict=False))
-    if target is not None and not isinstance(target, jepa.AdapterEMATarget):
-        set_model_state_dict(target, state["target"])
-    rng_path = os.path.join(resume_dir, f"rng_{dist.get_rank() if distributed else 0}.pt")
-    if os.path.exists(rng_path):
-        rng = torch.load(rng_path, weights_only=False)
-        torch.set_rng_state(rng["cpu"])
-        if rng["cuda"] is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
-    log(f"resumed from {resume_dir} at step {meta['step']}")
-    return meta["step"]
+        log(f"saved {final_dir}")
 
 
 if __name__ == "__main__":
-    try:
-        main(sys.argv[1:])
-    except ConfigError as e:
-        print(f"train.py: {e}", file=sys.stderr)
-        sys.exit(2)
+    runtime.run_main("train.py", main, sys.argv[1:], lambda: dist_timeout)
