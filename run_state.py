@@ -9,6 +9,7 @@ The resumable state of a training run, and what makes resuming it safe.
   save:  write resume.tmp  ->  resume -> resume.old  ->  resume.tmp -> resume  ->  delete resume.old
   load:  of resume, resume.tmp and resume.old, the complete one (meta.json, every checksum right) with
          the highest step; a kill at any point of the save leaves at least one, and the newest one wins
+         (and becomes resume/ again, the others deleted)
 
 What the state holds (state_dicts, the one description used by save and load): the trainable modules
 (online model, predictor; with LoRA only the adapters, the frozen base comes back from its source), the
@@ -170,6 +171,18 @@ def newest_complete(out_dir, distributed, log=print):
     return None
 
 
+def promote(out_dir, folder):
+    """Make the chosen state resume/ again and delete the others, so that the next save's clean-up of
+    resume.tmp/ can never delete the state the run continues from."""
+    current = os.path.join(out_dir, "resume")
+    for name in NAMES:
+        path = os.path.join(out_dir, name)
+        if path != folder and os.path.exists(path):
+            remove_state(path)
+    if folder != current:
+        os.replace(folder, current)
+
+
 def has_state(out_dir):
     return any(os.path.isdir(os.path.join(out_dir, n)) for n in NAMES)
 
@@ -216,6 +229,13 @@ def load(out_dir, trainable, target, optimizer, run_identity, distributed, log=p
     if differ:
         raise RunError(f"the state in {folder} belongs to another run; these settings differ (saved -> now): "
                        f"{'; '.join(differ)}. Resume with the run's settings, or start anew with --overwrite=true")
+    if distributed:
+        dist.barrier()
+    if _rank_world(distributed)[0] == 0:
+        promote(out_dir, folder)
+    if distributed:
+        dist.barrier()
+    folder = os.path.join(out_dir, "resume")
     state = state_dicts(trainable, target, optimizer)
     dcp.load(state, checkpoint_id=folder, no_dist=not distributed)  # every key asked for must be there
     # strict=False only lets the frozen base (LoRA) stay as loaded from the source; the adapter EMA was

@@ -195,7 +195,7 @@ def load_full_state(module, full_state):
 # -----------------------------------------------------------------------------
 # the run's folder
 
-RUN_ENTRIES = ("final", "adapter", "base", "log.jsonl", "train_config.json") + run_state.NAMES
+RUN_ENTRIES = ("final", "final.tmp", "adapter", "base", "log.jsonl", "train_config.json") + run_state.NAMES
 
 
 def claim_out_dir(master, distributed):
@@ -375,8 +375,8 @@ def main(argv):
     identity = run_state.identity(cfg, world)
     step = run_state.load(out_dir, trainable, target, optimizer, identity, distributed, log) if resume else 0
     final_dir = os.path.join(out_dir, "final")
-    if resume and step >= total_steps and os.path.exists(os.path.join(final_dir, "config.json")):
-        log(f"{out_dir} is a finished run (step {step} of {total_steps}; {final_dir} is in place): nothing to do")
+    if resume and os.path.isdir(final_dir):  # final/ appears whole (save_final), so it exists only at the end
+        log(f"{out_dir} is a finished run ({final_dir} is in place): nothing to do")
         runtime.close_distributed(world)
         return
     if master:
@@ -467,7 +467,8 @@ def main(argv):
 
 
 def save_final(online, model_cfg, tokenizer, source_config, source_dir, distributed, master, log):
-    """final/ in the release's own layout (with LoRA also adapter/, and final/ is the merge)."""
+    """final/ in the release's own layout (with LoRA also adapter/, and final/ is the merge). Written as
+    final.tmp/ and renamed, so a final/ on disk is always whole: it marks a finished run."""
     state = full_state_dict(online, distributed)
     if master:
         final_dir = os.path.join(out_dir, "final")
@@ -475,8 +476,10 @@ def save_final(online, model_cfg, tokenizer, source_config, source_dir, distribu
             if lora_rank:
                 modellib.save_adapters(state, online.lora, os.path.join(out_dir, "adapter"))
                 state = modellib.merge_lora(state, online.lora)
-            modellib.save_checkpoint(state, model_cfg, final_dir, tokenizer=tokenizer, source_config=source_config,
-                                     source_dir=source_dir)
+            shutil.rmtree(final_dir + ".tmp", ignore_errors=True)
+            modellib.save_checkpoint(state, model_cfg, final_dir + ".tmp", tokenizer=tokenizer,
+                                     source_config=source_config, source_dir=source_dir)
+            os.replace(final_dir + ".tmp", final_dir)
         log(f"saved {final_dir}")
 
 

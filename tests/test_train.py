@@ -190,10 +190,77 @@ def test_resumed_run_reproduces_uninterrupted(tmp_path, extra):
 
 def test_resume_without_state_is_an_error(tmp_path):
     proc = run(TINY + ["--max_steps=2", "--resume", f"--out_dir={tmp_path}"], check=False)
-    assert proc.returncode != 0 and "no resumable state" in proc.stderr
+    assert proc.returncode == 2 and "no resumable state" in proc.stderr
 
 
-def test_sigterm_saves_a_resumable_state(tmp_path):
+# --- runs that cannot silently go wrong (issue 14) ---
+
+
+def test_a_folder_holding_a_run_is_not_reused_silently(tmp_path):
+    out = str(tmp_path / "run")
+    run(TINY + ["--seed=0", "--max_steps=4", "--save_every=2", f"--out_dir={out}"])
+    # another run into the same folder: refused, whatever it would write
+    proc = run(TINY + ["--seed=1", "--max_steps=2", f"--out_dir={out}"], check=False)
+    assert proc.returncode == 2 and "already holds a run" in proc.stderr and "--overwrite=true" in proc.stderr
+    # resuming it as another run: refused, naming what differs
+    proc = run(TINY + ["--seed=1", "--max_steps=2", "--resume", f"--out_dir={out}"], check=False)
+    assert proc.returncode == 1 and "belongs to another run" in proc.stderr
+    assert "seed: 0 -> 1" in proc.stderr and "max_steps: 4 -> 2" in proc.stderr and "Traceback" not in proc.stderr
+    proc = run(TINY + ["--seed=0", "--max_steps=4", "--batch_size=8", "--resume", f"--out_dir={out}"], check=False)
+    assert proc.returncode == 1 and "batch_size: 4 -> 8" in proc.stderr
+    # resuming the finished run itself leaves final/ alone
+    final = os.path.join(out, "final", "model.safetensors")
+    before = os.stat(final).st_mtime_ns
+    proc = run(TINY + ["--seed=0", "--max_steps=4", "--resume", f"--out_dir={out}"])
+    assert "finished run" in proc.stdout and os.stat(final).st_mtime_ns == before
+    # --overwrite replaces it: one fresh log, no state of the old run left behind
+    run(TINY + ["--seed=1", "--max_steps=2", "--overwrite", f"--out_dir={out}"])
+    assert [r["step"] for r in read_log(out)] == [1, 2]
+    assert not os.path.exists(os.path.join(out, "resume"))
+
+
+def test_resumed_log_has_each_step_once(tmp_path):
+    out = str(tmp_path / "run")
+    run(TINY + ["--max_steps=5", "--save_every=2", "--stop_step=3", f"--out_dir={out}"])
+    # the stop saved step 3; a kill after step 3's log line but before its save leaves the state at 2
+    import shutil
+    shutil.rmtree(os.path.join(out, "resume"))
+    run(TINY + ["--max_steps=5", "--save_every=2", "--stop_step=2", "--overwrite", f"--out_dir={out}"])
+    with open(os.path.join(out, "log.jsonl"), "a") as f:
+        f.write(json.dumps({"step": 3, "diffusion_loss": 0.0}) + "\n")
+    run(TINY + ["--max_steps=5", "--save_every=2", "--resume", f"--out_dir={out}"])
+    assert [r["step"] for r in read_log(out)] == [1, 2, 3, 4, 5]
+    assert read_log(out)[2]["diffusion_loss"] != 0.0
+
+
+@pytest.mark.parametrize("lr", ["50", "1e4"])
+def test_a_diverged_run_stops_and_writes_no_final(tmp_path, lr):
+    out = str(tmp_path / "run")
+    proc = run(TINY + ["--max_steps=50", "--save_every=1", f"--lr={lr}", f"--out_dir={out}"], check=False)
+    assert proc.returncode == 1 and "non-finite" in proc.stderr and "Traceback" not in proc.stderr
+    step = int(re.search(r"step (\d+): non-finite", proc.stderr).group(1))
+    assert not os.path.exists(os.path.join(out, "final"))
+    with open(os.path.join(out, "resume", "meta.json")) as f:
+        assert json.load(f)["step"] == step - 1  # the last good state, before the bad update
+    state = read_resume_state(out)
+    assert all(torch.isfinite(v).all() for v in state["trainable"].values() if torch.is_tensor(v))
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--lr=1e999"], "--lr must be a finite number"),
+    (["--lr=nan"], "--lr expects a number"),
+    (["--device=cuda"], "--device=cuda but"),
+    (["--out_dir="], "--out_dir is empty"),
+])
+def test_run_mistakes_are_one_line(tmp_path, argv, message):
+    if "cuda" in argv[0] and torch.cuda.is_available():
+        pytest.skip("a GPU is visible")
+    proc = run(TINY + ["--max_steps=2", f"--out_dir={tmp_path / 'x'}", *argv], check=False)
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])  # SIGINT: Ctrl-C
+def test_a_stop_signal_saves_a_resumable_state(tmp_path, signum):
     out = str(tmp_path / "term")
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     proc = subprocess.Popen([sys.executable, "train.py", *TINY, "--max_steps=100000", f"--out_dir={out}"],
@@ -202,7 +269,7 @@ def test_sigterm_saves_a_resumable_state(tmp_path):
     deadline = time.time() + 120
     while time.time() < deadline and not (os.path.exists(log_path) and os.path.getsize(log_path) > 0):
         time.sleep(0.2)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signum)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err[-2000:]
     with open(os.path.join(out, "resume", "meta.json")) as f:

@@ -1,0 +1,112 @@
+"""run_state.py: the resumable state survives a kill at every point of its save (the kill injected at the
+exact point, not by timing), a damaged or half-written state is never loaded, and a state from another
+run is refused."""
+
+import json
+import os
+import shutil
+
+import pytest
+import torch
+import torch.nn as nn
+
+import run_state as RS
+from runtime import RunError
+
+IDENTITY = {"seed": 0, "lr": 1e-3, "world_size": 1}
+
+
+def make_run(seed):
+    torch.manual_seed(seed)
+    trainable = nn.ModuleDict({"online": nn.Linear(4, 3)})
+    optimizer = torch.optim.AdamW(trainable.parameters(), lr=1e-3)
+    trainable["online"](torch.randn(2, 4)).sum().backward()
+    optimizer.step()
+    return trainable, optimizer
+
+
+def save(out, seed, step):
+    trainable, optimizer = make_run(seed)
+    RS.save(str(out), trainable, None, optimizer, step, IDENTITY, distributed=False)
+    return trainable["online"].weight.detach().clone()
+
+
+def load(out, identity=IDENTITY):
+    trainable, optimizer = make_run(99)
+    step = RS.load(str(out), trainable, None, optimizer, identity, distributed=False, log=lambda *a: None)
+    return step, trainable["online"].weight.detach().clone()
+
+
+class Killed(Exception):
+    pass
+
+
+@pytest.mark.parametrize("point", ["start", "old removed", "current moved aside", "new moved in", "done"])
+def test_a_kill_at_any_point_of_the_swap_keeps_the_newest_complete_state(tmp_path, monkeypatch, point):
+    save(tmp_path, seed=1, step=1)
+    save(tmp_path, seed=2, step=2)  # now resume/ is step 2; its swap left no resume.old behind
+    assert sorted(os.listdir(tmp_path)) == ["resume"]
+
+    def kill(name):
+        if name == point:
+            raise Killed(name)
+    monkeypatch.setattr(RS, "swap_point", kill)
+    with pytest.raises(Killed):
+        save(tmp_path, seed=3, step=3)
+    monkeypatch.undo()
+    expected = make_run(3)[0]["online"].weight.detach()
+    step, weight = load(tmp_path)
+    assert step == 3 and torch.equal(weight, expected)
+    assert sorted(os.listdir(tmp_path)) == ["resume"]  # the state loaded is resume/ again
+    # and the next save starts from a clean layout
+    save(tmp_path, seed=4, step=4)
+    assert sorted(os.listdir(tmp_path)) == ["resume"] and load(tmp_path)[0] == 4
+
+
+def test_a_kill_while_writing_leaves_the_previous_state(tmp_path, monkeypatch):
+    save(tmp_path, seed=1, step=1)
+
+    def dies(*args, **kwargs):
+        raise Killed("while hashing the new shards")
+    monkeypatch.setattr(RS, "checksums", dies)  # the shards are written, meta.json is not
+    with pytest.raises(Killed):
+        save(tmp_path, seed=2, step=2)
+    monkeypatch.undo()
+    assert os.path.isdir(tmp_path / "resume.tmp") and not os.path.exists(tmp_path / "resume.tmp" / "meta.json")
+    step, weight = load(tmp_path)
+    assert step == 1 and torch.equal(weight, make_run(1)[0]["online"].weight.detach())
+
+
+def test_a_damaged_shard_is_caught_by_its_checksum(tmp_path):
+    save(tmp_path, seed=1, step=1)
+    shutil.copytree(tmp_path / "resume", tmp_path / "resume.old")  # an older complete copy, as after a kill
+    with open(tmp_path / "resume.old" / "meta.json") as f:
+        meta = json.load(f)
+    meta["step"] = 0
+    (tmp_path / "resume.old" / "meta.json").write_text(json.dumps(meta))
+    shard = next(n for n in os.listdir(tmp_path / "resume") if n.endswith(".distcp"))
+    data = bytearray((tmp_path / "resume" / shard).read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (tmp_path / "resume" / shard).write_bytes(bytes(data))
+    warnings = []
+    assert RS.newest_complete(str(tmp_path), False, log=warnings.append)[1]["step"] == 0
+    assert shard in warnings[0] and "damaged" in warnings[0]
+    shutil.rmtree(tmp_path / "resume.old")
+    with pytest.raises(RunError, match="no complete resumable state"):
+        load(tmp_path)
+
+
+@pytest.mark.parametrize("meta", ["", "{", "[]", '{"step": 3}'])
+def test_an_empty_or_cut_meta_is_an_incomplete_state(tmp_path, meta):
+    save(tmp_path, seed=1, step=1)
+    (tmp_path / "resume" / "meta.json").write_text(meta)
+    with pytest.raises(RunError, match="no complete resumable state"):
+        load(tmp_path)
+
+
+def test_a_state_from_another_run_is_refused(tmp_path):
+    save(tmp_path, seed=1, step=1)
+    with pytest.raises(RunError, match=r"seed: 0 -> 7; lr: 0.001 -> 0.002"):
+        load(tmp_path, {"seed": 7, "lr": 2e-3, "world_size": 1})
+    with pytest.raises(RunError, match="world_size: 1 -> 2"):
+        load(tmp_path, {**IDENTITY, "world_size": 2})
