@@ -13,7 +13,22 @@ import os
 
 
 class ConfigError(ValueError):
-    pass
+    """A user's mistake in the flags or settings: reported as one line, exit code 2."""
+
+
+class InputError(ConfigError):
+    """A file the user pointed at (data, checkpoint, config) is missing or malformed; the message names it."""
+
+
+class MissingInput(InputError, FileNotFoundError):
+    """A file or folder the user pointed at does not exist."""
+
+
+class MismatchedInput(InputError, KeyError):
+    """A checkpoint or adapter file whose tensors do not fit the model."""
+
+    def __str__(self):  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
 
 
 TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
@@ -84,32 +99,32 @@ def read_config_file(path):
     """[(key, value)] from a .json object or a .py of 'key = literal' lines; every error names the file and
     line."""
     if not os.path.isfile(path):
-        raise ConfigError(f"config file {path} does not exist")
+        raise MissingInput(f"config file {path} does not exist")
     try:
         with open(path, encoding="utf-8") as f:
             text = f.read()
     except UnicodeDecodeError as e:
-        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start})") from None
+        raise InputError(f"{path}: not UTF-8 text (byte {e.start})") from None
     if path.endswith(".json"):
         try:
             values = json.loads(text)
         except json.JSONDecodeError as e:
-            raise ConfigError(f"{path}:{e.lineno}: {e.msg}") from None
+            raise InputError(f"{path}:{e.lineno}: {e.msg}") from None
         if not isinstance(values, dict):
-            raise ConfigError(f"{path}: expected a JSON object of settings, got a {type(values).__name__}")
+            raise InputError(f"{path}: expected a JSON object of settings, got a {type(values).__name__}")
         return list(values.items())
     try:
         body = ast.parse(text).body
     except SyntaxError as e:
-        raise ConfigError(f"{path}:{e.lineno}: {e.msg}") from None
+        raise InputError(f"{path}:{e.lineno}: {e.msg}") from None
     out = []
     for node in body:
         if not (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)):
-            raise ConfigError(f"{path}:{node.lineno}: only 'key = literal' lines are allowed")
+            raise InputError(f"{path}:{node.lineno}: only 'key = literal' lines are allowed")
         try:
             out.append((node.targets[0].id, ast.literal_eval(node.value)))
         except ValueError:
-            raise ConfigError(f"{path}:{node.lineno}: the value of {node.targets[0].id} is not a literal") from None
+            raise InputError(f"{path}:{node.lineno}: the value of {node.targets[0].id} is not a literal") from None
     return out
 
 

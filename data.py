@@ -29,6 +29,8 @@ import random
 
 import torch
 
+from configurator import InputError, MissingInput
+
 # -----------------------------------------------------------------------------
 # tasks
 
@@ -63,9 +65,13 @@ WHERE_TO_GET = {
 
 def read_lines(path):
     if not os.path.exists(path):
-        raise FileNotFoundError(f"missing data file {path}")
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
+        raise MissingInput(f"missing data file {path}")
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except UnicodeDecodeError as e:
+        line = open(path, "rb").read()[:e.start].count(b"\n") + 1
+        raise InputError(f"{path}:{line}: not UTF-8 text (byte {e.object[e.start]:#04x})") from None
     return text[:-1].split("\n") if text.endswith("\n") else text.split("\n")
 
 
@@ -73,11 +79,14 @@ def read_jsonl(path):
     rows = []
     for i, line in enumerate(read_lines(path), start=1):
         if not line.strip():
-            raise ValueError(f"{path}:{i}: empty row")
+            raise InputError(f"{path}:{i}: empty row")
         try:
-            rows.append(json.loads(line))
+            row = json.loads(line)
         except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{i}: malformed JSON ({e.msg})") from None
+            raise InputError(f"{path}:{i}: malformed JSON ({e.msg})") from None
+        if not isinstance(row, dict):
+            raise InputError(f"{path}:{i}: expected a JSON object per line, got a {type(row).__name__}")
+        rows.append(row)
     return rows
 
 
@@ -85,9 +94,9 @@ def example(input_text, output_text, where, **meta):
     """One task item: input (question / description / pseudo-code), output (gold answer) and metadata.
     An empty field is an error naming the file and line."""
     if not isinstance(input_text, str) or not input_text.strip():
-        raise ValueError(f"{where}: empty or missing input")
+        raise InputError(f"{where}: empty or missing input")
     if not isinstance(output_text, str) or not output_text.strip():
-        raise ValueError(f"{where}: empty or missing output")
+        raise InputError(f"{where}: empty or missing output")
     return {"input": input_text.strip(), "output": output_text.strip(), **meta}
 
 
@@ -97,7 +106,7 @@ def messages_example(row, where):
         by_role = {m["role"]: m["content"] for m in row["messages"]}
         return example(by_role["user"], by_role["assistant"], where)
     except (KeyError, TypeError):
-        raise ValueError(f"{where}: expected {{'messages': [system, user, assistant]}}") from None
+        raise InputError(f"{where}: expected {{'messages': [system, user, assistant]}}") from None
 
 
 def hub_rows(hub_id, config, split):
@@ -114,9 +123,9 @@ def load_task(task, split, data_dir=None):
     if task == "tiny-regex":
         return tiny_regex(split)
     if data_dir is None and TASKS[task]["hub"] is None:
-        raise ValueError(f"task {task} needs data_dir pointing at the release files: {WHERE_TO_GET[task]}")
+        raise InputError(f"task {task} needs data_dir pointing at the release files: {WHERE_TO_GET[task]}")
     if data_dir is not None and not os.path.isdir(data_dir):
-        raise FileNotFoundError(f"data_dir {data_dir} does not exist")
+        raise MissingInput(f"data_dir {data_dir} does not exist")
 
     if task == "gsm8k":
         if data_dir is None:
@@ -133,11 +142,11 @@ def load_task(task, split, data_dir=None):
             return [messages_example(r, f"{jsonl}:{i}") for i, r in enumerate(read_jsonl(jsonl), start=1)]
         src, targ = os.path.join(data_dir, "src.txt"), os.path.join(data_dir, "targ.txt")
         if not os.path.exists(src):
-            raise FileNotFoundError(f"{data_dir} has neither {os.path.basename(jsonl)} nor src.txt/targ.txt "
+            raise MissingInput(f"{data_dir} has neither {os.path.basename(jsonl)} nor src.txt/targ.txt "
                                     f"({WHERE_TO_GET[task]})")
         nl, rx = read_lines(src), read_lines(targ)
         if len(nl) != len(rx):
-            raise ValueError(f"{src} has {len(nl)} lines but {targ} has {len(rx)}")
+            raise InputError(f"{src} has {len(nl)} lines but {targ} has {len(rx)}")
         items = [example(a, b, f"{src}:{i}") for i, (a, b) in enumerate(zip(nl, rx), start=1)]
         order = list(range(len(items)))
         random.Random(SPLIT_SEED).shuffle(order)
@@ -149,7 +158,7 @@ def load_task(task, split, data_dir=None):
         anno_path, code_path = os.path.join(data_dir, "all.anno"), os.path.join(data_dir, "all.code")
         anno, code = read_lines(anno_path), read_lines(code_path)
         if len(anno) != len(code):
-            raise ValueError(f"{anno_path} has {len(anno)} lines but {code_path} has {len(code)}")
+            raise InputError(f"{anno_path} has {len(anno)} lines but {code_path} has {len(code)}")
         # One line of pseudo-code cannot tell its indentation: both sides are stripped.
         lo, hi = (0, DJANGO_TRAIN) if split == "train" else (DJANGO_TRAIN + DJANGO_DEV, len(anno))
         return [example(anno[i], code[i], f"{anno_path}:{i + 1}") for i in range(lo, hi)]
@@ -161,7 +170,7 @@ def load_task(task, split, data_dir=None):
                     for i, r in enumerate(rows)]
         path = os.path.join(data_dir, "train_spider.json" if split == "train" else "dev.json")
         if not os.path.exists(path):
-            raise FileNotFoundError(f"missing data file {path} (Spider's official release layout)")
+            raise MissingInput(f"missing data file {path} (Spider's official release layout)")
         with open(path, encoding="utf-8") as f:
             rows = json.load(f)
         return [example(r.get("question"), r.get("query"), f"{path} item {i}", db_id=r.get("db_id"))
@@ -191,7 +200,7 @@ def load_mmlu(split="test", data_dir=None):
                  "answer": int(r["answer"])} for r in rows]
     files = sorted(glob.glob(os.path.join(data_dir, split, f"*_{split}.csv")))
     if not files:
-        raise FileNotFoundError(f"no {split}/*_{split}.csv files under {data_dir}")
+        raise MissingInput(f"no {split}/*_{split}.csv files under {data_dir}")
     out = []
     for path in files:
         subject = os.path.basename(path)[: -len(f"_{split}.csv")]
@@ -202,9 +211,9 @@ def load_mmlu(split="test", data_dir=None):
                     choices = [r[f"choice{j}"] for j in range(4)]
                     answer = int(r["answer"])
                 except (KeyError, TypeError, ValueError):
-                    raise ValueError(f"{path}:{i}: expected question,choice0..3,answer with answer in 0-3") from None
+                    raise InputError(f"{path}:{i}: expected question,choice0..3,answer with answer in 0-3") from None
                 if not r["question"] or answer not in range(4):
-                    raise ValueError(f"{path}:{i}: empty question or answer outside 0-3")
+                    raise InputError(f"{path}:{i}: empty question or answer outside 0-3")
                 out.append({"subject": subject, "question": r["question"], "choices": choices, "answer": answer})
     return out
 
@@ -290,7 +299,7 @@ def choose_shots(train_items, k, item, seed=SHOT_SEED):
             shots.append(cand)
             if len(shots) == k:
                 return shots
-    raise ValueError(f"the training split has fewer than {k} exemplars distinct from the item")
+    raise InputError(f"the training split has fewer than {k} exemplars distinct from the item")
 
 
 def item_input(task, item):
@@ -303,7 +312,7 @@ def end_of_turn_id(tokenizer):
         tid = tokenizer.convert_tokens_to_ids(token)
         if isinstance(tid, int) and tid != tokenizer.unk_token_id and tid is not None:
             return tid
-    raise ValueError("chat prompts need an end-of-turn token (<|eot_id|> or <|im_end|>) in the tokenizer")
+    raise InputError("chat prompts need an end-of-turn token (<|eot_id|> or <|im_end|>) in the tokenizer")
 
 
 def format_example(task, item, tokenizer, shots=(), chat=False):
@@ -348,8 +357,10 @@ def tokenize_task(task, items, tokenizer, max_len, chat=False, log=print):
     dropped = len(items) - len(out)
     if dropped and log:
         log(f"{task}: dropped {dropped} of {len(items)} examples longer than max_len={max_len} tokens")
+    if not items:
+        raise InputError(f"{task}: the training split is empty")
     if not out:
-        raise ValueError(f"{task}: every example is longer than max_len={max_len}")
+        raise InputError(f"{task}: all {len(items)} examples are longer than max_len={max_len} tokens")
     return out
 
 

@@ -28,7 +28,8 @@ import data
 import model as modellib
 import scoring
 from configurator import ConfigError, configure, setting_keys
-from runtime import DIST_TIMEOUT, RunError, close_distributed, init_distributed, resolve_dtype, run_main
+from runtime import (DIST_TIMEOUT, RunError, close_distributed, disk_errors, init_distributed, prepare_output_dir,
+                     resolve_dtype, run_main)
 
 # -----------------------------------------------------------------------------
 # settings
@@ -51,7 +52,8 @@ device = "auto"
 seed = 0  # the sampler's (temperature > 0) and the scorers' (NL-RX test strings)
 sql_max_steps = scoring.SQL_MAX_STEPS  # sqlite instructions per Spider query (counted, the same on any machine)
 resume = False  # true: keep the records already written for this task and shots, score only the rest
-out_dir = ""  # empty = beside the checkpoint (or ./eval for a hub id)
+overwrite = False  # true: replace earlier results of this task and shots in out_dir
+out_dir = ""  # empty = <run>/eval for a train.py output folder, else ./eval/<checkpoint name>
 dist_timeout = DIST_TIMEOUT  # seconds a rank waits for the others in a collective
 KEYS = setting_keys(globals())
 
@@ -157,19 +159,26 @@ def uses_chat_template(checkpoint_arg, ckpt_dir):
     return "instruct" in checkpoint_arg.lower()
 
 
+def default_out_dir(ckpt_dir):
+    """Beside a train.py run's final/ (<run>/eval), else ./eval/<checkpoint name>: never inside a checkpoint
+    folder, which a later save would replace."""
+    if os.path.isdir(checkpoint) and os.path.abspath(ckpt_dir) != os.path.abspath(checkpoint):
+        return os.path.join(checkpoint, "eval")
+    return os.path.join("eval", os.path.basename(os.path.normpath(checkpoint)) or "checkpoint")
+
+
 def output_stem(ckpt_dir):
-    """<out_dir>/<task>-<shots>shot, its folder created and test-written now, before any expensive work."""
-    target = out_dir or (ckpt_dir if os.path.isdir(checkpoint) else "eval")
-    probe = os.path.join(target, f".write-test-{os.getpid()}")
-    try:
-        os.makedirs(target, exist_ok=True)
-        with open(probe, "w") as f:
-            f.write("ok")
-        os.remove(probe)
-    except OSError as e:
-        raise ConfigError(f"cannot write results into {target} ({e.strerror}); "
-                          "pass --out_dir=<a writable folder>") from None
-    return os.path.join(target, f"{task}-{shots}shot")
+    """<out_dir>/<task>-<shots>shot, its folder checked now, before any expensive work: writable, and holding
+    no results of this task and shots unless --resume (continue them) or --overwrite (replace them)."""
+    target = out_dir or default_out_dir(ckpt_dir)
+    prepare_output_dir(target)
+    stem = os.path.join(target, f"{task}-{shots}shot")
+    held = [os.path.basename(p) for p in [stem + ".jsonl", stem + ".json"] + glob.glob(stem + ".rank*.jsonl")
+            if os.path.exists(p)]
+    if held and not resume and not overwrite:
+        raise ConfigError(f"{target} already holds results of this evaluation ({', '.join(held)}); pass "
+                          f"--resume=true to finish them, --overwrite=true to replace them, or another --out_dir")
+    return stem
 
 
 def read_records(paths):
@@ -204,7 +213,7 @@ def previous_records(stem):
     return read_records([p for p in [stem + ".jsonl"] + sorted(glob.glob(stem + ".rank*.jsonl")) if os.path.exists(p)])
 
 
-def score_generation(ids, item, index, prompt, tokenizer, stop_ids, use_chat):
+def score_generation(ids, item, index, prompt, tokenizer, stop_ids, use_chat, mask_id):
     """The record of one item: the generation cut at the first stop token, then (plain prompts) at the
     start of a next exemplar, and its scores."""
     text = tokenizer.decode(cut_at_stop(ids, stop_ids), skip_special_tokens=True)
@@ -216,6 +225,9 @@ def score_generation(ids, item, index, prompt, tokenizer, stop_ids, use_chat):
               "scores": scoring.score(task, prediction, item, seed, db_dir, tables, sql_max_steps)}
     if cut:
         record["cut_at_exemplar"] = True
+    masks = sum(t == mask_id for t in ids)
+    if masks:  # the sampler left positions unfilled (a model that predicts the mask token itself)
+        record["masks_left"] = masks
     return record
 
 
@@ -225,7 +237,7 @@ def merge_and_summarize(stem, n_items, run, max_seq_len, cfg):
     earlier = [stem + ".jsonl"] if resume and os.path.exists(stem + ".jsonl") else []
     records = sorted(read_records(earlier + parts).values(), key=lambda r: r["index"])
     tmp = stem + ".jsonl.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
+    with disk_errors(tmp), open(tmp, "w", encoding="utf-8") as f:
         for r in records:
             f.write(json.dumps(r) + "\n")
     os.replace(tmp, stem + ".jsonl")
@@ -238,7 +250,7 @@ def merge_and_summarize(stem, n_items, run, max_seq_len, cfg):
               f"context window of {max_seq_len} tokens")
     summary = {"task": task, "shots": shots, "checkpoint": checkpoint, "items": n_items, **run,
                "over_context_window": over, **scoring.summarize(records), "config": cfg}
-    with open(stem + ".json", "w") as f:
+    with disk_errors(stem + ".json"), open(stem + ".json", "w") as f:
         json.dump(summary, f, indent=2)
     print(json.dumps({k: v for k, v in summary.items() if k != "config"}, indent=2))
     print(f"wrote {stem}.jsonl and {stem}.json")
@@ -259,10 +271,14 @@ def main(argv):
     done = previous_records(stem) if resume else {}
     if world > 1:
         dist.barrier()  # every rank has read the old parts before rank 0 clears them
-    if master and not resume:
-        for p in glob.glob(stem + ".rank*.jsonl"):
-            os.remove(p)
+    if master and overwrite and not resume:
+        for p in [stem + ".jsonl", stem + ".json"] + glob.glob(stem + ".rank*.jsonl"):
+            if os.path.exists(p):
+                os.remove(p)
     model = modellib.from_pretrained(ckpt_dir, dtype=resolve_dtype(dtype, dev), device=dev).eval()
+    bad = modellib.non_finite_parameters(model)
+    if bad:
+        raise RunError(f"{ckpt_dir} holds non-finite weights ({len(bad)} tensors, e.g. {bad[0]}): a diverged run")
     tokenizer = modellib.load_tokenizer(ckpt_dir, model.cfg)
     use_chat = chat == "true" or (chat == "auto" and uses_chat_template(checkpoint, ckpt_dir))
     length = gen_length or data.TASKS[task]["gen_length"]
@@ -272,6 +288,8 @@ def main(argv):
     train_items = data.load_task(task, "train", data_dir or None) if shots else []
     if limit:
         items = items[:limit]
+    if not items:
+        raise ConfigError(f"no {task} evaluation items to score (data_dir={data_dir!r}, limit={limit})")
     stop_ids = {model.cfg.eos_token_id}
     if use_chat:
         stop_ids.add(data.end_of_turn_id(tokenizer))
@@ -289,9 +307,11 @@ def main(argv):
             generated = generate(model, prompts, steps=n_steps, gen_length=length, block_length=block,
                                  temperature=temperature, cfg_scale=cfg_scale, generator=generator)
             for i, prompt, ids in zip(idx, prompts, generated.tolist()):
-                record = score_generation(ids, items[i], i, prompt, tokenizer, stop_ids, use_chat)
-                out.write(json.dumps(record) + "\n")
-                out.flush()
+                record = score_generation(ids, items[i], i, prompt, tokenizer, stop_ids, use_chat,
+                                          model.cfg.mask_token_id)
+                with disk_errors(out.name):
+                    out.write(json.dumps(record) + "\n")
+                    out.flush()
     if world > 1:
         dist.barrier()
     if master:

@@ -24,6 +24,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from configurator import InputError, MismatchedInput, MissingInput
+
 # -----------------------------------------------------------------------------
 # configuration
 
@@ -315,7 +317,7 @@ def load_adapters(model, adapter_dir):
     tensors = load_file(os.path.join(adapter_dir, "adapter.safetensors"))
     expected = {k for k in model.state_dict() if k.endswith((".lora_a", ".lora_b"))}
     if set(tensors) != expected:
-        raise KeyError(f"adapter file does not match the model: missing {sorted(expected - set(tensors))[:5]}, "
+        raise MismatchedInput(f"adapter file does not match the model: missing {sorted(expected - set(tensors))[:5]}, "
                        f"unexpected {sorted(set(tensors) - expected)[:5]}")
     model.load_state_dict(tensors, strict=False)
     return model
@@ -369,12 +371,22 @@ def release_key(name, arch):
     return RELEASE_KEYS[arch][template].format(i=m.group(1) if m else "")
 
 
-def config_from_release(rc):
-    """Recognise the architecture from a release's config.json (a dict) and return a ModelConfig."""
+def config_from_release(rc, where="config.json"):
+    """Recognise the architecture from a release's config.json (a dict) and return a ModelConfig. A key that
+    is missing or of the wrong type is an InputError naming `where`."""
+    try:
+        return _config_from_release(rc)
+    except (KeyError, TypeError, ValueError) as e:
+        if isinstance(e, InputError):
+            raise InputError(f"{where}: {e}") from None
+        raise InputError(f"{where}: missing or malformed setting {e}") from None
+
+
+def _config_from_release(rc):
     model_type = str(rc.get("model_type", "")).lower()
     if model_type == "llada":
         if rc.get("weight_tying") or rc.get("include_bias") or rc.get("include_qkv_bias"):
-            raise ValueError("LLaDA config with weight_tying or biases is not the released architecture")
+            raise InputError("LLaDA config with weight_tying or biases is not the released architecture")
         n_heads = rc["n_heads"]
         return ModelConfig(
             arch="llada", vocab_size=rc.get("embedding_size") or rc["vocab_size"], n_layers=rc["n_layers"],
@@ -386,7 +398,7 @@ def config_from_release(rc):
             shift_logits=False)
     if model_type == "dream":
         if rc.get("tie_word_embeddings"):
-            raise ValueError("Dream config with tie_word_embeddings is not the released architecture")
+            raise InputError("Dream config with tie_word_embeddings is not the released architecture")
         n_heads = rc["num_attention_heads"]
         return ModelConfig(
             arch="dream", vocab_size=rc["vocab_size"], n_layers=rc["num_hidden_layers"],
@@ -396,7 +408,7 @@ def config_from_release(rc):
             max_seq_len=rc.get("max_position_embeddings", 131072), mask_token_id=rc.get("mask_token_id", 151666),
             eos_token_id=rc.get("eos_token_id", 151643), bos_token_id=rc.get("bos_token_id", 151643),
             shift_logits=True)
-    raise ValueError(f"unrecognised architecture: config.json has model_type={rc.get('model_type')!r}; "
+    raise InputError(f"unrecognised architecture: config.json has model_type={rc.get('model_type')!r}; "
                      "expected 'llada' (LLaDA-8B) or 'Dream' (Dream-7B)")
 
 
@@ -445,9 +457,9 @@ def resolve_checkpoint_dir(name_or_path):
             return final
         return name_or_path
     if os.path.exists(name_or_path):
-        raise ValueError(f"{name_or_path} is a file; expected a checkpoint directory or a hub id")
+        raise InputError(f"{name_or_path} is a file; expected a checkpoint directory or a hub id")
     if name_or_path.startswith((".", "/")) or name_or_path.count("/") != 1:
-        raise FileNotFoundError(f"no checkpoint directory {name_or_path!r} (and it is not a hub id like "
+        raise MissingInput(f"no checkpoint directory {name_or_path!r} (and it is not a hub id like "
                                 f"{HUB_IDS[0]})")
     from huggingface_hub import snapshot_download
     return snapshot_download(name_or_path, allow_patterns=["*.json", "*.safetensors", "*.py", "*.txt",
@@ -463,7 +475,7 @@ def checkpoint_files(ckpt_dir):
         return {k: os.path.join(ckpt_dir, v) for k, v in weight_map.items()}
     files = sorted(glob.glob(os.path.join(ckpt_dir, "*.safetensors")))
     if not files:
-        raise FileNotFoundError(f"no safetensors weights in {ckpt_dir}")
+        raise MissingInput(f"no safetensors weights in {ckpt_dir}")
     from safetensors import safe_open
     out = {}
     for path in files:
@@ -475,9 +487,17 @@ def checkpoint_files(ckpt_dir):
 def read_release_config(ckpt_dir):
     path = os.path.join(ckpt_dir, "config.json")
     if not os.path.exists(path):
-        raise FileNotFoundError(f"{ckpt_dir} has no config.json")
-    with open(path) as f:
-        return json.load(f)
+        raise MissingInput(f"{ckpt_dir} has no config.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            config = json.load(f)
+    except json.JSONDecodeError as e:
+        raise InputError(f"{path}:{e.lineno}: malformed JSON ({e.msg})") from None
+    except UnicodeDecodeError:
+        raise InputError(f"{path}: not UTF-8 text") from None
+    if not isinstance(config, dict):
+        raise InputError(f"{path}: expected a JSON object, got a {type(config).__name__}")
+    return config
 
 
 def load_release_tensors(ckpt_dir, cfg, names, dtype, device="cpu"):
@@ -490,7 +510,7 @@ def load_release_tensors(ckpt_dir, cfg, names, dtype, device="cpu"):
     expected_all = {release_key(n, cfg.arch) for n in param_names(cfg)}
     unexpected = sorted(set(files) - expected_all)
     if missing or unexpected:
-        raise KeyError(f"checkpoint {ckpt_dir} does not match the {cfg.arch} architecture: "
+        raise MismatchedInput(f"checkpoint {ckpt_dir} does not match the {cfg.arch} architecture: "
                        f"missing keys {missing[:10]}{' ...' if len(missing) > 10 else ''}, "
                        f"unexpected keys {unexpected[:10]}{' ...' if len(unexpected) > 10 else ''}")
     out = {}
@@ -515,7 +535,7 @@ def from_pretrained(name_or_path, dtype=torch.float32, device="cpu"):
     The model is built on the meta device and filled tensor by tensor, so host memory holds one copy."""
     ckpt_dir = resolve_checkpoint_dir(name_or_path)
     rc = read_release_config(ckpt_dir)
-    cfg = config_from_release(rc)
+    cfg = config_from_release(rc, os.path.join(ckpt_dir, "config.json"))
     with torch.device("meta"):
         model = Transformer(cfg)
     state = load_release_tensors(ckpt_dir, cfg, list(model.state_dict().keys()), dtype, device)
@@ -524,13 +544,24 @@ def from_pretrained(name_or_path, dtype=torch.float32, device="cpu"):
     return model
 
 
+def non_finite_parameters(model):
+    """The names of the parameters holding a NaN or an inf (a diverged run's weights), in order."""
+    return [name for name, p in model.named_parameters() if not torch.isfinite(p).all()]
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
 def load_tokenizer(name_or_path, cfg=None):
     """The release's tokenizer through transformers.AutoTokenizer, with the mask token set explicitly
     (LLaDA's tokenizer does not declare one) and pad = EOS. trust_remote_code covers tokenizer classes
     shipped beside a release; the model itself never runs remote code."""
     from transformers import AutoTokenizer
     ckpt_dir = resolve_checkpoint_dir(name_or_path)
-    cfg = cfg or config_from_release(read_release_config(ckpt_dir))
+    cfg = cfg or config_from_release(read_release_config(ckpt_dir), os.path.join(ckpt_dir, "config.json"))
+    if not any(os.path.exists(os.path.join(ckpt_dir, f)) for f in TOKENIZER_FILES):
+        raise MissingInput(f"{ckpt_dir} has no tokenizer files ({', '.join(TOKENIZER_FILES)}); copy them from the "
+                           f"release the weights came from")
     from transformers.utils import logging as hf_logging
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # AutoTokenizer reads config.json and warns that it knows no 'llada'
@@ -542,7 +573,7 @@ def load_tokenizer(name_or_path, cfg=None):
     if tok.pad_token_id is None:
         tok.pad_token = tok.convert_ids_to_tokens(cfg.eos_token_id)
     if tok.mask_token_id != cfg.mask_token_id:
-        raise ValueError(f"tokenizer at {ckpt_dir} maps the mask token to {tok.mask_token_id}, "
+        raise InputError(f"tokenizer at {ckpt_dir} maps the mask token to {tok.mask_token_id}, "
                          f"config says {cfg.mask_token_id}")
     return tok
 

@@ -31,7 +31,8 @@ import data
 import jepa
 import model as modellib
 from configurator import ConfigError, configure, setting_keys
-from runtime import DIST_TIMEOUT, RunError, close_distributed, init_distributed, resolve_dtype, run_main
+from runtime import (DIST_TIMEOUT, RunError, close_distributed, disk_errors, init_distributed, prepare_output_dir,
+                     resolve_dtype, run_main)
 
 # -----------------------------------------------------------------------------
 # settings
@@ -53,6 +54,7 @@ seed = 0
 dtype = "auto"  # the weights' dtype: auto = bfloat16 on GPU, float32 on CPU
 device = "auto"
 out_dir = "probe"
+overwrite = False  # true: replace an earlier probe.json in out_dir
 dist_timeout = DIST_TIMEOUT  # seconds a rank waits for the others in a collective
 KEYS = setting_keys(globals())
 
@@ -246,6 +248,7 @@ def main(argv):
     world, rank, dev = init_distributed(device, dist_timeout)
     model_dtype = resolve_dtype(dtype, dev)
     master = rank == 0
+    check_out_dir()
 
     base_dir = modellib.resolve_checkpoint_dir(base)
     tokenizer = modellib.load_tokenizer(base_dir)
@@ -260,6 +263,10 @@ def main(argv):
     from tqdm import tqdm
     for label, path in tqdm([("base", base)] + list(zip(labels, paths)), disable=not master, desc="checkpoints"):
         model = modellib.from_pretrained(modellib.resolve_checkpoint_dir(path), dtype=model_dtype, device=dev).eval()
+        bad = modellib.non_finite_parameters(model)
+        if bad:
+            raise RunError(f"checkpoint {path} holds non-finite weights ({len(bad)} tensors, e.g. {bad[0]}): "
+                           f"a diverged run; leave it out of --checkpoints")
         wt = wikitext_pass(model, [samples[i] for i in my_samples], my_samples, batch_size)
         mm = mmlu_pass(model, tokenizer, [questions[i] for i in my_questions], batch_size)
         del model
@@ -298,12 +305,19 @@ def main(argv):
         # None where the denominator's drift is zero up to rounding (identical checkpoints)
         report["drift_ratios"][f"{a}/{b}"] = {k: da[k] / db[k] if abs(db[k]) > 1e-9 else None for k in da}
 
-    os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "probe.json"), "w") as f:
+    with disk_errors(os.path.join(out_dir, "probe.json")), open(os.path.join(out_dir, "probe.json"), "w") as f:
         json.dump(report, f, indent=2)
     print_table(report)
     plot_drift(report, os.path.join(out_dir, "drift.png"))
     print(f"wrote {os.path.join(out_dir, 'probe.json')}")
+
+
+def check_out_dir():
+    """Before any pass: out_dir is writable and holds no probe.json, unless --overwrite=true."""
+    prepare_output_dir(out_dir)
+    if os.path.exists(os.path.join(out_dir, "probe.json")) and not overwrite:
+        raise ConfigError(f"{out_dir} already holds a probe.json; pass --overwrite=true to replace it, or another "
+                          f"--out_dir")
 
 
 def print_table(report):

@@ -382,7 +382,7 @@ NOTE_COUNTS = {"gold_error": "gold_errors", "scorer_error": "scorer_errors"}
 def summarize(records):
     """Mean of every numeric metric over the records that have it (with '<metric>_n' when fewer than all),
     the fractions of each category, and counts: undecided items per metric, gold queries that do not run,
-    scorer failures, outputs cut at a next exemplar."""
+    scorer failures, outputs cut at a next exemplar, generations with mask tokens left, empty predictions."""
     summary = {"n": len(records)}
     scores = [r["scores"] for r in records]
     for key in sorted({k for s in scores for k, v in s.items() if isinstance(v, float) or v is None}):
@@ -399,6 +399,10 @@ def summarize(records):
     for note, name in NOTE_COUNTS.items():
         if any(note in s for s in scores):
             summary[name] = sum(note in s for s in scores)
-    if any(r.get("cut_at_exemplar") for r in records):
-        summary["cut_at_exemplar"] = sum(bool(r.get("cut_at_exemplar")) for r in records)
+    for flag in ("cut_at_exemplar", "masks_left"):  # records that carry the note
+        if any(r.get(flag) for r in records):
+            summary[flag] = sum(bool(r.get(flag)) for r in records)
+    empty = sum(not str(r.get("prediction", "x")).strip() for r in records)
+    if empty:
+        summary["empty_outputs"] = empty
     return summary

@@ -300,7 +300,8 @@ def main(argv):
     else:
         ckpt_dir = modellib.resolve_checkpoint_dir(model)
         source_config = modellib.read_release_config(ckpt_dir)
-        model_cfg, source_dir = modellib.config_from_release(source_config), ckpt_dir
+        model_cfg = modellib.config_from_release(source_config, os.path.join(ckpt_dir, "config.json"))
+        source_dir = ckpt_dir
         tokenizer = modellib.load_tokenizer(ckpt_dir, model_cfg)
     use_chat = chat == "true" or (chat == "auto" and "instruct" in model.lower())
     items = data.load_task(task, "train", data_dir or None)

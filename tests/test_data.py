@@ -87,7 +87,7 @@ def test_long_examples_dropped_and_counted(tok):
     assert len(out) == 1 and logged == ["tiny-regex: dropped 1 of 2 examples longer than max_len=40 tokens"]
     kept = out[0]
     assert len(kept["prompt_ids"]) + len(kept["response_ids"]) + 1 <= 40
-    with pytest.raises(ValueError, match="every example"):
+    with pytest.raises(ValueError, match="all 1 examples are longer"):
         D.tokenize_task("tiny-regex", items[1:], tok, max_len=40, log=None)
 
 
@@ -270,3 +270,27 @@ def test_hub_rows_are_converted(monkeypatch):
     assert D.load_mmlu("test") == [{"subject": "anatomy", "question": "Q?", "choices": ["a", "b", "c", "d"],
                                     "answer": 3}]
     assert asked == list(rows)
+
+
+# --- a malformed file is named, with its line (issue 14) ---
+
+
+@pytest.mark.parametrize("content,message", [
+    (b'{"question": "q", "answer": "#### 1"}\n["a", "list"]\n', r"train.jsonl:2: expected a JSON object per line"),
+    (b'{"question": "q", "answer": "#### 1"}\n{"question": "\xff\xfe"}\n', r"train.jsonl:2: not UTF-8 text"),
+    (b'{"question": "q", "answer": "#### 1"}\n{"question": \n', r"train.jsonl:2: malformed JSON"),
+])
+def test_malformed_data_files_are_named(tmp_path, content, message):
+    from configurator import InputError
+    (tmp_path / "train.jsonl").write_bytes(content)
+    with pytest.raises(InputError, match=message):
+        D.load_task("gsm8k", "train", str(tmp_path))
+
+
+def test_empty_and_too_long_splits_say_which():
+    from configurator import InputError
+    tok = D.train_tiny_tokenizer(D.tiny_tokenizer_texts())
+    with pytest.raises(InputError, match="the training split is empty"):
+        D.tokenize_task("tiny-regex", [], tok, 128)
+    with pytest.raises(InputError, match="all 3 examples are longer than max_len=4"):
+        D.tokenize_task("tiny-regex", D.load_task("tiny-regex", "train")[:3], tok, 4)

@@ -117,9 +117,9 @@ def test_evaluate_command_on_a_train_output_directory(tmp_path):
     M.Transformer(replace(M.PRESETS["tiny"], max_seq_len=window)).save_pretrained(str(run_dir / "final"), tokenizer=tok)
     proc = run_script(["evaluate.py", f"--checkpoint={run_dir}", "--task", "tiny-regex", "--limit=6", "--batch_size=4",
                        "--shots=4", "--gen_length=16", "--steps=8"])
-    summary = json.load(open(run_dir / "final" / "tiny-regex-4shot.json"))
+    summary = json.load(open(run_dir / "eval" / "tiny-regex-4shot.json"))
     assert summary["n"] == 6 and set(summary) >= {"exact", "functional", "dfa"}
-    rows = [json.loads(line) for line in open(run_dir / "final" / "tiny-regex-4shot.jsonl")]
+    rows = [json.loads(line) for line in open(run_dir / "eval" / "tiny-regex-4shot.jsonl")]
     assert [r["index"] for r in rows] == list(range(6))
     assert all(r["prompt"].count("Regex:") == 5 for r in rows)  # 4 shots + the item
     items, train_items = D.load_task("tiny-regex", "eval")[:6], D.load_task("tiny-regex", "train")
@@ -197,9 +197,46 @@ def test_records_are_kept_as_scored_and_resume_skips_them(tmp_path, monkeypatch)
     resumed = read_jsonl(tmp_path / "killed" / "tiny-regex-0shot.jsonl")
     assert resumed[0]["generation"] == "KEPT" and resumed[1:] == full[1:]
     assert not part.exists()  # merged into the .jsonl
-    # without --resume the run starts over
-    run_script(["evaluate.py", *args, f"--out_dir={tmp_path / 'killed'}"])
+    # without --resume earlier results are not replaced silently; --overwrite starts over
+    proc = run_script(["evaluate.py", *args, f"--out_dir={tmp_path / 'killed'}"], check=False)
+    assert proc.returncode == 2 and "already holds results" in proc.stderr
+    run_script(["evaluate.py", *args, f"--out_dir={tmp_path / 'killed'}", "--overwrite=true"])
     assert read_jsonl(tmp_path / "killed" / "tiny-regex-0shot.jsonl") == full
+
+
+def test_a_diverged_checkpoint_and_an_empty_split_are_named(tmp_path):
+    tok = D.train_tiny_tokenizer(D.tiny_tokenizer_texts())
+    net = M.Transformer(M.PRESETS["tiny"])
+    with torch.no_grad():
+        net.blocks[0].attn.q_proj.weight.fill_(float("nan"))
+    net.save_pretrained(str(tmp_path / "nan"), tokenizer=tok)
+    proc = run_script(["evaluate.py", f"--checkpoint={tmp_path / 'nan'}", "--task=tiny-regex",
+                       f"--out_dir={tmp_path / 'out'}"], check=False)
+    assert proc.returncode == 1 and "non-finite weights" in proc.stderr and "Traceback" not in proc.stderr
+    ckpt = tiny_checkpoint(tmp_path / "ckpt")
+    data_dir = tmp_path / "spider"
+    data_dir.mkdir()
+    (data_dir / "dev.json").write_text("[]")
+    proc = run_script(["evaluate.py", f"--checkpoint={ckpt}", "--task=spider", f"--data_dir={data_dir}",
+                       f"--out_dir={tmp_path / 'out'}"], check=False)
+    assert proc.returncode == 2 and "no spider evaluation items" in proc.stderr
+
+
+def test_masks_left_and_empty_outputs_are_counted(tmp_path):
+    # a model whose every prediction is the mask token itself leaves the canvas unfilled
+    tok = D.train_tiny_tokenizer(D.tiny_tokenizer_texts())
+    net = M.Transformer(M.PRESETS["tiny"])
+    with torch.no_grad():  # every position's last hidden state is one positive vector; only the mask row sees it
+        net.embed.weight.fill_(1.0)
+        for block in net.blocks:
+            block.attn.o_proj.weight.zero_(), block.mlp.down_proj.weight.zero_()
+        net.lm_head.weight.zero_()
+        net.lm_head.weight[M.PRESETS["tiny"].mask_token_id] = 1.0
+    net.save_pretrained(str(tmp_path / "ckpt"), tokenizer=tok)
+    run_script(["evaluate.py", f"--checkpoint={tmp_path / 'ckpt'}", "--task=tiny-regex", "--limit=3",
+                "--gen_length=16", "--steps=8", f"--out_dir={tmp_path / 'out'}"])
+    summary = json.load(open(tmp_path / "out" / "tiny-regex-0shot.json"))
+    assert summary["masks_left"] == 3 and summary["empty_outputs"] == 3 and summary["exact"] == 0.0
 
 
 def test_unwritable_out_dir_fails_before_any_work(tmp_path):

@@ -255,6 +255,26 @@ def test_unknown_architecture_and_missing_dir(tmp_path):
         M.from_pretrained(str(tmp_path / "nowhere"))
 
 
+@pytest.mark.parametrize("config,message", [
+    ('{"model_type": "llada", ', r"config.json:1: malformed JSON"),
+    ('["llada"]', "expected a JSON object"),
+    ('{"model_type": "llada", "d_model": 8}', "config.json: missing or malformed setting 'n_heads'"),
+])
+def test_a_bad_config_json_is_named(tmp_path, config, message):
+    from configurator import InputError
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / "config.json").write_text(config)
+    with pytest.raises(InputError, match=message):
+        M.from_pretrained(str(tmp_path / "ckpt"))
+
+
+def test_a_checkpoint_without_tokenizer_files_is_named(tmp_path):
+    from configurator import MissingInput
+    M.Transformer(M.PRESETS["tiny"]).save_pretrained(str(tmp_path / "ckpt"))  # no tokenizer given
+    with pytest.raises(MissingInput, match="has no tokenizer files"):
+        M.load_tokenizer(str(tmp_path / "ckpt"))
+
+
 def test_presets_match_reference_numbers():
     llada, dream = M.PRESETS["llada-8b"], M.PRESETS["dream-7b"]
     assert (llada.n_layers, llada.d_model, llada.n_heads, llada.n_kv_heads, llada.mlp_hidden, llada.vocab_size) == \
