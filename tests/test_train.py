@@ -326,5 +326,5 @@ def test_users_command_on_the_real_gsm8k_files(tmp_path):
     assert record["step"] == 1 and 0 < record["jepa_loss"] < 2 and record["diffusion_loss"] > 0
     run_script(["evaluate.py", f"--checkpoint={out}", "--task=gsm8k", f"--data_dir={gsm8k}", "--limit=2",
                 "--gen_length=16", "--steps=16"])
-    summary = json.load(open(out / "final" / "gsm8k-0shot.json"))
+    summary = json.load(open(out / "eval" / "gsm8k-0shot.json"))  # beside final/, not inside it
     assert summary["n"] == 2 and 0 <= summary["accuracy"] <= 1
