@@ -12,7 +12,7 @@ Training step, same model, batch and sequence length, each variant in its own pr
              with --variants=baseline,jepa,two_grad,jepa_lora (or --variants=jepa_lora at 8B on one GPU)
 Reported: seconds per optimizer step (median), peak memory, tokens/s, MFU (GPU), and the ratios jepa/baseline and
 two_grad/jepa beside the FLOP bookkeeping 4F/3F = 1.33 and 6F/4F = 1.5.
-Sampler: evaluate.generate (batched, logits for the current block only) against a plain one-prompt-at-a-time
+Sampler: sampler.py's generate (batched, logits for the current block only) against a plain one-prompt-at-a-time
 implementation of the same algorithm (whole-sequence logits every step), outputs checked identical.
 Prints a table and writes bench.json. Targets: jepa <= 1.40 x baseline, two_grad >= 1.4 x jepa,
 batched sampler >= 4 x plain.
@@ -30,7 +30,7 @@ from dataclasses import replace
 import torch
 import torch.nn.functional as F
 
-import evaluate
+from sampler import generate, num_transfer_tokens
 import jepa
 import model as modellib
 from configurator import ConfigError, configure, setting_keys
@@ -77,8 +77,8 @@ TARGETS = {"jepa/baseline": ("<=", 1.40), "two_grad/jepa": (">=", 1.4), "sampler
 def two_grad_objective(online, batch, mask_token_id, predictor, noise, t_low, t_high):
     """LLM-JEPA's cost structure on our model: both views through the online model with gradient."""
     input_ids, maskable, padding = batch["input_ids"], batch["maskable"], batch["padding"]
-    context_view, context_masked = jepa.mask_view(input_ids, maskable, t_low, mask_token_id, noise[0])
-    target_view, target_masked = jepa.mask_view(input_ids, maskable, t_high, mask_token_id, noise[1])
+    context_view, context_masked = jepa.mask_view(input_ids, maskable, t_low, mask_token_id, noise.context)
+    target_view, target_masked = jepa.mask_view(input_ids, maskable, t_high, mask_token_id, noise.target)
     out = online(context_view, logits_at=context_masked)
     l_diff = jepa.diffusion_loss(out.logits, input_ids[context_masked], context_masked)
     target_hidden = online(target_view, logits_at=torch.zeros_like(target_masked)).hidden
@@ -118,7 +118,7 @@ def run_variant(variant, dev):
         (list(predictor.parameters()) if predictor is not None else [])
     optimizer = torch.optim.AdamW(params, lr=1e-5, fused=True)  # as train.py
     batch = synthetic_batch(cfg, dev)
-    noise = torch.rand(3, batch_size, seq_len, generator=torch.Generator().manual_seed(1))
+    noise = jepa.draw_view_noise((batch_size, seq_len), torch.Generator().manual_seed(1))
     use_autocast = resolve_dtype(dtype, dev) == torch.bfloat16
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
@@ -168,7 +168,7 @@ def plain_generate(net, prompt, steps, gen_length, block_length):
     steps_per_block = steps // n_blocks
     for block in range(n_blocks):
         lo, hi = len(prompt) + block * block_length, len(prompt) + (block + 1) * block_length
-        schedule = evaluate.num_transfer_tokens((x[:, lo:hi] == cfg.mask_token_id).sum(1), steps_per_block)
+        schedule = num_transfer_tokens((x[:, lo:hi] == cfg.mask_token_id).sum(1), steps_per_block)
         for step in range(steps_per_block):
             logits = net(x).logits
             x0 = logits.argmax(-1)
@@ -201,8 +201,8 @@ def run_sampler(dev):
             torch.cuda.synchronize(dev)
         return result, time.perf_counter() - t0
 
-    evaluate.generate(net, prompts[:1], **kwargs)  # warm-up
-    batched, t_batched = timed(lambda: evaluate.generate(net, prompts, **kwargs))
+    generate(net, prompts[:1], **kwargs)  # warm-up
+    batched, t_batched = timed(lambda: generate(net, prompts, **kwargs))
     plain, t_plain = timed(lambda: torch.stack([plain_generate(net, p, **kwargs) for p in prompts]))
     tokens = len(prompts) * sampler_gen_length
     return {"batched_tokens_per_s": tokens / t_batched, "plain_tokens_per_s": tokens / t_plain,

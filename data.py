@@ -22,6 +22,7 @@ Splits (the only place they are named; train = fine-tuning, eval = scoring):
 """
 
 import csv
+from collections.abc import Mapping
 import glob
 import json
 import os
@@ -308,7 +309,7 @@ def item_input(task, item):
 
 
 def end_of_turn_id(tokenizer):
-    for token in ("<|eot_id|>", "<|im_end|>"):  # LLaDA-Instruct, Dream-Instruct (REFERENCE.md §2-3)
+    for token in ("<|eot_id|>", "<|im_end|>"):  # LLaDA-Instruct, Dream-Instruct (their tokenizer_config.json)
         tid = tokenizer.convert_tokens_to_ids(token)
         if isinstance(tid, int) and tid != tokenizer.unk_token_id and tid is not None:
             return tid
@@ -327,7 +328,7 @@ def format_example(task, item, tokenizer, shots=(), chat=False):
             messages += [{"role": "user", "content": item_input(task, s)}, {"role": "assistant", "content": s["output"]}]
         messages.append({"role": "user", "content": item_input(task, item)})
         prompt_ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-        if isinstance(prompt_ids, dict) or hasattr(prompt_ids, "input_ids"):
+        if isinstance(prompt_ids, Mapping):  # a BatchEncoding, in some transformers versions
             prompt_ids = prompt_ids["input_ids"]
         response_ids = tokenizer.encode(item["output"], add_special_tokens=False) + [end_of_turn_id(tokenizer)]
         return list(prompt_ids), response_ids

@@ -1,5 +1,6 @@
 r"""
-The DLLM-JEPA objective (paper §3.2, ../shared/REFERENCE.md §1), top to bottom:
+The DLLM-JEPA objective ("DLLM-JEPA: Joint Embedding Predictive Architectures for Masked Diffusion
+Language Models", arXiv:2606.00091, §3.2 and A.10), top to bottom:
 
   x0 --mask at t_L--> context view --online f_theta (grad)--> logits -> L_diff          (eq. 2)
                                                           \-> pool -> z_tL -> predictor g -> z_hat
@@ -18,6 +19,8 @@ from typing import NamedTuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.distributed.fsdp import FSDPModule
+from torch.distributed.tensor import DTensor
 
 from model import Block, init_weights, lora_layers, rope_cos_sin
 
@@ -41,17 +44,30 @@ def mask_view(input_ids, maskable, t, mask_token_id, noise):
     return torch.where(masked, torch.full_like(input_ids, mask_token_id), input_ids), masked
 
 
+class ViewNoise(NamedTuple):
+    """The uniforms on [0, 1) that decide the two views of a batch (mask_view masks where noise < t)."""
+    context: torch.Tensor  # (B, T): the context view's
+    target: torch.Tensor  # (B, T): the target view's
+    rate: torch.Tensor  # (B, 1): a per-sequence draw u; the random context rate is 1 - u (see objective)
+
+
+def draw_view_noise(batch_shape, generator=None):
+    """Fresh ViewNoise for a (B, T) batch from a generator (tests, bench)."""
+    B, T = batch_shape
+    return ViewNoise(torch.rand(B, T, generator=generator), torch.rand(B, T, generator=generator),
+                     torch.rand(B, 1, generator=generator))
+
+
 def view_noise(example_ids, length, seed, max_len):
-    """(3, B, length) uniforms, a pure function of (seed, example id): rows 0 and 1 are the context and
-    target views' noise, row 2 holds in column 0 a per-example draw for a random context rate (see
-    objective). An example gets the same views whatever batch, rank, padding length or resume point it
-    lands in, so a 2-process run reproduces a 1-process run and a resumed run needs no generator state."""
-    rows = []
+    """ViewNoise for the examples, a pure function of (seed, example id): an example gets the same views
+    whatever batch, rank, padding length or resume point it lands in, so a 2-process run reproduces a
+    1-process run and a resumed run needs no generator state."""
+    context, target, rate = [], [], []
     for i in example_ids:
         g = torch.Generator().manual_seed(seed * 1_000_003 + int(i))
-        rows.append(torch.cat([torch.rand(2, max_len, generator=g)[:, :length],
-                               torch.rand(1, 1, generator=g).expand(1, length)]))
-    return torch.stack(rows, dim=1)
+        both = torch.rand(2, max_len, generator=g)[:, :length]
+        context.append(both[0]), target.append(both[1]), rate.append(torch.rand(1, generator=g))
+    return ViewNoise(torch.stack(context), torch.stack(target), torch.stack(rate))
 
 
 # -----------------------------------------------------------------------------
@@ -127,7 +143,7 @@ class Predictor(nn.Module):
 def local_tensors(params):
     """The local shard of each parameter (FSDP2 DTensor) or the tensor itself: updates stay local,
     with no communication, because the online and target copies are sharded the same way."""
-    return [p.to_local() if hasattr(p, "to_local") else p for p in params]
+    return [p.to_local() if isinstance(p, DTensor) else p for p in params]
 
 
 def make_target_encoder(model):
@@ -161,7 +177,7 @@ class AdapterEMATarget:
 
     def __call__(self, input_ids, **kwargs):
         # FSDP: the EMA adapters are sharded like the online ones; gather them (a few MB) outside any hook
-        full = [t.full_tensor() if hasattr(t, "full_tensor") else t for t in self.ema]
+        full = [t.full_tensor() if isinstance(t, DTensor) else t for t in self.ema]
         for i, layer in enumerate(self.layers):
             layer.adapter_override = (full[2 * i], full[2 * i + 1])
         try:
@@ -210,17 +226,17 @@ def objective(model, batch, mask_token_id, *, t_low=T_LOW, t_high=T_HIGH, jepa_w
     """One DLLM-JEPA loss on a batch: exactly one gradient-carrying forward of the online model on the
     context view, and, when jepa_weight > 0, one no-grad forward of the EMA target on the target view.
     batch: input_ids (B, T), maskable (B, T) bool, padding (B, T) bool (True after the response's first EOS).
-    noise: (3, B, T) uniforms (view_noise), else drawn from `generator` on the CPU.
+    noise: the views' ViewNoise (view_noise), else drawn from `generator` on the CPU.
     Symmetric views (the ablation) are t_high == t_low: two independent draws at the same rate.
     random_context_rate: each sequence's context rate is drawn from U(0, 1] instead of the fixed t_low, as
     in LLaDA's own objective (eq. 2's expectation over t). Not the paper's setting (fixed t_L); the tiny
     preset, trained from scratch, needs it to learn to generate from a fully masked canvas."""
     input_ids, maskable, padding = batch["input_ids"], batch["maskable"], batch["padding"]
     if noise is None:
-        noise = torch.rand((3, *input_ids.shape), generator=generator)
+        noise = draw_view_noise(input_ids.shape, generator)
     if random_context_rate:
-        t_low = (1.0 - noise[2][:, :1]).to(input_ids.device)  # (B, 1), in (0, 1]
-    context_view, context_masked = mask_view(input_ids, maskable, t_low, mask_token_id, noise[0])
+        t_low = (1.0 - noise.rate).to(input_ids.device)  # (B, 1), in (0, 1]
+    context_view, context_masked = mask_view(input_ids, maskable, t_low, mask_token_id, noise.context)
     out = model(context_view, logits_at=context_masked)
     l_diff = diffusion_loss(out.logits, input_ids[context_masked], context_masked)
 
@@ -230,7 +246,7 @@ def objective(model, batch, mask_token_id, *, t_low=T_LOW, t_high=T_HIGH, jepa_w
         zero = l_diff.new_zeros(())
         return StepResult(l_diff, l_diff, zero, stats)
 
-    target_view, target_masked = mask_view(input_ids, maskable, t_high, mask_token_id, noise[1])
+    target_view, target_masked = mask_view(input_ids, maskable, t_high, mask_token_id, noise.target)
     context_embedding = pool(out.hidden, ~context_masked & ~padding)
     with torch.no_grad():
         # no logits needed: an all-False logits_at skips the LM head (the call still goes through forward,
@@ -238,7 +254,7 @@ def objective(model, batch, mask_token_id, *, t_low=T_LOW, t_high=T_HIGH, jepa_w
         nothing = torch.zeros_like(target_masked)
         target_hidden = target_encoder(target_view, logits_at=nothing).hidden
         target_embedding = pool(target_hidden, ~target_masked & ~padding)
-    if hasattr(target_encoder, "reshard"):  # FSDP2: free the gathered parameters after a no-grad forward
+    if isinstance(target_encoder, FSDPModule):  # FSDP2: free the gathered parameters after a no-grad forward
         target_encoder.reshard()
     predicted_embedding = predictor(context_embedding)
     l_jepa, cosine = jepa_loss(predicted_embedding, target_embedding)

@@ -5,7 +5,8 @@ A native PyTorch implementation (not transformers' remote code): it reads the re
 key mapping, the way nanoGPT loads GPT-2, so FSDP wrapping, activation checkpointing, hidden states and
 pooled embeddings are plain PyTorch and work with any transformers version.
 
-Both releases are the same network up to names and two switches (../shared/REFERENCE.md §2-3):
+Both releases are the same network up to names and two switches (their config.json and modeling code on
+the hub: GSAI-ML/LLaDA-8B-Base's modeling_llada.py, Dream-org/Dream-v0-Base-7B's modeling_dream.py):
   embedding -> N x [RMSNorm -> bidirectional GQA attention with RoPE -> residual,
                     RMSNorm -> SwiGLU MLP -> residual] -> RMSNorm -> untied LM head
   LLaDA: no biases, MHA.            Dream (Qwen2.5 layout): q/k/v bias, GQA, logits shifted by one.
@@ -45,8 +46,9 @@ class ModelConfig:
     max_seq_len: int = 4096
     mask_token_id: int = 126336
     eos_token_id: int = 126081  # EOS = PAD in both releases
-    bos_token_id: int = 126080
-    shift_logits: bool = False  # Dream predicts token i from position i-1 (REFERENCE.md §3)
+    # LLaDA's config.json names no BOS (its tokenizer's <|startoftext|> is 126080); None = not in the config
+    bos_token_id: Optional[int] = None
+    shift_logits: bool = False  # Dream predicts token i from position i-1 (Dream's modeling_dream.py)
 
     @property
     def head_dim(self):
@@ -394,7 +396,7 @@ def _config_from_release(rc):
             mlp_hidden=rc.get("mlp_hidden_size") or rc.get("mlp_ratio", 4) * rc["d_model"],
             norm_eps=rc.get("rms_norm_eps", 1e-5), rope_theta=rc.get("rope_theta", 10000.0), qkv_bias=False,
             max_seq_len=rc.get("max_sequence_length", 4096), mask_token_id=rc.get("mask_token_id", 126336),
-            eos_token_id=rc.get("eos_token_id", 126081), bos_token_id=rc.get("bos_token_id", 126080),
+            eos_token_id=rc.get("eos_token_id", 126081), bos_token_id=rc.get("bos_token_id"),
             shift_logits=False)
     if model_type == "dream":
         if rc.get("tie_word_embeddings"):
@@ -424,7 +426,8 @@ def release_config(cfg, dtype):
                          "AutoModel": "modeling_llada.LLaDAModelLM"},
             "bias_for_layer_norm": False, "block_group_size": 1, "block_type": "llama", "d_model": cfg.d_model,
             "embedding_dropout": 0.0, "embedding_size": cfg.vocab_size, "eos_token_id": cfg.eos_token_id,
-            "bos_token_id": cfg.bos_token_id, "flash_attention": False, "include_bias": False,
+            **({"bos_token_id": cfg.bos_token_id} if cfg.bos_token_id is not None else {}),
+            "flash_attention": False, "include_bias": False,
             "include_qkv_bias": False, "init_cutoff_factor": None, "init_device": "meta", "init_fn": "mitchell",
             "init_std": 0.02, "input_emb_norm": False, "layer_norm_type": "rms", "layer_norm_with_affine": True,
             "mask_token_id": cfg.mask_token_id, "max_sequence_length": cfg.max_seq_len,
@@ -616,7 +619,20 @@ def save_checkpoint(state_dict, cfg, out_dir, tokenizer=None, source_config=None
     if source_dir and os.path.abspath(source_dir) != os.path.abspath(out_dir):
         for py in glob.glob(os.path.join(source_dir, "*.py")):  # the release's remote code, untouched
             shutil.copy(py, out_dir)
+    source_generation = os.path.join(source_dir or "", "generation_config.json")
+    if source_dir and os.path.exists(source_generation):
+        if os.path.abspath(source_dir) != os.path.abspath(out_dir):
+            shutil.copy(source_generation, out_dir)
+    elif cfg.arch == "dream":  # Dream's loader reads it whether or not the model generates
+        with open(os.path.join(out_dir, "generation_config.json"), "w") as f:
+            json.dump(generation_config(cfg), f, indent=2)
     if tokenizer is not None:
         tokenizer.save_pretrained(out_dir)
+
+
+def generation_config(cfg):
+    """A generation_config.json with the model's special tokens, for a Dream model not from a release."""
+    return {"_from_model_config": True, "bos_token_id": cfg.bos_token_id, "eos_token_id": cfg.eos_token_id,
+            "pad_token_id": cfg.pad_token_id, "mask_token_id": cfg.mask_token_id}
 
 

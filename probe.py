@@ -1,7 +1,7 @@
 """
 The paper's mechanism analysis (§4.3, §5, A.7; Tables 3, 4, 13; Fig. 2) as one command.
 
-  python probe.py --base out-tiny/base --checkpoints out-tiny --wikitext_dir ../shared/data/wikitext/wikitext-103-raw
+  python probe.py --base out-tiny/base --checkpoints out-tiny --wikitext_dir wikitext-103-raw
   torchrun --nproc_per_node 8 probe.py --base GSAI-ML/LLaDA-8B-Base --checkpoints out-jepa,out-baseline \
       --names jepa,baseline --ratio jepa/baseline
 
@@ -189,11 +189,11 @@ def wikitext_pass(model, samples, indices, batch):
         maskable = real.clone()
         maskable[:, 0] = False
         noise = jepa.view_noise(idx, ids.shape[1], seed, sample_len)
-        forget_view, forget_masked = jepa.mask_view(ids, maskable, forgetting_rate, cfg.mask_token_id, noise[0])
+        forget_view, forget_masked = jepa.mask_view(ids, maskable, forgetting_rate, cfg.mask_token_id, noise.context)
         logits = model(forget_view, padding_mask=real, logits_at=forget_masked).logits
         losses.append(jepa.sequence_losses(logits, ids[forget_masked], forget_masked)[0].cpu())
         noise2 = jepa.view_noise(idx, ids.shape[1], seed + 1, sample_len)  # views of the collapse probe
-        for t, noise_row, store in ((t_low, noise2[0], z_low), (t_high, noise2[1], z_high)):
+        for t, noise_row, store in ((t_low, noise2.context, z_low), (t_high, noise2.target, z_high)):
             view, masked = jepa.mask_view(ids, maskable, t, cfg.mask_token_id, noise_row)
             hidden = model(view, padding_mask=real, logits_at=torch.zeros_like(real)).hidden
             store.append(jepa.pool(hidden, real & ~masked).cpu())
@@ -259,7 +259,7 @@ def main(argv):
     my_samples = list(range(rank, len(samples), world))
     my_questions = list(range(rank, len(questions), world))
 
-    results = {}
+    results, report = {}, None
     from tqdm import tqdm
     for label, path in tqdm([("base", base)] + list(zip(labels, paths)), disable=not master, desc="checkpoints"):
         model = modellib.from_pretrained(modellib.resolve_checkpoint_dir(path), dtype=model_dtype, device=dev).eval()
@@ -279,19 +279,28 @@ def main(argv):
             "z_high": torch.cat([p[1]["z_high"] for p in parts])[order],
             "mmlu": [c for p in parts for c in p[3]],
         }
+        if master:  # what is measured so far is on disk: a crash later keeps it
+            head = {"config": cfg, "n_samples": len(samples), "samples_cut_to_sample_len": cut,
+                    "mmlu_questions": len(questions)}
+            report = build_report(head, results, pairs, complete=len(results) == len(labels) + 1)
+            write_report(report)
     close_distributed(world)
-    if not master:
-        return
+    if master:
+        print_table(report)
+        plot_drift(report, os.path.join(out_dir, "drift.png"))
+        print(f"wrote {os.path.join(out_dir, 'probe.json')}")
 
-    report = {"config": cfg, "n_samples": len(samples), "samples_cut_to_sample_len": cut,
-              "mmlu_questions": len(questions), "checkpoints": {}}
+
+def build_report(head, results, pairs, complete):
+    """probe.json's content from the checkpoints measured so far (base first); 'complete' says whether
+    every checkpoint is in."""
+    report = {**head, "complete": complete, "checkpoints": {}}
     base_res = results["base"]
-    for label in ["base"] + labels:
-        res = results[label]
+    for label, res in results.items():
         entry = {"wikitext_loss": res["loss"].mean().item(),
                  "collapse": {"z_tL": collapse_stats(res["z_low"], cos_pairs, seed),
                               "z_tH": collapse_stats(res["z_high"], cos_pairs, seed)}}
-        if questions:
+        if res["mmlu"]:
             entry["mmlu"] = sum(res["mmlu"]) / len(res["mmlu"])
         if label != "base":
             per_layer = drift(base_res["pooled"], res["pooled"])
@@ -301,15 +310,19 @@ def main(argv):
         report["checkpoints"][label] = entry
     report["drift_ratios"] = {}
     for a, b in pairs:
+        if a not in report["checkpoints"] or b not in report["checkpoints"]:
+            continue
         da, db = report["checkpoints"][a]["drift"], report["checkpoints"][b]["drift"]
         # None where the denominator's drift is zero up to rounding (identical checkpoints)
         report["drift_ratios"][f"{a}/{b}"] = {k: da[k] / db[k] if abs(db[k]) > 1e-9 else None for k in da}
+    return report
 
-    with disk_errors(os.path.join(out_dir, "probe.json")), open(os.path.join(out_dir, "probe.json"), "w") as f:
+
+def write_report(report):
+    path = os.path.join(out_dir, "probe.json")
+    with disk_errors(path), open(path + ".tmp", "w") as f:
         json.dump(report, f, indent=2)
-    print_table(report)
-    plot_drift(report, os.path.join(out_dir, "drift.png"))
-    print(f"wrote {os.path.join(out_dir, 'probe.json')}")
+    os.replace(path + ".tmp", path)
 
 
 def check_out_dir():

@@ -34,7 +34,7 @@ from runtime import RunError, disk_errors
 IDENTITY_KEYS = ("task", "data_dir", "model", "chat", "max_len", "t_low", "t_high", "symmetric",
                  "random_context_rate", "jepa_weight", "predictor_layers", "ema_decay", "anchor_l2", "lora_rank",
                  "lora_alpha", "lora_dropout", "lora_targets", "lr", "weight_decay", "beta1", "beta2", "warmup_frac",
-                 "grad_clip", "epochs", "batch_size", "grad_accum", "max_steps", "seed")
+                 "grad_clip", "epochs", "batch_size", "grad_accum", "total_batch", "max_steps", "seed")
 NAMES = ("resume", "resume.tmp", "resume.old")
 
 

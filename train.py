@@ -20,6 +20,7 @@ import signal
 import sys
 import time
 from contextlib import nullcontext
+from typing import NamedTuple, Optional
 
 import torch
 import torch.distributed as dist
@@ -66,7 +67,8 @@ warmup_frac = 0.05  # cosine decay to 0 after a linear warmup over 5% of the ste
 grad_clip = 1.0
 epochs = 2
 batch_size = 2  # per device
-grad_accum = 2  # 8 GPUs x 2 x 2 = the paper's effective batch of 32
+grad_accum = 0  # micro-batches per step; 0 = total_batch / (world x batch_size)
+total_batch = 32  # the paper's effective batch (8 GPUs x 2 x 2), on any number of GPUs; 0 = use grad_accum
 max_steps = 0  # > 0: the schedule's length in optimizer steps, instead of epochs
 seed = 42
 # system
@@ -88,7 +90,7 @@ PRESETS = {
     "wide-t": dict(t_low=0.1, t_high=0.9, lr=1.4e-6),  # the preservation experiment (§4.3)
     "tiny": dict(task="tiny-regex", model="tiny", device="cpu", dtype="float32", max_len=128, lr=2e-3,
                  random_context_rate=True,
-                 batch_size=16, grad_accum=1, epochs=30, activation_checkpointing=False, predictor_layers=2,
+                 batch_size=16, grad_accum=1, total_batch=0, epochs=30, activation_checkpointing=False, predictor_layers=2,
                  ema_decay=0.99, log_every=10, save_every=0, seed=0, out_dir="out-tiny"),
 }
 CHOICES = {"task": tuple(data.TASKS), "chat": ("auto", "true", "false"), "dtype": tuple(runtime.DTYPES),
@@ -129,10 +131,14 @@ def validate():
         raise ConfigError(f"predictor_layers (k) must be >= 0, got {predictor_layers}")
     if not 0 <= ema_decay < 1:
         raise ConfigError(f"ema_decay must be in [0, 1), got {ema_decay}")
-    for key in ("batch_size", "grad_accum", "max_len", "log_every"):
+    for key in ("batch_size", "max_len", "log_every"):
         if globals()[key] < 1:
             raise ConfigError(f"{key} must be >= 1, got {globals()[key]}")
-    for key in ("epochs", "max_steps", "save_every", "stop_step"):
+    if not total_batch and not grad_accum:
+        raise ConfigError("--total_batch and --grad_accum are both 0: set the effective batch or the accumulation")
+    if dist_timeout <= 0:
+        raise ConfigError(f"--dist_timeout must be > 0 seconds, got {dist_timeout}")
+    for key in ("epochs", "max_steps", "save_every", "stop_step", "grad_accum", "total_batch"):
         if globals()[key] < 0:
             raise ConfigError(f"{key} must be >= 0, got {globals()[key]}")
     if epochs == 0 and max_steps == 0:
@@ -280,39 +286,61 @@ def agree(sums, grad_norm, stop, dev, distributed, world):
     return dict(zip(keys + ["grad_norm"], values[:-1])), values[-1] > 0
 
 
-def main(argv):
-    cfg = configure(argv)
-    world, rank, dev = runtime.init_distributed(device, dist_timeout)
-    distributed, master = world > 1, rank == 0
-    log = print if master else (lambda *a, **k: None)
-    claim_out_dir(master, distributed)
-    compute_dtype = runtime.resolve_dtype(dtype, dev)
-    mesh = None
-    if distributed:
-        from torch.distributed.device_mesh import init_device_mesh
-        mesh = init_device_mesh(dev.type, (world,))
-    # ---- tokenizer and data (before the model: a data error should not cost a model load)
-    random_init = model == "tiny"  # the tiny preset: random weights and the tokenizer trained on the offline task
-    if random_init:
-        model_cfg = modellib.PRESETS["tiny"]
-        tokenizer = data.train_tiny_tokenizer(data.tiny_tokenizer_texts(), vocab_size=model_cfg.vocab_size)
-        source_config = source_dir = None
-    else:
-        ckpt_dir = modellib.resolve_checkpoint_dir(model)
-        source_config = modellib.read_release_config(ckpt_dir)
-        model_cfg = modellib.config_from_release(source_config, os.path.join(ckpt_dir, "config.json"))
-        source_dir = ckpt_dir
-        tokenizer = modellib.load_tokenizer(ckpt_dir, model_cfg)
-    use_chat = chat == "true" or (chat == "auto" and "instruct" in model.lower())
-    items = data.load_task(task, "train", data_dir or None)
-    examples = data.tokenize_task(task, items, tokenizer, max_len, chat=use_chat, log=log)
-    micro, micro_epoch = data.epoch_batches(len(examples), batch_size, world, rank, seed, 0), 0
-    steps_per_epoch = math.ceil(len(micro) / grad_accum)
-    total_steps = max_steps or epochs * steps_per_epoch
-    log(f"{task}: {len(examples)} training examples, {world} rank(s) x batch {batch_size} x accum {grad_accum}; "
-        f"{steps_per_epoch} optimizer steps per epoch, {total_steps} in all")
+class Source(NamedTuple):
+    """What the run starts from: the model's config, its tokenizer, and the release it came from."""
+    model_cfg: modellib.ModelConfig
+    tokenizer: object
+    ckpt_dir: Optional[str]  # None: random initialisation (the tiny preset)
+    release_config: Optional[dict]
 
-    # ---- models: online backbone, EMA target, predictor, anchor base
+
+def load_source():
+    """The tokenizer and config of --model: a release (hub id or directory), or the tiny preset, whose
+    tokenizer is trained here on the offline task."""
+    if model == "tiny":
+        model_cfg = modellib.PRESETS["tiny"]
+        return Source(model_cfg, data.train_tiny_tokenizer(data.tiny_tokenizer_texts(), vocab_size=model_cfg.vocab_size),
+                      None, None)
+    ckpt_dir = modellib.resolve_checkpoint_dir(model)
+    release_config = modellib.read_release_config(ckpt_dir)
+    model_cfg = modellib.config_from_release(release_config, os.path.join(ckpt_dir, "config.json"))
+    return Source(model_cfg, modellib.load_tokenizer(ckpt_dir, model_cfg), ckpt_dir, release_config)
+
+
+def resolve_grad_accum(world):
+    """Micro-batches per optimizer step. --total_batch (the paper's 32) fixes the effective batch on any
+    number of ranks: accumulation = total_batch / (world x batch_size), which must divide evenly; with
+    --total_batch 0, --grad_accum is used as given."""
+    if not total_batch:
+        return grad_accum
+    per_step = world * batch_size
+    if total_batch % per_step:
+        raise ConfigError(f"--total_batch={total_batch} is not a multiple of {world} rank(s) x --batch_size="
+                          f"{batch_size}; change one of them (or pass --total_batch=0 and --grad_accum)")
+    if grad_accum and grad_accum != total_batch // per_step:
+        raise ConfigError(f"--grad_accum={grad_accum} gives an effective batch of {per_step * grad_accum}, not "
+                          f"--total_batch={total_batch}; pass one of them (the other 0)")
+    return total_batch // per_step
+
+
+class Models(NamedTuple):
+    online: nn.Module  # f_theta (with LoRA adapters when lora_rank > 0)
+    target: Optional[nn.Module]  # f_theta', the EMA copy (None for the baseline)
+    predictor: Optional[nn.Module]  # g_phi (None for the baseline)
+    anchor_base: Optional[list]  # theta_base for the L2 anchor (None unless anchor_l2 > 0)
+
+
+def build_models(source, dev, compute_dtype, mesh, master):
+    """The online model, EMA target, predictor and anchor copy, on every path a run can take:
+
+      path                  online weights                                  EMA target
+      tiny (random init)    seeded init on every rank, saved as base/       a copy (sharded alike under torchrun)
+      one process           from_pretrained in fp32 (LoRA: base in the      a copy (LoRA: AdapterEMATarget, an
+                            compute dtype, adapters fp32)                   EMA of the adapters only)
+      torchrun, FSDP2       built on meta, sharded per block, filled from   a copy made before sharding, sharded
+                            rank 0's copy (broadcast_from_rank0)            and filled alike (LoRA: adapter EMA)
+
+    Every random draw is seeded so that all ranks hold shards of the same full tensors as one process."""
     lora = dict(rank=lora_rank, alpha=lora_alpha, dropout=lora_dropout, targets=lora_targets.split(","))
 
     def with_lora(net):  # seeded, so every rank (and rank 0's full copy) draws the same adapters
@@ -322,30 +350,31 @@ def main(argv):
         return net
 
     torch.manual_seed(seed)  # random init draws the same full tensors on every rank, as in one process
-    if random_init:
-        online = modellib.Transformer(model_cfg).to(dev)
+    if source.ckpt_dir is None:
+        online = modellib.Transformer(source.model_cfg).to(dev)
         if master:
-            online.save_pretrained(os.path.join(out_dir, "base"), tokenizer=tokenizer)
-    elif distributed:  # built on meta, sharded, then filled from rank 0's copy (REFERENCE.md §5)
+            online.save_pretrained(os.path.join(out_dir, "base"), tokenizer=source.tokenizer)
+    elif mesh is not None:  # one host copy of the weights (rank 0's), not one per rank
         with torch.device("meta"):
-            online = modellib.Transformer(model_cfg)
-    else:  # one process. Full fine-tuning keeps float32 master weights; with LoRA the base never moves, so it is
-        # held in the compute dtype (LLaDA-8B in bf16: 16 GB instead of 32) and only the adapters are float32
-        online = modellib.from_pretrained(ckpt_dir, dtype=compute_dtype if lora_rank else torch.float32, device=dev)
+            online = modellib.Transformer(source.model_cfg)
+    else:  # full fine-tuning keeps float32 master weights; with LoRA the base never moves, so it is held in the
+        # compute dtype (LLaDA-8B in bf16: 16 GB instead of 32) and only the adapters are float32
+        online = modellib.from_pretrained(source.ckpt_dir, dtype=compute_dtype if lora_rank else torch.float32,
+                                          device=dev)
     with_lora(online)
     online.activation_checkpointing = activation_checkpointing
     # full fine-tuning: the EMA copy is made before sharding; LoRA: the adapter EMA after loading, below
     target = jepa.make_target_encoder(online) if jepa_weight > 0 and not lora_rank else None
     torch.manual_seed(seed + 2)  # the predictor's own stream: the same weights whatever was drawn before
-    predictor = jepa.Predictor(model_cfg, predictor_layers).to(dev) if jepa_weight > 0 else None
-    if distributed:
+    predictor = jepa.Predictor(source.model_cfg, predictor_layers).to(dev) if jepa_weight > 0 else None
+    if mesh is not None:
         from torch.distributed.fsdp import MixedPrecisionPolicy
         mp_policy = MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32)
         for module in (online, target, predictor):
             if module is not None and len(module.blocks) > 0:
                 shard(module, mesh, mp_policy)
-        if not random_init:
-            full_init = with_lora(modellib.from_pretrained(ckpt_dir, dtype=torch.float32)).state_dict() \
+        if source.ckpt_dir is not None:
+            full_init = with_lora(modellib.from_pretrained(source.ckpt_dir, dtype=torch.float32)).state_dict() \
                 if master else None
             for module in (online, target):
                 if module is not None:
@@ -356,15 +385,69 @@ def main(argv):
                 target.requires_grad_(False)
     if jepa_weight > 0 and lora_rank:
         target = jepa.make_target_encoder(online)
-    anchor_base = jepa.snapshot_parameters(online) if anchor_l2 > 0 else None
+    return Models(online, target, predictor, jepa.snapshot_parameters(online) if anchor_l2 > 0 else None)
 
-    trainable = nn.ModuleDict({"online": online} | ({"predictor": predictor} if predictor is not None else {}))
-    params = [p for p in trainable.parameters() if p.requires_grad]  # with LoRA: adapters and predictor
-    decay = [p for p in params if p.ndim >= 2]
-    no_decay = [p for p in params if p.ndim < 2]
-    # fused: one kernel per step instead of a chain of foreach ops; works on FSDP2's DTensors, CPU and GPU
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(beta1, beta2), fused=True)
+
+def make_optimizer(trainable):
+    """AdamW over what trains (with LoRA: the adapters and the predictor), weight decay on matrices only;
+    fused: one kernel per step, on plain tensors and FSDP2's DTensors alike."""
+    params = [p for p in trainable.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
+              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr, betas=(beta1, beta2), fused=True), params
+
+
+def accumulate(models, trainable, group, examples, source, epoch, dev, autocast):
+    """Forward and backward over one optimizer step's micro-batches: the gradients sum to those of the
+    mean loss. Returns the mean of each logged number (tensors, no sync) and the tokens seen."""
+    sums, tokens = {}, 0
+    for i, indices in enumerate(group):
+        for m in trainable.values():
+            if isinstance(m, FSDPModule):  # reduce-scatter the gradients only after the last micro-batch
+                m.set_requires_gradient_sync(i == len(group) - 1)
+        batch = {k: v.to(dev) for k, v in data.collate([examples[j] for j in indices],
+                                                       source.tokenizer.eos_token_id).items()}
+        noise = jepa.view_noise(indices, batch["input_ids"].shape[1], seed * 1000 + epoch, max_len)
+        with autocast:
+            res = jepa.objective(models.online, batch, source.model_cfg.mask_token_id, t_low=t_low, t_high=t_high,
+                                 jepa_weight=jepa_weight, predictor=models.predictor,
+                                 target_encoder=models.target, noise=noise, random_context_rate=random_context_rate)
+        (res.loss / len(group)).backward()
+        for k, v in {**res.stats, "loss": res.loss}.items():
+            sums[k] = sums.get(k, 0.0) + v.detach().float() / len(group)
+        tokens += batch["input_ids"].numel()
+    return sums, tokens
+
+
+def main(argv):
+    cfg = configure(argv)
+    world, rank, dev = runtime.init_distributed(device, dist_timeout)
+    distributed, master = world > 1, rank == 0
+    log = print if master else (lambda *a, **k: None)
+    accum = resolve_grad_accum(world)
+    claim_out_dir(master, distributed)
+    compute_dtype = runtime.resolve_dtype(dtype, dev)
+    mesh = None
+    if distributed:
+        from torch.distributed.device_mesh import init_device_mesh
+        mesh = init_device_mesh(dev.type, (world,))
+
+    # ---- tokenizer and data (before the model: a data error should not cost a model load)
+    source = load_source()
+    use_chat = chat == "true" or (chat == "auto" and "instruct" in model.lower())
+    items = data.load_task(task, "train", data_dir or None)
+    examples = data.tokenize_task(task, items, source.tokenizer, max_len, chat=use_chat, log=log)
+    micro, micro_epoch = data.epoch_batches(len(examples), batch_size, world, rank, seed, 0), 0
+    steps_per_epoch = math.ceil(len(micro) / accum)
+    total_steps = max_steps or epochs * steps_per_epoch
+    log(f"{task}: {len(examples)} training examples; effective batch {world * batch_size * accum} = {world} rank(s) "
+        f"x batch {batch_size} x accum {accum}; {steps_per_epoch} optimizer steps per epoch, {total_steps} in all")
+
+    # ---- models and optimizer
+    models = build_models(source, dev, compute_dtype, mesh, master)
+    online, target = models.online, models.target
+    trainable = nn.ModuleDict({"online": online} | ({"predictor": models.predictor} if models.predictor else {}))
+    optimizer, params = make_optimizer(trainable)
     n_params = sum(p.numel() for p in online.parameters() if not p.requires_grad or not lora_rank)
     model_flops = runtime.flops_per_token(n_params, jepa=jepa_weight > 0, lora=lora_rank > 0)
     if lora_rank:  # a DTensor's numel is the full tensor's
@@ -373,7 +456,7 @@ def main(argv):
         f"lambda {jepa_weight}, t_L {t_low}, t_H {t_high}")
 
     # ---- resume, or a fresh log
-    identity = run_state.identity(cfg, world)
+    identity = run_state.identity(cfg | {"grad_accum": accum}, world)
     step = run_state.load(out_dir, trainable, target, optimizer, identity, distributed, log) if resume else 0
     final_dir = os.path.join(out_dir, "final")
     if resume and os.path.isdir(final_dir):  # final/ appears whole (save_final), so it exists only at the end
@@ -383,7 +466,8 @@ def main(argv):
     if master:
         trim_log(os.path.join(out_dir, "log.jsonl"), step)
         with open(os.path.join(out_dir, "train_config.json"), "w") as f:  # 'chat' resolved, for evaluate.py
-            json.dump(cfg | {"chat": "true" if use_chat else "false", "world_size": world}, f, indent=2)
+            json.dump(cfg | {"chat": "true" if use_chat else "false", "world_size": world, "grad_accum": accum},
+                      f, indent=2)
     stop = StopFlag()
 
     # mixed precision: one process autocasts; under torchrun FSDP2's MixedPrecisionPolicy casts instead
@@ -391,38 +475,19 @@ def main(argv):
         else nullcontext()
     peak = runtime.peak_flops(dev)
     log_file = open(os.path.join(out_dir, "log.jsonl"), "a") if master else None
-    try:
-        from tqdm import tqdm
-        bar = tqdm(total=total_steps, initial=step, disable=not master, desc="train", dynamic_ncols=True)
-    except ImportError:
-        bar = None
+    from tqdm import tqdm
+    bar = tqdm(total=total_steps, initial=step, disable=not master, desc="train", dynamic_ncols=True)
 
     t0, tokens_since = time.time(), 0
     while step < total_steps:
         epoch, step_in_epoch = divmod(step, steps_per_epoch)
         if epoch != micro_epoch:  # the epoch's batch order, computed once per epoch
             micro, micro_epoch = data.epoch_batches(len(examples), batch_size, world, rank, seed, epoch), epoch
-        group = micro[step_in_epoch * grad_accum:(step_in_epoch + 1) * grad_accum]
-        sums = {}
-        for i, indices in enumerate(group):
-            last = i == len(group) - 1
-            if distributed:
-                for m in trainable.values():
-                    if isinstance(m, FSDPModule):
-                        m.set_requires_gradient_sync(last)
-            batch = {k: v.to(dev) for k, v in data.collate([examples[j] for j in indices], tokenizer.eos_token_id).items()}
-            noise = jepa.view_noise(indices, batch["input_ids"].shape[1], seed * 1000 + epoch, max_len)
-            with autocast:
-                res = jepa.objective(online, batch, model_cfg.mask_token_id, t_low=t_low, t_high=t_high,
-                                     jepa_weight=jepa_weight, predictor=predictor, target_encoder=target, noise=noise,
-                                     random_context_rate=random_context_rate)
-            (res.loss / len(group)).backward()
-            for k, v in res.stats.items():
-                sums[k] = sums.get(k, 0.0) + v.detach().float() / len(group)
-            sums["loss"] = sums.get("loss", 0.0) + res.loss.detach().float() / len(group)
-            tokens_since += batch["input_ids"].numel()
-        if anchor_base is not None:
-            jepa.add_anchor_gradient(online, anchor_base, anchor_l2)
+        group = micro[step_in_epoch * accum:(step_in_epoch + 1) * accum]
+        sums, tokens = accumulate(models, trainable, group, examples, source, epoch, dev, autocast)
+        tokens_since += tokens
+        if models.anchor_base is not None:
+            jepa.add_anchor_gradient(online, models.anchor_base, anchor_l2)
         grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf"))
         if isinstance(grad_norm, DTensor):
             grad_norm = grad_norm.full_tensor()
@@ -430,27 +495,24 @@ def main(argv):
         check_finite(step + 1, stats)
         step += 1
         current_lr = lr_at(step, total_steps)
-        for group_ in optimizer.param_groups:
-            group_["lr"] = current_lr
+        for param_group in optimizer.param_groups:
+            param_group["lr"] = current_lr
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if target is not None:
             jepa.ema_update(target, online, ema_decay)
         stop_now = stop_now or bool(stop_step and step >= stop_step)
-        if bar is not None:
-            bar.update(1)
+        bar.update(1)
         if step % log_every == 0 or step == total_steps or stop_now:
-            elapsed = time.time() - t0
-            tps = tokens_since * world / max(elapsed, 1e-9)
+            tps = tokens_since * world / max(time.time() - t0, 1e-9)
             record = {"step": step, "epoch": epoch, "lr": current_lr, "tokens_per_s": tps,
                       "mfu": (tps * model_flops / (peak * world)) if peak else None, **stats}
             if master:
                 with runtime.disk_errors(log_file.name):
                     log_file.write(json.dumps(record) + "\n")
                     log_file.flush()
-                if bar is not None:
-                    bar.set_postfix(l_diff=f"{stats['diffusion_loss']:.3f}",
-                                    l_jepa=f"{stats.get('jepa_loss', 0.0):.3f}", lr=f"{current_lr:.2e}")
+                bar.set_postfix(l_diff=f"{stats['diffusion_loss']:.3f}", l_jepa=f"{stats.get('jepa_loss', 0.0):.3f}",
+                                lr=f"{current_lr:.2e}")
             t0, tokens_since = time.time(), 0
         if stop_now or (save_every and step % save_every == 0 and step < total_steps):
             run_state.save(out_dir, trainable, target, optimizer, step, identity, distributed)
@@ -458,16 +520,15 @@ def main(argv):
             log(f"stopped after step {step}; resume with --resume=true")
             break
 
-    if bar is not None:
-        bar.close()
+    bar.close()
     if step >= total_steps:
-        save_final(online, model_cfg, tokenizer, source_config, source_dir, distributed, master, log)
+        save_final(online, source, distributed, master, log)
     if log_file:
         log_file.close()
     runtime.close_distributed(world)
 
 
-def save_final(online, model_cfg, tokenizer, source_config, source_dir, distributed, master, log):
+def save_final(online, source, distributed, master, log):
     """final/ in the release's own layout (with LoRA also adapter/, and final/ is the merge). Written as
     final.tmp/ and renamed, so a final/ on disk is always whole: it marks a finished run."""
     state = full_state_dict(online, distributed)
@@ -478,8 +539,8 @@ def save_final(online, model_cfg, tokenizer, source_config, source_dir, distribu
                 modellib.save_adapters(state, online.lora, os.path.join(out_dir, "adapter"))
                 state = modellib.merge_lora(state, online.lora)
             shutil.rmtree(final_dir + ".tmp", ignore_errors=True)
-            modellib.save_checkpoint(state, model_cfg, final_dir + ".tmp", tokenizer=tokenizer,
-                                     source_config=source_config, source_dir=source_dir)
+            modellib.save_checkpoint(state, source.model_cfg, final_dir + ".tmp", tokenizer=source.tokenizer,
+                                     source_config=source.release_config, source_dir=source.ckpt_dir)
             os.replace(final_dir + ".tmp", final_dir)
         log(f"saved {final_dir}")
 

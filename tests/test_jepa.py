@@ -55,14 +55,21 @@ def test_masking_rate_and_prompt_never_masked(t):
 
 def test_view_noise_depends_only_on_seed_and_example():
     a = J.view_noise([5, 9], 30, seed=3, max_len=64)
-    assert a.shape == (3, 2, 30) and (a >= 0).all() and (a < 1).all()
-    assert (a[2] == a[2][:, :1]).all()  # one rate draw per example
+    assert a.context.shape == a.target.shape == (2, 30) and a.rate.shape == (2, 1)  # one rate draw per example
+    assert all((x >= 0).all() and (x < 1).all() for x in a)
     # the same example in another batch, at another position, with another padding length
     b = J.view_noise([9, 1, 5], 40, seed=3, max_len=64)
-    assert torch.equal(a[:, 0], b[:, 2, :30]) and torch.equal(a[:, 1], b[:, 0, :30])
-    assert not torch.equal(a[0], a[1])  # context and target noise are independent
-    assert torch.equal(a[:, 0], J.view_noise([5], 30, seed=3, max_len=64)[:, 0])
-    assert not torch.equal(J.view_noise([5], 30, seed=4, max_len=64)[:, 0], a[:, 0])
+    for field in ("context", "target"):
+        assert torch.equal(getattr(a, field)[0], getattr(b, field)[2, :30])
+        assert torch.equal(getattr(a, field)[1], getattr(b, field)[0, :30])
+    assert torch.equal(a.rate[0], b.rate[2])
+    assert not torch.equal(a.context, a.target)  # context and target noise are independent
+    assert torch.equal(a.context[0], J.view_noise([5], 30, seed=3, max_len=64).context[0])
+    assert not torch.equal(J.view_noise([5], 30, seed=4, max_len=64).context[0], a.context[0])
+    # the values of the earlier (3, B, T) layout: rows 0-1 from one rand(2, max_len), then the rate
+    g = torch.Generator().manual_seed(3 * 1_000_003 + 9)
+    both, rate = torch.rand(2, 64, generator=g), torch.rand(1, 1, generator=g)
+    assert torch.equal(a.context[1], both[0, :30]) and torch.equal(a.target[1], both[1, :30]) and a.rate[1] == rate
 
 
 def test_diffusion_loss_by_hand():
@@ -265,8 +272,8 @@ def test_full_step_on_tiny_model(layout, k):
 def test_random_context_rate_varies_per_sequence(monkeypatch):
     online, target, predictor = make_parts()
     batch = make_batch(B=4, T=200, prompt_lengths=(2, 2, 2, 2), response_lengths=(190, 190, 190, 190))
-    noise = torch.rand(3, 4, 200, generator=torch.Generator().manual_seed(0))
-    noise[2] = torch.tensor([0.95, 0.7, 0.3, 0.05])[:, None]  # rates 1 - u: 0.05, 0.3, 0.7, 0.95
+    noise = J.draw_view_noise((4, 200), torch.Generator().manual_seed(0))
+    noise = noise._replace(rate=torch.tensor([0.95, 0.7, 0.3, 0.05])[:, None])  # rates 1 - u: 0.05, 0.3, 0.7, 0.95
     seen = []
     real_mask_view = J.mask_view
 

@@ -212,6 +212,38 @@ def test_save_then_load_is_bit_identical(layout, tmp_path):
     assert M.load_tokenizer(str(tmp_path / "out")).mask_token_id == VOCAB - 1
 
 
+def test_saved_dream_has_every_file_its_loader_reads(tmp_path):
+    # Dream's from_pretrained reads generation_config.json: copied from the release when it has one,
+    # written from the model's special tokens when it has none
+    ref = reference_model("dream")
+    write_release_checkpoint(ref, "dream", tmp_path / "src")
+    tiny_tokenizer(tmp_path / "src", VOCAB)
+    (tmp_path / "src" / "modeling_dream.py").write_text("# the release's remote code\n")
+    ours = M.from_pretrained(str(tmp_path / "src"))
+    ours.save_pretrained(str(tmp_path / "out"), tokenizer=M.load_tokenizer(str(tmp_path / "src")))
+    files = set(os.listdir(tmp_path / "out"))
+    assert {"config.json", "generation_config.json", "model.safetensors", "modeling_dream.py",
+            "tokenizer.json", "tokenizer_config.json"} <= files
+    generation = json.load(open(tmp_path / "out" / "generation_config.json"))
+    assert (generation["eos_token_id"], generation["pad_token_id"], generation["mask_token_id"]) == (0, 0, VOCAB - 1)
+    (tmp_path / "src" / "generation_config.json").write_text(json.dumps({"eos_token_id": 0, "max_new_tokens": 7}))
+    ours.save_pretrained(str(tmp_path / "again"))
+    assert json.load(open(tmp_path / "again" / "generation_config.json")) == {"eos_token_id": 0, "max_new_tokens": 7}
+
+
+def test_saved_llada_config_names_no_token_outside_the_vocabulary(tmp_path):
+    # LLaDA's own config.json has no bos_token_id; a tiny LLaDA-layout model must not get LLaDA-8B's 126080
+    ref = reference_model("llada")
+    write_release_checkpoint(ref, "llada", tmp_path / "src")
+    ours = M.from_pretrained(str(tmp_path / "src"))
+    assert ours.cfg.bos_token_id is None
+    M.Transformer(ours.cfg).save_pretrained(str(tmp_path / "fresh"))  # no source config: release_config
+    config = json.load(open(tmp_path / "fresh" / "config.json"))
+    ids = {k: v for k, v in config.items() if k.endswith("token_id")}
+    assert "bos_token_id" not in ids and all(0 <= v < VOCAB for v in ids.values())
+    assert "bos_token_id" not in M.release_config(M.PRESETS["llada-8b"], torch.bfloat16)
+
+
 def test_preset_model_saves_in_release_layout_and_loads(tmp_path):
     torch.manual_seed(0)
     model = M.Transformer(M.PRESETS["tiny"])

@@ -168,6 +168,20 @@ def test_probe_command_on_tiny_checkpoints(tmp_path, tok):
     assert report["drift_ratios"]["ft/same"]["mean"] is None  # the denominator does not drift
     assert report["mmlu_questions"] == 12 and 0 <= ft_entry["mmlu"] <= 1
     assert "checkpoint" in proc.stdout and "drift ratio ft/same" in proc.stdout
+    assert report["complete"] is True
+    # a second run does not replace the results unless asked to
+    args = proc.args[1:]
+    again = run_script(args, check=False)
+    assert again.returncode == 2 and "already holds a probe.json" in again.stderr
+    # a checkpoint with a NaN weight (a diverged run) is named, not probed; what was measured before it is kept
+    with torch.no_grad():
+        ft.blocks[0].attn.q_proj.weight[0, 0] = float("nan")
+    ft.save_pretrained(str(tmp_path / "nan"), tokenizer=tok)
+    failed = run_script([a.replace(str(tmp_path / "same"), str(tmp_path / "nan")) for a in args] + ["--overwrite=true"],
+                        check=False)
+    assert failed.returncode == 1 and "non-finite weights" in failed.stderr and "Traceback" not in failed.stderr
+    partial = json.load(open(out / "probe.json"))
+    assert partial["complete"] is False and set(partial["checkpoints"]) == {"base", "ft"}
     import importlib.util
     if importlib.util.find_spec("matplotlib"):  # optional: the plot is made only where it is installed
         assert (out / "drift.png").stat().st_size > 1000

@@ -96,6 +96,31 @@ def test_bad_configuration_exits_before_loading_anything(tmp_path):
     assert not os.listdir(tmp_path)
 
 
+@pytest.mark.parametrize("world,accum", [(1, 16), (2, 8), (8, 2)])
+def test_total_batch_holds_on_any_number_of_ranks(world, accum):
+    train = fresh_train()
+    train.configure(["--task", "gsm8k"])  # the users' command: batch 2 per device, total 32
+    assert train.resolve_grad_accum(world) == accum and world * train.batch_size * accum == 32
+
+
+@pytest.mark.parametrize("argv,world,message", [
+    ([], 3, "--total_batch=32 is not a multiple of 3 rank"),
+    (["--grad_accum=2"], 1, "--grad_accum=2 gives an effective batch of 4, not --total_batch=32"),
+    (["--total_batch=0", "--grad_accum=0"], 1, "both 0"),
+])
+def test_total_batch_mismatches_are_refused(argv, world, message):
+    train = fresh_train()
+    with pytest.raises(train.ConfigError, match=message):
+        train.configure(["--task", "gsm8k", *argv])
+        train.resolve_grad_accum(world)
+
+
+def test_grad_accum_alone_when_total_batch_is_off():
+    train = fresh_train()
+    train.configure(["--task", "gsm8k", "--total_batch=0", "--grad_accum=3"])
+    assert train.resolve_grad_accum(8) == 3
+
+
 def test_lr_schedule():
     train = fresh_train()
     train.configure(["--lr=1.0", "--warmup_frac=0.1"])

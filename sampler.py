@@ -1,0 +1,100 @@
+"""
+LLaDA's low-confidence remasking sampler (LLaDA's public generate.py, github.com/ML-GSAI/LLaDA), batched.
+
+  canvas = prompt + gen_length [MASK]s, filled block by block, left to right
+  each block: steps / n_blocks steps; each step predicts every masked position of the block (x0 = argmax
+  of the logits, Gumbel-max with temperature), and commits the most confident ones (confidence = the
+  softmax probability of x0), as many as num_transfer_tokens says for that step
+
+Used by evaluate.py (the paper's evaluation) and bench.py (its speed).
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def add_gumbel_noise(logits, temperature, generator=None):
+    """LLaDA's Gumbel-max in float64 (low precision Gumbel noise degrades quality): argmax of
+    exp(logits) / (-log u)^temperature samples from softmax(logits / temperature)."""
+    if temperature == 0:
+        return logits
+    logits = logits.to(torch.float64)
+    noise = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=torch.float64)
+    return logits.exp() / (-torch.log(noise)) ** temperature
+
+
+def num_transfer_tokens(masked_count, steps):
+    """Per row: m // steps tokens every step, plus one more in the first m % steps steps. (B,) -> (B, steps)."""
+    base = masked_count // steps
+    extra = masked_count % steps
+    schedule = base[:, None].repeat(1, steps)
+    schedule += (torch.arange(steps, device=masked_count.device)[None, :] < extra[:, None]).long()
+    return schedule
+
+
+@torch.no_grad()
+def generate(model, prompts, *, steps, gen_length, block_length, temperature=0.0, cfg_scale=0.0,
+             generator=None, on_step=None):
+    """Generate gen_length tokens after each prompt (lists of token ids of any lengths), batched.
+    Rows are laid out prompt + canvas and right-padded to the longest, with the padding hidden from
+    attention, so every row sees the positions and keys it would see alone. Logits are computed only for
+    the current block. Returns a (B, gen_length) tensor. on_step(canvas), if given, sees every step."""
+    cfg = model.cfg
+    if gen_length % block_length:
+        raise ValueError(f"gen_length {gen_length} must be a multiple of block_length {block_length}")
+    n_blocks = gen_length // block_length
+    if steps % n_blocks:
+        raise ValueError(f"steps {steps} must be a multiple of the number of blocks {n_blocks}")
+    steps_per_block = steps // n_blocks
+    dev = next(model.parameters()).device
+    B = len(prompts)
+    prompt_len = torch.tensor([len(p) for p in prompts], device=dev)
+    T = int(prompt_len.max()) + gen_length
+    x = torch.full((B, T), cfg.pad_token_id, dtype=torch.long, device=dev)
+    for b, p in enumerate(prompts):
+        x[b, :len(p)] = torch.tensor(p, dtype=torch.long, device=dev)
+        x[b, len(p):len(p) + gen_length] = cfg.mask_token_id
+    positions = torch.arange(T, device=dev)[None, :]
+    real = positions < (prompt_len + gen_length)[:, None]  # False on the right padding
+    is_prompt = positions < prompt_len[:, None]
+    rows = torch.arange(B, device=dev)[:, None]
+
+    for block in range(n_blocks):
+        start = prompt_len + block * block_length  # (B,)
+        block_pos = start[:, None] + torch.arange(block_length, device=dev)[None, :]  # (B, L)
+        in_block = torch.zeros(B, T, dtype=torch.bool, device=dev)
+        in_block[rows, block_pos] = True
+        schedule = num_transfer_tokens((x[rows, block_pos] == cfg.mask_token_id).sum(1), steps_per_block)
+        most = schedule.max(dim=0).values.tolist()  # per step, the largest k of any row (one sync per block)
+        for step in range(steps_per_block):
+            if cfg_scale > 0:  # unconditional copy: the prompt masked
+                x_uncond = torch.where(is_prompt, cfg.mask_token_id, x)
+                both = model(torch.cat([x, x_uncond]), padding_mask=torch.cat([real, real]),
+                             logits_at=torch.cat([in_block, in_block])).logits.view(2, B, block_length, -1)
+                logits = both[1] + (cfg_scale + 1) * (both[0] - both[1])
+            else:
+                logits = model(x, padding_mask=real, logits_at=in_block).logits.view(B, block_length, -1)
+            x0 = add_gumbel_noise(logits, temperature, generator).argmax(dim=-1)  # (B, L)
+            confidence = F.softmax(logits.float(), dim=-1).gather(-1, x0[..., None]).squeeze(-1)
+            current = x[rows, block_pos]
+            still_masked = current == cfg.mask_token_id
+            confidence = torch.where(still_masked, confidence, -math.inf)
+            # top-k per row with k from the row's schedule: one top-k at the largest k, keeping each row's first k
+            commit = torch.zeros_like(still_masked)
+            if most[step]:
+                top = torch.topk(confidence, most[step], dim=1).indices
+                commit.scatter_(1, top, torch.arange(most[step], device=dev)[None, :] < schedule[:, step, None])
+            x[rows, block_pos] = torch.where(commit, x0, current)
+            if on_step is not None:
+                on_step(x.clone())
+    return torch.stack([x[b, len(p):len(p) + gen_length] for b, p in enumerate(prompts)])
+
+
+def cut_at_stop(ids, stop_ids):
+    """The generated ids up to (not including) the first EOS or end-of-turn token."""
+    for i, t in enumerate(ids):
+        if t in stop_ids:
+            return ids[:i]
+    return ids

@@ -1,0 +1,102 @@
+"""sampler.py: LLaDA's low-confidence remasking sampler on a tiny model: the schedule, frozen tokens,
+batched = one prompt at a time (both layouts, with and without guidance), temperature."""
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+import model as M
+import sampler as S
+
+SMALL = replace(M.PRESETS["tiny"], vocab_size=48, n_layers=2, d_model=32, n_heads=4, n_kv_heads=2, mlp_hidden=64)
+MASK = SMALL.mask_token_id
+
+
+def tiny_model(layout="llada", seed=0):
+    cfg = SMALL if layout == "llada" else replace(SMALL, arch="dream", qkv_bias=True, shift_logits=True)
+    torch.manual_seed(seed)
+    model = M.Transformer(cfg).eval()
+    with torch.no_grad():  # sharper logits than the 0.02 init, so confidences differ clearly
+        model.lm_head.weight.mul_(50)
+    return model
+
+
+PROMPTS = [[2, 5, 6, 7], [2, 9], [2, 11, 12, 13, 14, 15, 16]]
+
+
+@pytest.mark.parametrize("layout", ["llada", "dream"])
+def test_sampler_schedule_and_frozen_tokens(layout):
+    model = tiny_model(layout)
+    canvases = []
+    out = S.generate(model, PROMPTS, steps=8, gen_length=16, block_length=8, on_step=canvases.append)
+    assert out.shape == (3, 16) and not (out == MASK).any()
+    assert len(canvases) == 8
+    previous = None
+    for step, canvas in enumerate(canvases):
+        block, j = divmod(step, 4)
+        for b, p in enumerate(PROMPTS):
+            row = canvas[b]
+            assert row[:len(p)].tolist() == p  # the prompt never changes
+            gen = row[len(p):len(p) + 16]
+            before = previous[b][len(p):len(p) + 16] if previous is not None else torch.full((16,), MASK)
+            newly = (before == MASK) & (gen != MASK)
+            assert int(newly.sum()) == 2  # 8 masked per block / 4 steps per block
+            assert not newly[:block * 8].any() and not newly[(block + 1) * 8:].any()  # only the current block
+            committed = before != MASK
+            assert torch.equal(gen[committed], before[committed])  # committed tokens never change
+        previous = canvas
+    assert torch.equal(out, S.generate(model, PROMPTS, steps=8, gen_length=16, block_length=8))  # deterministic
+
+
+def test_uneven_schedule():
+    # m = 8 masked, 3 steps: 3, 3, 2 (one extra in the first m % steps steps)
+    assert S.num_transfer_tokens(torch.tensor([8, 6, 1]), 3).tolist() == [[3, 3, 2], [2, 2, 2], [1, 0, 0]]
+    model = tiny_model()
+    counts = []
+    S.generate(model, PROMPTS[:1], steps=3, gen_length=8, block_length=8,
+               on_step=lambda c: counts.append(int((c[0, 4:] != MASK).sum())))
+    assert counts == [3, 6, 8]
+
+
+@pytest.mark.parametrize("layout", ["llada", "dream"])
+@pytest.mark.parametrize("cfg_scale", [0.0, 1.5])
+def test_batched_equals_one_by_one(layout, cfg_scale):
+    model = tiny_model(layout)
+    kwargs = dict(steps=8, gen_length=16, block_length=8, cfg_scale=cfg_scale)
+    batched = S.generate(model, PROMPTS, **kwargs)
+    for b, p in enumerate(PROMPTS):
+        assert torch.equal(batched[b], S.generate(model, [p], **kwargs)[0])
+
+
+def test_block_logits_equal_whole_sequence_logits():
+    # what the sampler computes for the block equals the whole-sequence logits at those positions
+    model = tiny_model()
+    ids = torch.randint(3, 48, (2, 12))
+    at = torch.zeros(2, 12, dtype=torch.bool)
+    at[:, 4:8] = True
+    with torch.no_grad():
+        assert torch.allclose(model(ids, logits_at=at).logits.view(2, 4, -1), model(ids).logits[:, 4:8], atol=1e-5)
+
+
+def test_temperature_sampling_follows_the_distribution():
+    logits = torch.tensor([[[0.0, 1.0, 2.0]]]).repeat(1, 20000, 1)
+    g = torch.Generator().manual_seed(0)
+    picks = S.add_gumbel_noise(logits, 1.0, g).argmax(-1).flatten()
+    freq = torch.bincount(picks, minlength=3).double() / picks.numel()
+    assert torch.allclose(freq, torch.softmax(torch.tensor([0.0, 1.0, 2.0], dtype=torch.float64), 0), atol=0.015)
+    assert torch.equal(S.add_gumbel_noise(logits, 0.0), logits)
+
+
+def test_bad_block_and_step_settings():
+    model = tiny_model()
+    with pytest.raises(ValueError, match="multiple of block_length"):
+        S.generate(model, PROMPTS, steps=8, gen_length=12, block_length=8)
+    with pytest.raises(ValueError, match="multiple of the number of blocks"):
+        S.generate(model, PROMPTS, steps=3, gen_length=16, block_length=8)
+
+
+def test_cut_at_stop():
+    assert S.cut_at_stop([5, 6, 0, 7, 0], {0}) == [5, 6]
+    assert S.cut_at_stop([5, 9, 6], {0, 9}) == [5]
+    assert S.cut_at_stop([5, 6], {0}) == [5, 6]
