@@ -95,16 +95,24 @@ def parse_args(argv, settings):
     return pairs
 
 
+def read_text(path, what="file"):
+    """A user's text file as a str: a missing file or bytes that are not UTF-8 are InputErrors naming the
+    file (and the line of the first bad byte)."""
+    if not os.path.isfile(path):
+        raise MissingInput(f"missing {what} {path}")
+    with open(path, "rb") as f:
+        raw = f.read()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise InputError(f"{path}:{line}: not UTF-8 text (byte {raw[e.start]:#04x})") from None
+
+
 def read_config_file(path):
     """[(key, value)] from a .json object or a .py of 'key = literal' lines; every error names the file and
     line."""
-    if not os.path.isfile(path):
-        raise MissingInput(f"config file {path} does not exist")
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except UnicodeDecodeError as e:
-        raise InputError(f"{path}: not UTF-8 text (byte {e.start})") from None
+    text = read_text(path, "config file")
     if path.endswith(".json"):
         try:
             values = json.loads(text)

@@ -30,7 +30,7 @@ import random
 
 import torch
 
-from configurator import InputError, MissingInput
+from configurator import InputError, MissingInput, read_text
 
 # -----------------------------------------------------------------------------
 # tasks
@@ -65,14 +65,7 @@ WHERE_TO_GET = {
 
 
 def read_lines(path):
-    if not os.path.exists(path):
-        raise MissingInput(f"missing data file {path}")
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except UnicodeDecodeError as e:
-        line = open(path, "rb").read()[:e.start].count(b"\n") + 1
-        raise InputError(f"{path}:{line}: not UTF-8 text (byte {e.object[e.start]:#04x})") from None
+    text = read_text(path, "data file")
     return text[:-1].split("\n") if text.endswith("\n") else text.split("\n")
 
 

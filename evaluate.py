@@ -62,11 +62,8 @@ KEYS = setting_keys(globals())
 
 def uses_chat_template(checkpoint_arg, ckpt_dir):
     """chat=auto: what train.py used (train_config.json beside final/), else whether the name says Instruct."""
-    for path in (os.path.join(ckpt_dir, "train_config.json"), os.path.join(ckpt_dir, "..", "train_config.json")):
-        if os.path.exists(path):
-            with open(path) as f:
-                return json.load(f).get("chat") == "true"
-    return "instruct" in checkpoint_arg.lower()
+    config = modellib.run_config(ckpt_dir)
+    return config.get("chat") == "true" if config else "instruct" in checkpoint_arg.lower()
 
 
 def default_out_dir(ckpt_dir):

@@ -25,7 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from configurator import InputError, MismatchedInput, MissingInput
+from configurator import InputError, MismatchedInput, MissingInput, read_text
 
 # -----------------------------------------------------------------------------
 # configuration
@@ -469,6 +469,20 @@ def resolve_checkpoint_dir(name_or_path):
                                                            "*.model", "*.tiktoken"])
 
 
+def run_config(ckpt_dir):
+    """The train_config.json of the train.py run a checkpoint belongs to (in the folder, or beside its
+    final/ or base/), as a dict; {} for a checkpoint that did not come from train.py."""
+    for path in (os.path.join(ckpt_dir, "train_config.json"), os.path.join(ckpt_dir, "..", "train_config.json")):
+        if os.path.exists(path):
+            try:
+                with open(path, encoding="utf-8") as f:
+                    config = json.load(f)
+            except (ValueError, UnicodeDecodeError):
+                raise InputError(f"{path}: not a JSON object of settings") from None
+            return config if isinstance(config, dict) else {}
+    return {}
+
+
 def checkpoint_files(ckpt_dir):
     """{release key: safetensors file} from the index file, or from the single model.safetensors."""
     index = os.path.join(ckpt_dir, "model.safetensors.index.json")
@@ -492,12 +506,9 @@ def read_release_config(ckpt_dir):
     if not os.path.exists(path):
         raise MissingInput(f"{ckpt_dir} has no config.json")
     try:
-        with open(path, encoding="utf-8") as f:
-            config = json.load(f)
+        config = json.loads(read_text(path, "config.json"))
     except json.JSONDecodeError as e:
         raise InputError(f"{path}:{e.lineno}: malformed JSON ({e.msg})") from None
-    except UnicodeDecodeError:
-        raise InputError(f"{path}: not UTF-8 text") from None
     if not isinstance(config, dict):
         raise InputError(f"{path}: expected a JSON object, got a {type(config).__name__}")
     return config

@@ -45,8 +45,8 @@ mmlu_dir = ""  # MMLU csv folders; empty = the hub; 'none' skips MMLU
 n_samples = 100  # WikiText samples (paper: 100)
 sample_len = 256  # tokens per sample; longer paragraphs are cut here (the count is reported)
 forgetting_rate = 0.5  # masking rate of the forgetting probe
-t_low = jepa.T_LOW  # the views of the collapse probe
-t_high = jepa.T_HIGH
+t_low = 0.0  # the collapse probe's views; 0 = each checkpoint's own t_L (its train_config.json), else the paper's
+t_high = 0.0  # likewise t_H: Table 13's Wide-t rows are probed at 0.1 / 0.9, the aggressive ones at 0.2 / 0.7
 cos_pairs = 5000
 mmlu_questions = 500
 batch_size = 8
@@ -83,9 +83,14 @@ def regions(per_layer):
             "mean": blocks.mean().item()}
 
 
-def effective_rank(z):
-    """(sum s)^2 / sum s^2 over the singular values of the (N, D) embedding matrix (A.7)."""
-    s = torch.linalg.svdvals(z.double())
+def effective_rank(z, centred=False):
+    """(sum s)^2 / sum s^2 over the singular values of the (N, D) embedding matrix (A.7). The paper does not
+    say whether it centres the embeddings first; centred, a common offset shared by every embedding (one
+    large singular value) no longer counts as a direction, so both are reported."""
+    z = z.double()
+    if centred:
+        z = z - z.mean(dim=0, keepdim=True)
+    s = torch.linalg.svdvals(z)
     return (s.sum() ** 2 / (s ** 2).sum()).item()
 
 
@@ -99,7 +104,7 @@ def cosine_diversity(z, n_pairs, seed):
 
 def collapse_stats(z, n_pairs, seed):
     return {"std": z.double().std(dim=0).mean().item(), "effective_rank": effective_rank(z),
-            "cos_diversity": cosine_diversity(z, n_pairs, seed)}
+            "effective_rank_centred": effective_rank(z, centred=True), "cos_diversity": cosine_diversity(z, n_pairs, seed)}
 
 
 # -----------------------------------------------------------------------------
@@ -174,7 +179,14 @@ def pad_batch(samples, pad_id, dev):
 
 
 @torch.no_grad()
-def wikitext_pass(model, samples, indices, batch):
+def view_rates(ckpt_dir):
+    """(t_L, t_H) for a checkpoint's collapse probe: the flags when given, else the rates it was trained with
+    (train_config.json of its run), else the paper's aggressive 0.2 / 0.7."""
+    config = modellib.run_config(ckpt_dir)
+    return (t_low or config.get("t_low", jepa.T_LOW)), (t_high or config.get("t_high", jepa.T_HIGH))
+
+
+def wikitext_pass(model, samples, indices, batch, rates):
     """Per sample: pooled hidden states of every layer (L, N, D), the diffusion loss at forgetting_rate,
     and the pooled z_tL, z_tH. Masks come from jepa.view_noise keyed by the sample's index, so every
     checkpoint sees identical masks. Position 0 is never masked (Dream cannot predict it)."""
@@ -193,7 +205,7 @@ def wikitext_pass(model, samples, indices, batch):
         logits = model(forget_view, padding_mask=real, logits_at=forget_masked).logits
         losses.append(jepa.sequence_losses(logits, ids[forget_masked], forget_masked)[0].cpu())
         noise2 = jepa.view_noise(idx, ids.shape[1], seed + 1, sample_len)  # views of the collapse probe
-        for t, noise_row, store in ((t_low, noise2.context, z_low), (t_high, noise2.target, z_high)):
+        for t, noise_row, store in ((rates[0], noise2.context, z_low), (rates[1], noise2.target, z_high)):
             view, masked = jepa.mask_view(ids, maskable, t, cfg.mask_token_id, noise_row)
             hidden = model(view, padding_mask=real, logits_at=torch.zeros_like(real)).hidden
             store.append(jepa.pool(hidden, real & ~masked).cpu())
@@ -241,6 +253,8 @@ def main(argv):
         raise ConfigError("need --base and --checkpoints (comma-separated)")
     if len(labels) != len(paths):
         raise ConfigError(f"{len(labels)} names for {len(paths)} checkpoints")
+    if not (0 <= t_low <= 1 and 0 <= t_high <= 1):
+        raise ConfigError(f"--t_low and --t_high must be in [0, 1] (0 = the checkpoint's own); got {t_low}, {t_high}")
     pairs = [r.split("/") for r in ratio.split(",") if r]
     for pair in pairs:
         if len(pair) != 2 or not set(pair) <= set(labels):
@@ -262,12 +276,14 @@ def main(argv):
     results, report = {}, None
     from tqdm import tqdm
     for label, path in tqdm([("base", base)] + list(zip(labels, paths)), disable=not master, desc="checkpoints"):
-        model = modellib.from_pretrained(modellib.resolve_checkpoint_dir(path), dtype=model_dtype, device=dev).eval()
+        ckpt_dir = modellib.resolve_checkpoint_dir(path)
+        model = modellib.from_pretrained(ckpt_dir, dtype=model_dtype, device=dev).eval()
         bad = modellib.non_finite_parameters(model)
         if bad:
             raise RunError(f"checkpoint {path} holds non-finite weights ({len(bad)} tensors, e.g. {bad[0]}): "
                            f"a diverged run; leave it out of --checkpoints")
-        wt = wikitext_pass(model, [samples[i] for i in my_samples], my_samples, batch_size)
+        rates = view_rates(ckpt_dir)
+        wt = wikitext_pass(model, [samples[i] for i in my_samples], my_samples, batch_size, rates)
         mm = mmlu_pass(model, tokenizer, [questions[i] for i in my_questions], batch_size)
         del model
         parts = gather((my_samples, wt, my_questions, mm), world)
@@ -278,6 +294,7 @@ def main(argv):
             "z_low": torch.cat([p[1]["z_low"] for p in parts])[order],
             "z_high": torch.cat([p[1]["z_high"] for p in parts])[order],
             "mmlu": [c for p in parts for c in p[3]],
+            "rates": rates,
         }
         if master:  # what is measured so far is on disk: a crash later keeps it
             head = {"config": cfg, "n_samples": len(samples), "samples_cut_to_sample_len": cut,
@@ -298,7 +315,8 @@ def build_report(head, results, pairs, complete):
     base_res = results["base"]
     for label, res in results.items():
         entry = {"wikitext_loss": res["loss"].mean().item(),
-                 "collapse": {"z_tL": collapse_stats(res["z_low"], cos_pairs, seed),
+                 "collapse": {"t_L": res["rates"][0], "t_H": res["rates"][1],
+                              "z_tL": collapse_stats(res["z_low"], cos_pairs, seed),
                               "z_tH": collapse_stats(res["z_high"], cos_pairs, seed)}}
         if res["mmlu"]:
             entry["mmlu"] = sum(res["mmlu"]) / len(res["mmlu"])

@@ -41,7 +41,8 @@ def test_drift_zero_for_identical_and_grows_with_perturbation():
     drifts = []
     for eps in (0.0, 0.01, 0.05):
         base, ft = tiny_pair(eps)
-        a, b = P.wikitext_pass(base, s, list(range(len(s))), 4), P.wikitext_pass(ft, s, list(range(len(s))), 4)
+        a, b = P.wikitext_pass(base, s, list(range(len(s))), 4, (0.2, 0.7)), \
+                P.wikitext_pass(ft, s, list(range(len(s))), 4, (0.2, 0.7))
         per_layer = P.drift(a["pooled"], b["pooled"])
         assert per_layer.shape == (M.PRESETS["tiny"].n_layers + 1,)
         drifts.append(P.regions(per_layer)["mean"])
@@ -52,6 +53,15 @@ def test_drift_zero_for_identical_and_grows_with_perturbation():
 def test_regions_split_blocks_in_thirds():
     per_layer = torch.tensor([9.0, 1, 1, 2, 2, 3, 3])  # [0] is the embedding layer, excluded
     assert P.regions(per_layer) == {"early": 1.0, "middle": 2.0, "late": 3.0, "mean": 2.0}
+
+
+def test_centred_effective_rank_ignores_a_shared_offset():
+    g = torch.Generator().manual_seed(0)
+    spread = torch.zeros(500, 16)
+    spread[:, :2] = torch.randn(500, 2, generator=g)  # two directions of variation, equal scale
+    z = spread + 50.0  # and an offset every embedding shares
+    assert P.effective_rank(z) == pytest.approx(1.0, abs=0.05)  # the offset dominates the uncentred spectrum
+    assert P.effective_rank(z, centred=True) == pytest.approx(2.0, abs=0.1)
 
 
 def test_effective_rank():
@@ -88,10 +98,10 @@ def test_forgetting_masks_identical_across_checkpoints(monkeypatch):
 
     monkeypatch.setattr(P.jepa, "mask_view", spy)
     base, ft = tiny_pair(0.05)
-    P.wikitext_pass(base, s, list(range(6)), 4)
+    P.wikitext_pass(base, s, list(range(6)), 4, (0.2, 0.7))
     first = list(seen)
     seen.clear()
-    P.wikitext_pass(ft, s, list(range(6)), 3)  # other model, other batching: the same masks
+    P.wikitext_pass(ft, s, list(range(6)), 3, (0.2, 0.7))  # other model, other batching: the same masks
     masks_a = [m[r, :len(s[i])] for i, (m, r) in enumerate((first[k // 4], k % 4) for k in range(6))]
     masks_b = [m[r, :len(s[i])] for i, (m, r) in enumerate((seen[k // 3], k % 3) for k in range(6))]
     for a, b in zip(masks_a, masks_b):
@@ -147,6 +157,7 @@ def test_probe_command_on_tiny_checkpoints(tmp_path, tok):
     base, ft = tiny_pair(0.02)
     base.save_pretrained(str(tmp_path / "base"), tokenizer=tok)
     ft.save_pretrained(str(tmp_path / "run" / "final"), tokenizer=tok)  # a train.py output directory
+    (tmp_path / "run" / "train_config.json").write_text(json.dumps({"t_low": 0.1, "t_high": 0.9}))  # Wide-t
     base.save_pretrained(str(tmp_path / "same"), tokenizer=tok)
     wt = tmp_path / "wikitext"
     wt.mkdir()
@@ -169,6 +180,10 @@ def test_probe_command_on_tiny_checkpoints(tmp_path, tok):
     assert report["mmlu_questions"] == 12 and 0 <= ft_entry["mmlu"] <= 1
     assert "checkpoint" in proc.stdout and "drift ratio ft/same" in proc.stdout
     assert report["complete"] is True
+    # each checkpoint's collapse views at its own training rates; a checkpoint without a run at the paper's
+    assert (ft_entry["collapse"]["t_L"], ft_entry["collapse"]["t_H"]) == (0.1, 0.9)
+    assert (same["collapse"]["t_L"], same["collapse"]["t_H"]) == (0.2, 0.7)
+    assert ft_entry["collapse"]["z_tL"]["effective_rank_centred"] > 0
     # a second run does not replace the results unless asked to
     args = proc.args[1:]
     again = run_script(args, check=False)
