@@ -220,6 +220,8 @@ def main(argv):
         raise ConfigError("need 0 < prompt_len < seq_len")
     _, _, dev = init_distributed(device)
     use_cuda, compute_dtype = dev.type == "cuda", resolve_dtype(dtype, dev)  # a bad --dtype fails here
+    if not only:
+        runtime.prepare_output_dir(os.path.dirname(os.path.abspath(out)), "--out")  # before minutes of timing
     if only:
         print(json.dumps(run_variant(only, dev)))
         return
@@ -228,7 +230,7 @@ def main(argv):
         proc = subprocess.run([sys.executable, os.path.abspath(__file__), *argv, f"--only={variant}",
                                f"--device={dev.type}"], capture_output=True, text=True)
         if proc.returncode != 0:
-            raise RuntimeError(f"variant {variant} failed:\n{proc.stderr[-3000:]}")
+            raise runtime.RunError(f"variant {variant} failed:\n{proc.stderr[-3000:]}")
         rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
     by = {r["variant"]: r for r in rows}
     ratios = {f"{a}/{b}": by[a]["step_s"] / by[b]["step_s"] for a, b in (("jepa", "baseline"), ("two_grad", "jepa"))
@@ -256,7 +258,7 @@ def main(argv):
               f"tokens/s, speed-up {s['sampler_speedup']:.1f}x (target >= 4: "
               f"{'met' if result['targets_met']['sampler_speedup'] else 'MISSED'}), identical outputs: "
               f"{s['identical_outputs']}")
-    with open(out, "w") as f:
+    with runtime.disk_errors(out), open(out, "w") as f:
         json.dump(result, f, indent=2)
     print(f"wrote {out}")
 

@@ -163,7 +163,7 @@ def configure(settings, keys, argv, presets=None):
     return {k: settings[k] for k in keys}
 
 
-def setting_keys(settings, exclude=()):
+def setting_keys(settings):
     """The names of a module's settings: its public int, float, bool and str constants."""
-    return [k for k, v in settings.items() if not k.startswith("_") and k not in exclude
-            and isinstance(v, (int, float, bool, str)) and not k.isupper()]
+    return [k for k, v in settings.items()
+            if not k.startswith("_") and isinstance(v, (int, float, bool, str)) and not k.isupper()]

@@ -372,8 +372,7 @@ def collate(examples, eos_id):
         input_ids[b, :n - 1] = torch.tensor(e["prompt_ids"] + e["response_ids"], dtype=torch.long)
         maskable[b, p:] = True
         padding[b, n:] = True
-    prompt_lengths = torch.tensor([len(e["prompt_ids"]) for e in examples], dtype=torch.long)
-    return {"input_ids": input_ids, "maskable": maskable, "padding": padding, "prompt_lengths": prompt_lengths}
+    return {"input_ids": input_ids, "maskable": maskable, "padding": padding}
 
 
 # -----------------------------------------------------------------------------

@@ -514,19 +514,18 @@ def read_release_config(ckpt_dir):
     return config
 
 
-def load_release_tensors(ckpt_dir, cfg, names, dtype, device="cpu"):
-    """{our name: tensor} for the given parameter names, read lazily file by file from the release
-    checkpoint; a rank can ask for just the tensors it needs. Missing or unexpected keys are an error."""
+def load_release_tensors(ckpt_dir, cfg, dtype, device="cpu"):
+    """{our name: tensor} for every parameter, read lazily file by file from the release checkpoint (one
+    tensor in host memory at a time besides the result). Missing or unexpected keys are an error."""
     from safetensors import safe_open
     files = checkpoint_files(ckpt_dir)
-    wanted = {release_key(n, cfg.arch): n for n in names}
+    wanted = {release_key(n, cfg.arch): n for n in param_names(cfg)}
     missing = sorted(set(wanted) - set(files))
-    expected_all = {release_key(n, cfg.arch) for n in param_names(cfg)}
-    unexpected = sorted(set(files) - expected_all)
+    unexpected = sorted(set(files) - set(wanted))
     if missing or unexpected:
         raise MismatchedInput(f"checkpoint {ckpt_dir} does not match the {cfg.arch} architecture: "
-                       f"missing keys {missing[:10]}{' ...' if len(missing) > 10 else ''}, "
-                       f"unexpected keys {unexpected[:10]}{' ...' if len(unexpected) > 10 else ''}")
+                              f"missing keys {missing[:10]}{' ...' if len(missing) > 10 else ''}, "
+                              f"unexpected keys {unexpected[:10]}{' ...' if len(unexpected) > 10 else ''}")
     out = {}
     by_file = {}
     for key, name in wanted.items():
@@ -552,7 +551,7 @@ def from_pretrained(name_or_path, dtype=torch.float32, device="cpu"):
     cfg = config_from_release(rc, os.path.join(ckpt_dir, "config.json"))
     with torch.device("meta"):
         model = Transformer(cfg)
-    state = load_release_tensors(ckpt_dir, cfg, list(model.state_dict().keys()), dtype, device)
+    state = load_release_tensors(ckpt_dir, cfg, dtype, device)
     model.load_state_dict(state, strict=True, assign=True)
     model.source_config, model.source_dir = rc, ckpt_dir
     return model

@@ -27,8 +27,7 @@ def make_batch(B=4, T=40, seed=0, prompt_lengths=(5, 9, 3, 12), response_lengths
         ids[b, :p + r] = torch.randint(3, SMALL.vocab_size, (p + r,), generator=g)
         maskable[b, p:] = True
         padding[b, p + r + 1:] = True
-    return {"input_ids": ids, "maskable": maskable, "padding": padding,
-            "prompt_lengths": torch.tensor(prompt_lengths[:B])}
+    return {"input_ids": ids, "maskable": maskable, "padding": padding}
 
 
 def make_parts(layout="llada", k=2, seed=0):
