@@ -30,7 +30,7 @@ from dataclasses import replace
 import torch
 import torch.nn.functional as F
 
-from sampler import generate, num_transfer_tokens
+from sampler import cut_at_stop, generate, num_transfer_tokens
 import jepa
 import model as modellib
 from configurator import ConfigError, configure, setting_keys
@@ -56,6 +56,14 @@ sampler_prompts = 8
 sampler_gen_length = 64
 sampler_block_length = 32
 sampler_steps = 64
+# the early stop of the evaluation sampler, on a trained checkpoint (empty: skipped); the paper's NL-RX setting
+early_stop_checkpoint = ""  # e.g. out-tiny (python train.py --preset tiny)
+early_stop_task = "tiny-regex"
+early_stop_data_dir = ""
+early_stop_items = 0  # 0 = the whole evaluation split
+early_stop_gen_length = 512
+early_stop_block_length = 128
+early_stop_steps = 128
 out = "bench.json"
 only = ""  # internal: run one training variant and print its JSON
 KEYS = setting_keys(globals())
@@ -71,7 +79,8 @@ MODELS = {
 }
 VARIANTS = ("baseline", "jepa", "two_grad", "jepa_lora")
 FLOP_RATIOS = {"jepa/baseline": 4 / 3, "two_grad/jepa": 6 / 4}
-TARGETS = {"jepa/baseline": ("<=", 1.40), "two_grad/jepa": (">=", 1.4), "sampler_speedup": (">=", 4.0)}
+TARGETS = {"jepa/baseline": ("<=", 1.40), "two_grad/jepa": (">=", 1.4), "sampler_speedup": (">=", 4.0),
+           "early_stop_speedup": (">=", 2.5)}
 
 
 def two_grad_objective(online, batch, mask_token_id, predictor, noise, t_low, t_high):
@@ -182,6 +191,43 @@ def plain_generate(net, prompt, steps, gen_length, block_length):
     return x[0, len(prompt):]
 
 
+def timed(dev, fn):
+    """(fn's result, its wall time in seconds), the GPU synchronised on both sides."""
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    t0 = time.perf_counter()
+    result = fn()
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    return result, time.perf_counter() - t0
+
+
+def run_early_stop(dev):
+    """The evaluation sampler with and without the early stop, on a trained checkpoint's own outputs: the
+    task's 0-shot evaluation prompts, batched as evaluate.py batches them (sorted by length). Returns the
+    wall times, the fraction of row-blocks skipped, and whether every output cut at its first stop token
+    is identical."""
+    import data
+    ckpt_dir = modellib.resolve_checkpoint_dir(early_stop_checkpoint)
+    net = modellib.from_pretrained(ckpt_dir, dtype=resolve_dtype(dtype, dev), device=dev).eval()
+    tokenizer = modellib.load_tokenizer(ckpt_dir, net.cfg)
+    items = data.load_task(early_stop_task, "eval", early_stop_data_dir or None)[:early_stop_items or None]
+    prompts = sorted((data.format_example(early_stop_task, x, tokenizer)[0] for x in items), key=len)
+    batches = [prompts[i:i + sampler_prompts] for i in range(0, len(prompts), sampler_prompts)]
+    kwargs = dict(steps=early_stop_steps, gen_length=early_stop_gen_length, block_length=early_stop_block_length)
+    stops = {net.cfg.eos_token_id}
+    stats = [{} for _ in batches]
+    generate(net, batches[0][:1], **kwargs)  # warm-up
+    full, t_full = timed(dev, lambda: [generate(net, b, **kwargs) for b in batches])
+    early, t_early = timed(dev, lambda: [generate(net, b, stop_ids=stops, stats=s, **kwargs)
+                                         for b, s in zip(batches, stats)])
+    cut = lambda out: [cut_at_stop(row, stops) for part in out for row in part.tolist()]  # noqa: E731
+    run, total = sum(s["rows_blocks_run"] for s in stats), sum(s["rows_blocks_total"] for s in stats)
+    return {"checkpoint": early_stop_checkpoint, "task": early_stop_task, "items": len(prompts), **kwargs,
+            "full_s": t_full, "early_stop_s": t_early, "early_stop_speedup": t_full / t_early,
+            "blocks_skipped": 1 - run / total, "identical_cut_outputs": cut(full) == cut(early)}
+
+
 def run_sampler(dev):
     cfg = MODELS[model]
     torch.manual_seed(0)
@@ -191,19 +237,9 @@ def run_sampler(dev):
     prompts = [torch.randint(3, cfg.vocab_size, (int(torch.randint(prompt_len // 2, prompt_len + 1, (1,), generator=g)),),
                              generator=g).tolist() for _ in range(sampler_prompts)]
     kwargs = dict(steps=sampler_steps, gen_length=sampler_gen_length, block_length=sampler_block_length)
-
-    def timed(fn):
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-        t0 = time.perf_counter()
-        result = fn()
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-        return result, time.perf_counter() - t0
-
     generate(net, prompts[:1], **kwargs)  # warm-up
-    batched, t_batched = timed(lambda: generate(net, prompts, **kwargs))
-    plain, t_plain = timed(lambda: torch.stack([plain_generate(net, p, **kwargs) for p in prompts]))
+    batched, t_batched = timed(dev, lambda: generate(net, prompts, **kwargs))
+    plain, t_plain = timed(dev, lambda: torch.stack([plain_generate(net, p, **kwargs) for p in prompts]))
     tokens = len(prompts) * sampler_gen_length
     return {"batched_tokens_per_s": tokens / t_batched, "plain_tokens_per_s": tokens / t_plain,
             "sampler_speedup": t_plain / t_batched, "identical_outputs": bool(torch.equal(batched, plain))}
@@ -213,7 +249,7 @@ def main(argv):
     cfg = configure(globals(), KEYS, argv)
     if model not in MODELS:
         raise ConfigError(f"unknown model {model!r}; models: {', '.join(MODELS)}")
-    chosen = variants.split(",")
+    chosen = [v for v in variants.split(",") if v]  # empty: no training variants
     if set(chosen) - set(VARIANTS) or (only and only not in VARIANTS):
         raise ConfigError(f"variants must be among {VARIANTS}")
     if not 0 < prompt_len < seq_len:
@@ -239,13 +275,17 @@ def main(argv):
               "train": rows, "ratios": ratios, "flop_ratios": FLOP_RATIOS}
     if sampler:
         result["sampler"] = run_sampler(dev)
-    checks = {**ratios, **({"sampler_speedup": result["sampler"]["sampler_speedup"]} if sampler else {})}
+    if early_stop_checkpoint:
+        result["early_stop"] = run_early_stop(dev)
+    checks = {**ratios, **({"sampler_speedup": result["sampler"]["sampler_speedup"]} if sampler else {}),
+              **({"early_stop_speedup": result["early_stop"]["early_stop_speedup"]} if early_stop_checkpoint else {})}
     result["targets_met"] = {k: (v <= TARGETS[k][1] if TARGETS[k][0] == "<=" else v >= TARGETS[k][1])
                              for k, v in checks.items()}
-    print(f"device {result['device']}, model {model} ({rows[0]['params'] / 1e6:.1f}M), batch {batch_size} x "
-          f"{seq_len} tokens, {str(compute_dtype).removeprefix('torch.')}, "
-          f"activation checkpointing {activation_checkpointing}")
-    print(f"{'variant':10} {'s/step':>9} {'tokens/s':>10} {'peak GB':>8} {'MFU':>6}")
+    print(f"device {result['device']}, {str(compute_dtype).removeprefix('torch.')}")
+    if rows:
+        print(f"model {model} ({rows[0]['params'] / 1e6:.1f}M), batch {batch_size} x {seq_len} tokens, "
+              f"activation checkpointing {activation_checkpointing}")
+        print(f"{'variant':10} {'s/step':>9} {'tokens/s':>10} {'peak GB':>8} {'MFU':>6}")
     for r in rows:
         mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "-"
         print(f"{r['variant']:10} {r['step_s']:9.4f} {r['tokens_per_s']:10.0f} {r['peak_memory_gb']:8.2f} {mfu:>6}")
@@ -258,6 +298,12 @@ def main(argv):
               f"tokens/s, speed-up {s['sampler_speedup']:.1f}x (target >= 4: "
               f"{'met' if result['targets_met']['sampler_speedup'] else 'MISSED'}), identical outputs: "
               f"{s['identical_outputs']}")
+    if early_stop_checkpoint:
+        e = result["early_stop"]
+        print(f"early stop ({e['task']}, {e['items']} items, gen {e['gen_length']} / block {e['block_length']} / "
+              f"{e['steps']} steps): {e['full_s']:.1f} s -> {e['early_stop_s']:.1f} s, speed-up "
+              f"{e['early_stop_speedup']:.2f}x (target >= 2.5: {'met' if result['targets_met']['early_stop_speedup'] else 'MISSED'}), "
+              f"{e['blocks_skipped']:.0%} of row-blocks skipped, identical cut outputs: {e['identical_cut_outputs']}")
     with runtime.disk_errors(out), open(out, "w") as f:
         json.dump(result, f, indent=2)
     print(f"wrote {out}")

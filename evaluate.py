@@ -49,6 +49,7 @@ chat = "auto"  # 'auto' (instruct checkpoints), 'true', 'false'
 dtype = "auto"  # the weights' dtype: auto = bfloat16 on GPU, float32 on CPU
 device = "auto"
 seed = 0  # the sampler's (temperature > 0) and the scorers' (NL-RX test strings)
+early_stop = True  # a row leaves the batch once its first stop token is in a finished block (same scores)
 sql_max_steps = scoring.SQL_MAX_STEPS  # sqlite instructions per Spider query (counted, the same on any machine)
 resume = False  # true: keep the records already written for this task and shots, score only the rest
 overwrite = False  # true: replace earlier results of this task and shots in out_dir
@@ -204,15 +205,18 @@ def main(argv):
     mine = [i for i in range(len(items)) if i not in done][rank::world]
     if master and done:
         print(f"resuming: {len(done)} of {len(items)} items already scored in {stem}")
+    prompt_of = {i: data.format_example(task, items[i], tokenizer, data.choose_shots(train_items, shots, items[i]),
+                                        chat=use_chat)[0] for i in mine}
+    mine.sort(key=lambda i: (len(prompt_of[i]), i))  # batches of like lengths: less padding (records keep their index)
     generator = torch.Generator(device=dev).manual_seed(seed + rank)
     from tqdm import tqdm
     with open_for_append(f"{stem}.rank{rank}.jsonl") as out:
         for start in tqdm(range(0, len(mine), batch_size), disable=not master, desc=f"{task} {shots}-shot"):
             idx = mine[start:start + batch_size]
-            prompts = [data.format_example(task, items[i], tokenizer, data.choose_shots(train_items, shots, items[i]),
-                                           chat=use_chat)[0] for i in idx]
+            prompts = [prompt_of[i] for i in idx]
             generated = generate(model, prompts, steps=n_steps, gen_length=length, block_length=block,
-                                 temperature=temperature, cfg_scale=cfg_scale, generator=generator)
+                                 temperature=temperature, cfg_scale=cfg_scale, generator=generator,
+                                 stop_ids=stop_ids if early_stop else None)
             for i, prompt, ids in zip(idx, prompts, generated.tolist()):
                 record = score_generation(ids, items[i], i, prompt, tokenizer, stop_ids, use_chat,
                                           model.cfg.mask_token_id)

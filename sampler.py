@@ -36,11 +36,18 @@ def num_transfer_tokens(masked_count, steps):
 
 @torch.no_grad()
 def generate(model, prompts, *, steps, gen_length, block_length, temperature=0.0, cfg_scale=0.0,
-             generator=None, on_step=None):
+             generator=None, on_step=None, stop_ids=None, stats=None):
     """Generate gen_length tokens after each prompt (lists of token ids of any lengths), batched.
     Rows are laid out prompt + canvas and right-padded to the longest, with the padding hidden from
     attention, so every row sees the positions and keys it would see alone. Logits are computed only for
-    the current block. Returns a (B, gen_length) tensor. on_step(canvas), if given, sees every step."""
+    the current block. Returns a (B, gen_length) tensor. on_step(canvas), if given, sees every step.
+
+    Early stop (stop_ids given): blocks are filled left to right and a committed token never changes, so
+    once a finished block holds a row's first stop token (EOS, end-of-turn), every token up to it is final;
+    the row leaves the batch and its positions after that token are returned as that token. Greedy outputs
+    up to the first stop token are those of the full run (the rows never interact); with temperature the
+    distribution is the same, the draws are not (fewer rows draw noise). stats, a dict if given, receives
+    rows_blocks_run and rows_blocks_total."""
     cfg = model.cfg
     if gen_length % block_length:
         raise ValueError(f"gen_length {gen_length} must be a multiple of block_length {block_length}")
@@ -49,47 +56,94 @@ def generate(model, prompts, *, steps, gen_length, block_length, temperature=0.0
         raise ValueError(f"steps {steps} must be a multiple of the number of blocks {n_blocks}")
     steps_per_block = steps // n_blocks
     dev = next(model.parameters()).device
-    B = len(prompts)
-    prompt_len = torch.tensor([len(p) for p in prompts], device=dev)
-    T = int(prompt_len.max()) + gen_length
+    B, lengths = len(prompts), [len(p) for p in prompts]
+    T = max(lengths) + gen_length
     x = torch.full((B, T), cfg.pad_token_id, dtype=torch.long, device=dev)
     for b, p in enumerate(prompts):
         x[b, :len(p)] = torch.tensor(p, dtype=torch.long, device=dev)
         x[b, len(p):len(p) + gen_length] = cfg.mask_token_id
+    stops = torch.tensor(sorted(stop_ids or ()), dtype=torch.long, device=dev)
+    active, run = list(range(B)), 0
+    for block in range(n_blocks):
+        if not active:
+            break
+        rows = torch.tensor(active, device=dev)
+        width = max(lengths[b] for b in active) + gen_length  # the active rows' canvas, less padding
+        canvas = x[rows, :width]
+
+        def show(c):  # on_step sees the whole canvas, with this block's rows as they are now
+            x[rows, :width] = c
+            on_step(x.clone())
+        fill_block(model, canvas, torch.tensor([lengths[b] for b in active], device=dev), block * block_length,
+                   block_length, steps_per_block, gen_length, temperature, cfg_scale, generator,
+                   show if on_step is not None else None)
+        x[rows, :width] = canvas
+        run += len(active)
+        if len(stops):
+            done = finished_rows(canvas, [lengths[b] for b in active], (block + 1) * block_length, stops)
+            active = [b for b, d in zip(active, done) if not d]
+    if stats is not None:
+        stats.update(rows_blocks_run=run, rows_blocks_total=B * n_blocks)
+    out = torch.stack([x[b, n:n + gen_length] for b, n in enumerate(lengths)])
+    return fill_after_stop(out, stops, cfg.mask_token_id) if len(stops) else out
+
+
+def fill_block(model, x, prompt_len, offset, block_length, steps_per_block, gen_length, temperature, cfg_scale,
+               generator, on_step):
+    """Run one block's steps on the canvas x (B, T) in place: the block starts `offset` tokens after each
+    row's prompt. Each step commits each row's most confident masked positions, as many as its schedule
+    says."""
+    cfg, dev = model.cfg, x.device
+    B, T = x.shape
     positions = torch.arange(T, device=dev)[None, :]
     real = positions < (prompt_len + gen_length)[:, None]  # False on the right padding
     is_prompt = positions < prompt_len[:, None]
     rows = torch.arange(B, device=dev)[:, None]
+    block_pos = (prompt_len + offset)[:, None] + torch.arange(block_length, device=dev)[None, :]  # (B, L)
+    in_block = torch.zeros(B, T, dtype=torch.bool, device=dev)
+    in_block[rows, block_pos] = True
+    schedule = num_transfer_tokens((x[rows, block_pos] == cfg.mask_token_id).sum(1), steps_per_block)
+    most = schedule.max(dim=0).values.tolist()  # per step, the largest k of any row (one sync per block)
+    for step in range(steps_per_block):
+        if cfg_scale > 0:  # unconditional copy: the prompt masked
+            x_uncond = torch.where(is_prompt, cfg.mask_token_id, x)
+            both = model(torch.cat([x, x_uncond]), padding_mask=torch.cat([real, real]),
+                         logits_at=torch.cat([in_block, in_block])).logits.view(2, B, block_length, -1)
+            logits = both[1] + (cfg_scale + 1) * (both[0] - both[1])
+        else:
+            logits = model(x, padding_mask=real, logits_at=in_block).logits.view(B, block_length, -1)
+        x0 = add_gumbel_noise(logits, temperature, generator).argmax(dim=-1)  # (B, L)
+        # confidence in float32 whatever the model's dtype (LLaDA's generate.py now takes the logits' dtype:
+        # in bf16 many confidences tie at 1.0 and the tie-break decides)
+        confidence = F.softmax(logits.float(), dim=-1).gather(-1, x0[..., None]).squeeze(-1)
+        current = x[rows, block_pos]
+        still_masked = current == cfg.mask_token_id
+        confidence = torch.where(still_masked, confidence, -math.inf)
+        # top-k per row with k from the row's schedule: one top-k at the largest k, keeping each row's first k
+        commit = torch.zeros_like(still_masked)
+        if most[step]:
+            top = torch.topk(confidence, most[step], dim=1).indices
+            commit.scatter_(1, top, torch.arange(most[step], device=dev)[None, :] < schedule[:, step, None])
+        x[rows, block_pos] = torch.where(commit, x0, current)
+        if on_step is not None:
+            on_step(x)
 
-    for block in range(n_blocks):
-        start = prompt_len + block * block_length  # (B,)
-        block_pos = start[:, None] + torch.arange(block_length, device=dev)[None, :]  # (B, L)
-        in_block = torch.zeros(B, T, dtype=torch.bool, device=dev)
-        in_block[rows, block_pos] = True
-        schedule = num_transfer_tokens((x[rows, block_pos] == cfg.mask_token_id).sum(1), steps_per_block)
-        most = schedule.max(dim=0).values.tolist()  # per step, the largest k of any row (one sync per block)
-        for step in range(steps_per_block):
-            if cfg_scale > 0:  # unconditional copy: the prompt masked
-                x_uncond = torch.where(is_prompt, cfg.mask_token_id, x)
-                both = model(torch.cat([x, x_uncond]), padding_mask=torch.cat([real, real]),
-                             logits_at=torch.cat([in_block, in_block])).logits.view(2, B, block_length, -1)
-                logits = both[1] + (cfg_scale + 1) * (both[0] - both[1])
-            else:
-                logits = model(x, padding_mask=real, logits_at=in_block).logits.view(B, block_length, -1)
-            x0 = add_gumbel_noise(logits, temperature, generator).argmax(dim=-1)  # (B, L)
-            confidence = F.softmax(logits.float(), dim=-1).gather(-1, x0[..., None]).squeeze(-1)
-            current = x[rows, block_pos]
-            still_masked = current == cfg.mask_token_id
-            confidence = torch.where(still_masked, confidence, -math.inf)
-            # top-k per row with k from the row's schedule: one top-k at the largest k, keeping each row's first k
-            commit = torch.zeros_like(still_masked)
-            if most[step]:
-                top = torch.topk(confidence, most[step], dim=1).indices
-                commit.scatter_(1, top, torch.arange(most[step], device=dev)[None, :] < schedule[:, step, None])
-            x[rows, block_pos] = torch.where(commit, x0, current)
-            if on_step is not None:
-                on_step(x.clone())
-    return torch.stack([x[b, len(p):len(p) + gen_length] for b, p in enumerate(prompts)])
+
+def finished_rows(canvas, prompt_lengths, filled, stops):
+    """For each row of the canvas: whether its first `filled` generated tokens (all committed) hold a stop
+    token, so that what will be scored is final. One sync."""
+    gen = torch.stack([canvas[i, n:n + filled] for i, n in enumerate(prompt_lengths)])
+    return torch.isin(gen, stops).any(dim=1).tolist()
+
+
+def fill_after_stop(out, stops, mask_token_id):
+    """Positions a finished row left masked after its first stop token take that token."""
+    is_stop = torch.isin(out, stops)
+    has = is_stop.any(dim=1)
+    first = torch.where(has, is_stop.float().argmax(dim=1), out.shape[1])
+    after = torch.arange(out.shape[1], device=out.device)[None, :] > first[:, None]
+    token = out.gather(1, first.clamp(max=out.shape[1] - 1)[:, None]).expand_as(out)
+    return torch.where(after & (out == mask_token_id), token, out)
 
 
 def cut_at_stop(ids, stop_ids):

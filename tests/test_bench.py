@@ -29,3 +29,20 @@ def test_flops_per_token_follows_table_1():
     assert (baseline, jepa) == (3 * 2 * n, 4 * 2 * n)
     assert jepa / baseline == bench.FLOP_RATIOS["jepa/baseline"] and 12 * n / jepa == bench.FLOP_RATIOS["two_grad/jepa"]
     assert flops_per_token(n, jepa=True, lora=True) == 3 * 2 * n  # LoRA: no weight gradients for the base
+
+
+def test_bench_measures_the_early_stop_on_a_checkpoint(tmp_path):
+    import torch
+
+    import data as D
+    import model as M
+    torch.manual_seed(0)
+    M.Transformer(M.PRESETS["tiny"]).save_pretrained(str(tmp_path / "ckpt"),
+                                                     tokenizer=D.train_tiny_tokenizer(D.tiny_tokenizer_texts()))
+    out = tmp_path / "bench.json"
+    proc = run_script(["bench.py", "--variants=", "--sampler=false", f"--early_stop_checkpoint={tmp_path / 'ckpt'}",
+                       "--early_stop_items=5", "--sampler_prompts=2", "--early_stop_gen_length=16",
+                       "--early_stop_block_length=4", "--early_stop_steps=8", f"--out={out}"])
+    e = json.load(open(out))["early_stop"]
+    assert e["items"] == 5 and e["identical_cut_outputs"] is True and 0 <= e["blocks_skipped"] < 1
+    assert "early stop (tiny-regex, 5 items" in proc.stdout and json.load(open(out))["train"] == []

@@ -100,3 +100,57 @@ def test_cut_at_stop():
     assert S.cut_at_stop([5, 6, 0, 7, 0], {0}) == [5, 6]
     assert S.cut_at_stop([5, 9, 6], {0, 9}) == [5]
     assert S.cut_at_stop([5, 6], {0}) == [5, 6]
+
+
+# --- early stop (issue 16): rows whose scored output is final leave the batch ---
+
+
+def stop_sets(full):
+    """Stop tokens chosen from a full run: one row commits it in its first block, one a row meets first in
+    its last block, one no row generates."""
+    early = int(full[0, 0])
+    late = next(int(t) for r in range(full.shape[0]) for t in full[r, 12:].tolist()
+                if t not in full[r, :12].tolist())
+    never = next(t for t in range(3, 48) if t not in full.flatten().tolist() and t != MASK)
+    return {"early": {early}, "late": {late}, "never": {never}}
+
+
+@pytest.mark.parametrize("layout", ["llada", "dream"])
+@pytest.mark.parametrize("cfg_scale", [0.0, 1.5])
+@pytest.mark.parametrize("seed", [0, 2])
+def test_early_stop_keeps_every_cut_output(layout, cfg_scale, seed):
+    model = tiny_model(layout, seed)
+    kwargs = dict(steps=8, gen_length=16, block_length=4, cfg_scale=cfg_scale)  # 4 blocks, 2 steps each
+    full = S.generate(model, PROMPTS, **kwargs)
+    for name, stops in stop_sets(full).items():
+        stats = {}
+        early = S.generate(model, PROMPTS, stop_ids=stops, stats=stats, **kwargs)
+        for r in range(len(PROMPTS)):
+            cut = S.cut_at_stop(full[r].tolist(), stops)
+            assert S.cut_at_stop(early[r].tolist(), stops) == cut, (name, r)
+            assert early[r, :len(cut) + 1].tolist() == full[r, :len(cut) + 1].tolist()  # the stop token too
+            assert not (early[r] == MASK).any()  # what is left after the stop token is that token
+        assert stats["rows_blocks_total"] == 3 * 4
+        if name == "never":
+            assert stats["rows_blocks_run"] == 12
+        if name == "early":
+            assert stats["rows_blocks_run"] < 12  # row 0 ran one block
+
+
+def test_a_finished_row_never_changes_again():
+    model = tiny_model(seed=2)  # its full run: rows 1 and 2 commit token 14 in block 0, row 0 never does
+    kwargs = dict(steps=8, gen_length=16, block_length=4)
+    full = S.generate(model, PROMPTS, **kwargs)
+    assert 14 in full[1, :4].tolist() and 14 in full[2, :4].tolist() and 14 not in full[0].tolist()
+    canvases = []
+    S.generate(model, PROMPTS, stop_ids={14}, on_step=canvases.append, **kwargs)
+    assert len(canvases) == 8
+    for r in (1, 2):  # finished with block 0 (steps 0-1): unchanged in every later step
+        assert all(torch.equal(c[r], canvases[1][r]) for c in canvases[2:])
+    assert not all(torch.equal(c[0], canvases[1][0]) for c in canvases[2:])  # row 0 went on
+
+
+def test_no_stop_tokens_is_the_plain_sampler():
+    model = tiny_model()
+    kwargs = dict(steps=8, gen_length=16, block_length=8)
+    assert torch.equal(S.generate(model, PROMPTS, **kwargs), S.generate(model, PROMPTS, stop_ids=set(), **kwargs))
