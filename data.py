@@ -249,10 +249,11 @@ def tiny_regex(split):
     return [example(pairs[i][0], pairs[i][1], f"tiny-regex pair {i}") for i in chosen]
 
 
-def train_tiny_tokenizer(texts, vocab_size=512):
-    """A byte-level BPE tokenizer trained on the offline task, wrapped as PreTrainedTokenizerFast with the
-    special tokens of the tiny preset (model.PRESETS['tiny']): 0 EOS = PAD, 1 mask, 2 BOS. Tiny and 8B
-    runs then share one tokenizer API and one checkpoint format."""
+def train_tokenizer(texts, vocab_size=512):
+    """A byte-level BPE tokenizer trained on texts (the offline task for the tiny preset, the corpus for
+    the text task), wrapped as PreTrainedTokenizerFast with the special tokens of the random-init presets
+    (model.PRESETS 'tiny' and 'small'): 0 EOS = PAD, 1 mask, 2 BOS. Small and 8B runs then share one
+    tokenizer API and one checkpoint format."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
     specials = ["<|endoftext|>", "<|mdm_mask|>", "<|startoftext|>"]
@@ -361,15 +362,17 @@ def tokenize_task(task, items, tokenizer, max_len, chat=False, log=print):
 def collate(examples, eos_id):
     """Right-pad prompt + response + EOS with EOS to the longest row. maskable: the response and every EOS
     after it (LLaDA's SFT: the padding is trained, which teaches the model to stop); padding: positions
-    after the response's first EOS (pooling ignores them); no attention mask (LLaDA's SFT uses none)."""
-    lengths = [len(e["prompt_ids"]) + len(e["response_ids"]) + 1 for e in examples]
+    after the response's first EOS (pooling ignores them); no attention mask (LLaDA's SFT uses none).
+    A packed pretraining chunk (corpus.pack) gets no EOS of its own: its EOS are the documents' ends."""
+    lengths = [len(e["prompt_ids"]) + len(e["response_ids"]) + (0 if e.get("packed") else 1) for e in examples]
     T = max(lengths)
     input_ids = torch.full((len(examples), T), eos_id, dtype=torch.long)
     maskable = torch.zeros(len(examples), T, dtype=torch.bool)
     padding = torch.zeros(len(examples), T, dtype=torch.bool)
     for b, (e, n) in enumerate(zip(examples, lengths)):
         p = len(e["prompt_ids"])
-        input_ids[b, :n - 1] = torch.tensor(e["prompt_ids"] + e["response_ids"], dtype=torch.long)
+        tokens = e["prompt_ids"] + e["response_ids"]
+        input_ids[b, :len(tokens)] = torch.tensor(tokens, dtype=torch.long)
         maskable[b, p:] = True
         padding[b, n:] = True
     return {"input_ids": input_ids, "maskable": maskable, "padding": padding}

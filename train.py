@@ -28,6 +28,7 @@ import torch.nn as nn
 from torch.distributed.fsdp import FSDPModule
 from torch.distributed.tensor import DTensor
 
+import corpus
 import data
 import jepa
 import model as modellib
@@ -43,6 +44,8 @@ data_dir = ""  # local release files; empty = the hub (gsm8k, spider)
 model = "GSAI-ML/LLaDA-8B-Base"  # hub id, checkpoint directory, or a model.PRESETS name (random init)
 chat = "auto"  # chat template: 'auto' (models whose name says Instruct), 'true', 'false'
 max_len = 1024  # longer examples are dropped (and counted), never truncated
+text_files = ""  # task 'text': comma-separated text files / folders / .jsonl ("text" per row) to pretrain on
+text_recipe = ""  # task 'text': 'replication' = the small-scale replication's fixed corpus (corpus.py)
 # DLLM-JEPA
 t_low = jepa.T_LOW
 t_high = jepa.T_HIGH
@@ -88,12 +91,18 @@ config = ""
 PRESETS = {
     "aggressive": dict(t_low=0.2, t_high=0.7, lr=1e-5),  # the main task table
     "wide-t": dict(t_low=0.1, t_high=0.9, lr=1.4e-6),  # the preservation experiment (§4.3)
+    # the small-scale replication's base: LLaDA's pretraining objective on the replication corpus
+    "pretrain-small": dict(task="text", model="small", text_recipe="replication", jepa_weight=0.0,
+                           random_context_rate=True, device="cpu", dtype="float32", max_len=256, lr=1e-3,
+                           batch_size=16, grad_accum=1, total_batch=0, epochs=1, activation_checkpointing=False,
+                           save_every=200, seed=0, out_dir="out-small-base"),
     "tiny": dict(task="tiny-regex", model="tiny", device="cpu", dtype="float32", max_len=128, lr=2e-3,
                  random_context_rate=True,
                  batch_size=16, grad_accum=1, total_batch=0, epochs=30, activation_checkpointing=False, predictor_layers=2,
                  ema_decay=0.99, log_every=10, save_every=0, seed=0, out_dir="out-tiny"),
 }
-CHOICES = {"task": tuple(data.TASKS), "chat": ("auto", "true", "false"), "dtype": tuple(runtime.DTYPES),
+RANDOM_INIT = ("tiny", "small")  # model presets trained from random weights, with a tokenizer trained here
+CHOICES = {"task": tuple(data.TASKS) + ("text",), "chat": ("auto", "true", "false"), "dtype": tuple(runtime.DTYPES),
            "device": runtime.DEVICES}
 KEYS = setting_keys(globals())
 
@@ -145,10 +154,19 @@ def validate():
         raise ConfigError("nothing to train: epochs and max_steps are both 0")
     if lr <= 0 or not 0 <= warmup_frac < 1 or grad_clip < 0:
         raise ConfigError(f"need lr > 0, 0 <= warmup_frac < 1, grad_clip >= 0 (got {lr}, {warmup_frac}, {grad_clip})")
-    if model in modellib.PRESETS and model != "tiny":
+    if model in modellib.PRESETS and model not in RANDOM_INIT:
         raise ConfigError(f"--model={model} would be a random initialisation without a tokenizer; pass the hub id "
                           f"({', '.join(modellib.HUB_IDS)}) or a checkpoint directory")
-    if model != "tiny" and not os.path.isdir(model) and not (
+    if model == "small" and task != "text":
+        raise ConfigError("--model=small starts from random weights: pretrain it with --task=text (--preset "
+                          "pretrain-small), then fine-tune its final/ with --model=<that run>/final")
+    if task == "text" and not (text_files or text_recipe):
+        raise ConfigError("--task=text needs --text_files (files or folders, comma-separated) or --text_recipe")
+    if text_recipe not in ("", "replication"):
+        raise ConfigError(f"--text_recipe={text_recipe!r}: the one recipe is 'replication'")
+    if text_recipe and not data_dir:
+        raise ConfigError("--text_recipe=replication needs --data_dir: the folder holding wikitext/ and gsm8k/")
+    if model not in RANDOM_INIT and not os.path.isdir(model) and not (
             model.count("/") == 1 and not model.startswith((".", "/"))):
         raise ConfigError(f"unknown model {model!r}: expected a hub id like {modellib.HUB_IDS[0]}, a checkpoint "
                           f"directory, or one of the presets {', '.join(modellib.PRESETS)}")
@@ -156,7 +174,7 @@ def validate():
         raise ConfigError("--out_dir is empty; name a folder for the run (an empty one would be the current folder)")
     if data_dir and not os.path.isdir(data_dir):
         raise ConfigError(f"data_dir {data_dir} does not exist")
-    if not data_dir and data.TASKS[task]["hub"] is None and task != "tiny-regex":
+    if not data_dir and task != "text" and data.TASKS[task]["hub"] is None and task != "tiny-regex":
         raise ConfigError(f"task {task} needs --data_dir pointing at the release files: {data.WHERE_TO_GET[task]}")
 
 
@@ -294,17 +312,27 @@ class Source(NamedTuple):
     release_config: Optional[dict]
 
 
-def load_source():
-    """The tokenizer and config of --model: a release (hub id or directory), or the tiny preset, whose
-    tokenizer is trained here on the offline task."""
-    if model == "tiny":
-        model_cfg = modellib.PRESETS["tiny"]
-        return Source(model_cfg, data.train_tiny_tokenizer(data.tiny_tokenizer_texts(), vocab_size=model_cfg.vocab_size),
-                      None, None)
+def load_source(documents):
+    """The tokenizer and config of --model: a release (hub id or directory), or a random-init preset whose
+    tokenizer is trained here: on the text task's documents, or (tiny) on the offline task."""
+    if model in RANDOM_INIT:
+        model_cfg = modellib.PRESETS[model]
+        texts = documents if task == "text" else data.tiny_tokenizer_texts()
+        return Source(model_cfg, data.train_tokenizer(texts, vocab_size=model_cfg.vocab_size), None, None)
     ckpt_dir = modellib.resolve_checkpoint_dir(model)
     release_config = modellib.read_release_config(ckpt_dir)
     model_cfg = modellib.config_from_release(release_config, os.path.join(ckpt_dir, "config.json"))
     return Source(model_cfg, modellib.load_tokenizer(ckpt_dir, model_cfg), ckpt_dir, release_config)
+
+
+def text_documents(log):
+    """The text task's documents: the replication recipe, or the --text_files."""
+    if text_recipe == "replication":
+        documents = corpus.replication_documents(data_dir)
+        log(f"replication corpus: WikiText-103 test + GSM8K train + the Python {sys.version.split()[0]} "
+            f"standard library, {len(documents)} documents")
+        return documents
+    return corpus.read_documents([p for p in text_files.split(",") if p])
 
 
 def resolve_grad_accum(world):
@@ -433,10 +461,16 @@ def main(argv):
         mesh = init_device_mesh(dev.type, (world,))
 
     # ---- tokenizer and data (before the model: a data error should not cost a model load)
-    source = load_source()
+    documents = text_documents(log) if task == "text" else None
+    source = load_source(documents)
     use_chat = chat == "true" or (chat == "auto" and "instruct" in model.lower())
-    items = data.load_task(task, "train", data_dir or None)
-    examples = data.tokenize_task(task, items, source.tokenizer, max_len, chat=use_chat, log=log)
+    if task == "text":
+        examples = corpus.pack(documents, source.tokenizer, max_len)
+        log(f"text: {len(documents)} documents, {sum(len(e['response_ids']) for e in examples):,} tokens "
+            f"(EOS after each document), {len(examples)} chunks of up to {max_len}")
+    else:
+        items = data.load_task(task, "train", data_dir or None)
+        examples = data.tokenize_task(task, items, source.tokenizer, max_len, chat=use_chat, log=log)
     micro, micro_epoch = data.epoch_batches(len(examples), batch_size, world, rank, seed, 0), 0
     steps_per_epoch = math.ceil(len(micro) / accum)
     total_steps = max_steps or epochs * steps_per_epoch

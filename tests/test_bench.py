@@ -38,7 +38,7 @@ def test_bench_measures_the_early_stop_on_a_checkpoint(tmp_path):
     import model as M
     torch.manual_seed(0)
     M.Transformer(M.PRESETS["tiny"]).save_pretrained(str(tmp_path / "ckpt"),
-                                                     tokenizer=D.train_tiny_tokenizer(D.tiny_tokenizer_texts()))
+                                                     tokenizer=D.train_tokenizer(D.tiny_tokenizer_texts()))
     out = tmp_path / "bench.json"
     proc = run_script(["bench.py", "--variants=", "--sampler=false", f"--early_stop_checkpoint={tmp_path / 'ckpt'}",
                        "--early_stop_items=5", "--sampler_prompts=2", "--early_stop_gen_length=16",

@@ -12,7 +12,7 @@ import data as D
 
 @pytest.fixture(scope="module")
 def tok():
-    return D.train_tiny_tokenizer(D.tiny_tokenizer_texts())
+    return D.train_tokenizer(D.tiny_tokenizer_texts())
 
 
 def test_tiny_tokenizer_special_ids_match_tiny_preset(tok):
@@ -289,7 +289,7 @@ def test_malformed_data_files_are_named(tmp_path, content, message):
 
 def test_empty_and_too_long_splits_say_which():
     from configurator import InputError
-    tok = D.train_tiny_tokenizer(D.tiny_tokenizer_texts())
+    tok = D.train_tokenizer(D.tiny_tokenizer_texts())
     with pytest.raises(InputError, match="the training split is empty"):
         D.tokenize_task("tiny-regex", [], tok, 128)
     with pytest.raises(InputError, match="all 3 examples are longer than max_len=4"):

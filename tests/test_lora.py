@@ -156,7 +156,7 @@ def test_one_process_bf16_holds_the_frozen_base_in_bf16(tmp_path):
     from safetensors.torch import load_file
     torch.manual_seed(3)
     M.Transformer(M.PRESETS["tiny"]).save_pretrained(str(tmp_path / "ckpt"),
-                                                     tokenizer=D.train_tiny_tokenizer(D.tiny_tokenizer_texts()))
+                                                     tokenizer=D.train_tokenizer(D.tiny_tokenizer_texts()))
     common = ["train.py", "--preset", "tiny", f"--model={tmp_path / 'ckpt'}", "--lora_rank=4", "--lora_dropout=0",
               "--log_every=1", "--batch_size=4", "--max_steps=2"]
     run_script([*common, f"--out_dir={tmp_path / 'fp32'}"])

@@ -16,7 +16,7 @@ import probe as P
 
 @pytest.fixture(scope="module")
 def tok():
-    return D.train_tiny_tokenizer(D.tiny_tokenizer_texts())
+    return D.train_tokenizer(D.tiny_tokenizer_texts())
 
 
 def tiny_pair(perturb, seed=0):

@@ -315,7 +315,7 @@ def test_release_checkpoint_loads_sharded_and_matches_one_process(tmp_path, layo
                                                                 shift_logits=True)
     torch.manual_seed(3)
     M.Transformer(cfg).save_pretrained(str(tmp_path / "ckpt"),
-                                       tokenizer=D.train_tiny_tokenizer(D.tiny_tokenizer_texts()))
+                                       tokenizer=D.train_tokenizer(D.tiny_tokenizer_texts()))
     common = TINY + [f"--model={tmp_path / 'ckpt'}", "--max_steps=2", "--activation_checkpointing=true", *extra]
     one, two = str(tmp_path / "one"), str(tmp_path / "two")
     run(common + ["--grad_accum=2", f"--out_dir={one}"])
@@ -337,7 +337,7 @@ def test_users_command_on_the_real_gsm8k_files(tmp_path):
     import model as M
     torch.manual_seed(0)
     M.Transformer(M.PRESETS["tiny"]).save_pretrained(str(tmp_path / "ckpt"),
-                                                     tokenizer=D.train_tiny_tokenizer(D.tiny_tokenizer_texts()))
+                                                     tokenizer=D.train_tokenizer(D.tiny_tokenizer_texts()))
     gsm8k, out = os.path.join(SHARED, "gsm8k", "openai"), tmp_path / "run"
     proc = run(["--task", "gsm8k", f"--data_dir={gsm8k}", f"--model={tmp_path / 'ckpt'}", "--max_len=512",
                 "--max_steps=1", "--device=cpu", f"--out_dir={out}"], nproc=2, port=29637)

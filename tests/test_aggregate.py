@@ -1,0 +1,58 @@
+"""aggregate.py on crafted result files: mean and population std per arm, per-seed paired differences,
+numbers missing from a run named, mistakes as one line."""
+
+import json
+
+import pytest
+from conftest import run_script
+
+import aggregate as A
+
+
+def write(tmp_path, name, content):
+    path = tmp_path / name
+    path.write_text(json.dumps(content))
+    return str(path)
+
+
+def test_mean_population_std_and_pairs(tmp_path):
+    jepa = [write(tmp_path, f"j{s}.json", {"exact": e, "dfa": d, "n": 500, "config": {"lr": 1e-4}})
+            for s, e, d in ((42, 0.5, 0.6), (123, 0.6, 0.7), (777, 0.7, 0.8))]
+    base = [write(tmp_path, f"b{s}.json", {"exact": e, "dfa": d, "n": 500}) for s, e, d in ((42, 0.4, 0.6), (123, 0.4, 0.5),
+                                                                                               (777, 0.6, 0.5))]
+    probes = [write(tmp_path, f"p{s}.json", {"checkpoints": {"ft": {"drift": {"mean": m}}}}) for s, m in ((42, 0.1),
+                                                                                                           (123, 0.3),
+                                                                                                           (777, 0.2))]
+    runs = {"jepa": [A.read_run(f"{j}+{p}") for j, p in zip(jepa, probes)], "baseline": [A.read_run(b) for b in base]}
+    report = A.aggregate(runs, [("jepa", "baseline")])
+    exact = report["arms"]["jepa"]["numbers"]["exact"]
+    assert exact["mean"] == pytest.approx(0.6) and exact["std"] == pytest.approx((2 / 3 * 0.01) ** 0.5)  # population
+    assert report["arms"]["jepa"]["numbers"]["checkpoints/ft/drift/mean"]["mean"] == pytest.approx(0.2)
+    assert "lr" not in str(report["arms"]["jepa"]["numbers"])  # config subtrees are not results
+    diffs = report["pairs"]["jepa-baseline"]
+    assert diffs["exact"]["differences"] == pytest.approx([0.1, 0.2, 0.1]) and diffs["exact"]["mean"] == pytest.approx(0.4 / 3)
+    assert set(diffs) == {"exact", "dfa", "n"}  # the probe numbers are in one arm only
+
+
+def test_a_number_missing_from_one_run_is_named(tmp_path):
+    runs = [A.read_run(write(tmp_path, "a.json", {"exact": 1.0, "dfa": 1.0})),
+            A.read_run(write(tmp_path, "b.json", {"exact": 0.0}))]
+    report = A.aggregate({"arm": runs}, [])
+    assert list(report["arms"]["arm"]["numbers"]) == ["exact"] and report["arms"]["arm"]["not_in_every_run"] == ["dfa"]
+
+
+def test_the_command(tmp_path):
+    a = [write(tmp_path, f"a{i}.json", {"exact": i / 10}) for i in range(3)]
+    b = [write(tmp_path, f"b{i}.json", {"exact": 0.0}) for i in range(3)]
+    out = tmp_path / "agg.json"
+    proc = run_script(["aggregate.py", "--arms", f"jepa:{','.join(a)};baseline:{','.join(b)}", "--pair=jepa/baseline",
+                       f"--out={out}"])
+    assert json.load(open(out))["pairs"]["jepa-baseline"]["exact"]["differences"] == pytest.approx([0.0, 0.1, 0.2])
+    assert "+0.1000" in proc.stdout
+    bad = run_script(["aggregate.py", "--arms", f"jepa:{a[0]},{a[1]};baseline:{b[0]}", "--pair=jepa/baseline"],
+                     check=False)
+    assert bad.returncode == 2 and "as many runs on each side" in bad.stderr
+    broken = write(tmp_path, "broken.json", {})
+    (tmp_path / "broken.json").write_text("{\n  \"exact\": ")
+    bad = run_script(["aggregate.py", "--arms", f"x:{broken}"], check=False)
+    assert bad.returncode == 2 and "broken.json:2" in bad.stderr and "Traceback" not in bad.stderr

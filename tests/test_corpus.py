@@ -1,0 +1,91 @@
+"""corpus.py and the text task: packing with EOS between documents, every position maskable, the small
+preset, and (on the real files) the replication corpus holding nothing of the held-out data."""
+
+import json
+import os
+
+import pytest
+from conftest import SHARED, needs_shared, run_script
+
+import corpus as C
+import data as D
+import model as M
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return D.train_tokenizer(["the quick brown fox jumps over the lazy dog " * 20, "def f(x):\n    return x\n"])
+
+
+def test_pack_joins_documents_with_eos_and_drops_nothing(tok):
+    docs = ["the quick brown fox", "def f(x):\n    return x", "lazy dog " * 30]
+    ids = [tok.encode(d, add_special_tokens=False) for d in docs]
+    stream = ids[0] + [tok.eos_token_id] + ids[1] + [tok.eos_token_id] + ids[2] + [tok.eos_token_id]
+    examples = C.pack(docs, tok, max_len=16)
+    assert [t for e in examples for t in e["response_ids"]] == stream  # in order, nothing dropped
+    assert all(len(e["response_ids"]) == 16 for e in examples[:-1]) and 0 < len(examples[-1]["response_ids"]) <= 16
+    batch = D.collate(examples, tok.eos_token_id)
+    assert batch["maskable"].all()  # no prompt: every position can be masked
+    assert batch["input_ids"].shape[1] == 16  # a packed chunk gets no EOS of its own
+    assert batch["input_ids"][0].tolist() == stream[:16]
+
+
+def test_read_documents_from_files_folders_and_jsonl(tmp_path):
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "b.txt").write_text("second")
+    (tmp_path / "d" / "a.py").write_text("first")
+    (tmp_path / "d" / "skip.bin").write_bytes(b"\x00")
+    (tmp_path / "rows.jsonl").write_text(json.dumps({"text": "row one"}) + "\n" + json.dumps({"text": "row two"}) + "\n")
+    assert C.read_documents([str(tmp_path / "d"), str(tmp_path / "rows.jsonl")]) == ["first", "second", "row one", "row two"]
+    (tmp_path / "bad.jsonl").write_text('["a list"]\n')
+    with pytest.raises(Exception, match=r"bad.jsonl:1: expected a JSON object"):
+        C.read_documents([str(tmp_path / "bad.jsonl")])
+
+
+def test_wikitext_articles_split_at_level_one_titles():
+    import tempfile
+    text = " = A = \n\n text a \n = = Sub = = \n more a \n = B = \n text b \n"
+    with tempfile.NamedTemporaryFile("w", suffix=".raw", delete=False) as f:
+        f.write(text)
+    assert C.wikitext_articles(f.name) == [" = A = \n\n text a \n = = Sub = = \n more a ", " = B = \n text b "]
+    os.remove(f.name)
+
+
+def test_small_preset():
+    cfg = M.PRESETS["small"]
+    n = sum(p.numel() for p in M.Transformer(cfg).parameters())
+    assert 8e6 < n < 10e6 and cfg.arch == "llada" and (cfg.eos_token_id, cfg.mask_token_id, cfg.bos_token_id) == (0, 1, 2)
+    import train
+    assert train.PRESETS["pretrain-small"]["jepa_weight"] == 0 and train.PRESETS["pretrain-small"]["random_context_rate"]
+
+
+def test_text_task_trains_from_files(tmp_path):
+    (tmp_path / "docs").mkdir()
+    for i in range(6):
+        (tmp_path / "docs" / f"{i}.txt").write_text(f"document {i}: " + "the lazy dog sleeps. " * 40)
+    out = tmp_path / "run"
+    proc = run_script(["train.py", "--task=text", f"--text_files={tmp_path / 'docs'}", "--model=tiny", "--max_len=64",
+                       "--jepa_weight=0", "--random_context_rate=true", "--max_steps=3", "--batch_size=4",
+                       "--total_batch=0", "--grad_accum=1", "--device=cpu", "--dtype=float32",
+                       "--activation_checkpointing=false", f"--out_dir={out}"])
+    assert "text: 6 documents" in proc.stdout and (out / "final" / "tokenizer.json").exists()
+    log = [json.loads(line) for line in open(out / "log.jsonl")]
+    assert log[-1]["step"] == 3 and log[-1]["diffusion_loss"] > 0
+
+
+@needs_shared
+def test_replication_corpus_holds_no_held_out_data():
+    docs = C.replication_documents(SHARED)
+    text = "\n".join(docs)
+    # WikiText-103 validation is the forgetting probe's data: none of its articles is in the corpus
+    valid_titles = [a.split("\n")[0] for a in C.wikitext_articles(os.path.join(SHARED, "wikitext", "wikitext-103-raw",
+                                                                               "wiki.valid.raw"))]
+    assert len(valid_titles) == 60 and not any(t in text for t in valid_titles)
+    # NL-RX is the fine-tuning task: none of its descriptions is in the corpus
+    descriptions = D.read_lines(os.path.join(SHARED, "nl_rx", "deep_regex", "NL-RX-Synth", "src.txt"))
+    assert not any(d in text for d in descriptions[:500])
+    test_titles = [a.split("\n")[0] for a in C.wikitext_articles(os.path.join(SHARED, "wikitext", "wikitext-103-raw",
+                                                                              "wiki.test.raw"))]
+    assert len(test_titles) == 62 and all(t in text for t in test_titles)  # its " = Title = " lines
+    non_empty_stdlib = sum(1 for f in C.stdlib_files() if open(f, encoding="utf-8").read().strip())
+    assert len(docs) == 62 + 7473 + non_empty_stdlib  # articles, problems, modules: one document each
