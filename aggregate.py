@@ -25,6 +25,9 @@ from runtime import run_main
 arms = ""  # "name:run,run,...;name:run,..." where a run is file[+file...]
 pair = ""  # "a/b": per-seed differences a - b (comma-separated for several pairs)
 out = ""  # write the aggregate here as JSON (empty: print only)
+# numbers that describe the run, not its result (matched on the last part of the name)
+ignore = "shots,items,n,steps,gen_length,block_length,temperature,over_context_window,n_samples," \
+         "samples_cut_to_sample_len,mmlu_questions,complete"
 KEYS = setting_keys(globals())
 
 
@@ -41,14 +44,16 @@ def numbers(value, prefix=""):
     return {}
 
 
-def read_run(spec):
-    """The numbers of one run: the union of its files' numbers (a name in two files is an error)."""
+def read_run(spec, ignored=()):
+    """The numbers of one run: the union of its files' numbers (a name in two files is an error), less the
+    ones whose last name part is in `ignored`."""
     merged = {}
     for path in spec.split("+"):
         try:
             found = numbers(json.loads(read_text(path, "result file")))
         except json.JSONDecodeError as e:
             raise InputError(f"{path}:{e.lineno}: malformed JSON ({e.msg})") from None
+        found = {k: v for k, v in found.items() if k.split("/")[-1] not in ignored}
         clash = sorted(set(found) & set(merged))
         if clash:
             raise InputError(f"{path}: {clash[0]} is also in another file of the run {spec}")
@@ -117,7 +122,8 @@ def main(argv):
     for p in pairs:
         if len(p) != 2 or not set(p) <= set(arm_specs):
             raise ConfigError(f"--pair takes 'a/b' with arms among {list(arm_specs)}; got {'/'.join(p)}")
-    report = aggregate({name: [read_run(r) for r in runs] for name, runs in arm_specs.items()}, pairs)
+    ignored = set(ignore.split(","))
+    report = aggregate({name: [read_run(r, ignored) for r in runs] for name, runs in arm_specs.items()}, pairs)
     print_report(report)
     if out:
         with open(out, "w") as f:

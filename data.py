@@ -108,6 +108,15 @@ def hub_rows(hub_id, config, split):
     return load_dataset(hub_id, config, split=split)
 
 
+def holdout_split(items, n, split):
+    """A validation split carved from a training split: n items drawn with SPLIT_SEED are 'val', the rest
+    'train' (in their order). For choosing hyper-parameters without touching the evaluation split."""
+    if not 0 < n < len(items):
+        raise InputError(f"cannot hold out {n} of {len(items)} training items")
+    chosen = set(random.Random(SPLIT_SEED).sample(range(len(items)), n))
+    return [x for i, x in enumerate(items) if (i in chosen) == (split == "val")]
+
+
 def load_task(task, split, data_dir=None):
     """Items of a task's split ('train' or 'eval') as dicts with 'input', 'output' (and 'db_id' for spider)."""
     if task not in TASKS:

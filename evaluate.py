@@ -39,6 +39,8 @@ spider_db_dir = ""  # Spider's database/ folder (<db_id>/<db_id>.sqlite); empty 
 spider_tables = ""  # Spider's tables.json (foreign keys for exact-set match); empty = <data_dir>/tables.json
 shots = 0  # 0 or 4 in the paper
 limit = 0  # > 0: the first N evaluation items only
+split = "eval"  # 'eval' (the evaluation split) or 'val' (val_holdout items carved from the training split)
+val_holdout = 0  # with split=val: the size train.py held out (--val_holdout)
 batch_size = 8
 steps = 0  # 0 = 128, or gen_length when shorter (paper: 128 steps)
 gen_length = 0  # 0 = the task's (256 GSM8K, 512 Django / NL-RX / Spider)
@@ -80,7 +82,7 @@ def output_stem(ckpt_dir):
     no results of this task and shots unless --resume (continue them) or --overwrite (replace them)."""
     target = out_dir or default_out_dir(ckpt_dir)
     prepare_output_dir(target)
-    stem = os.path.join(target, f"{task}-{shots}shot")
+    stem = os.path.join(target, f"{task}-{shots}shot" + ("-val" if split == "val" else ""))
     held = [os.path.basename(p) for p in [stem + ".jsonl", stem + ".json"] + glob.glob(stem + ".rank*.jsonl")
             if os.path.exists(p)]
     if held and not resume and not overwrite:
@@ -168,6 +170,8 @@ def main(argv):
     cfg = configure(globals(), KEYS, argv)
     if task not in data.TASKS:
         raise ConfigError(f"unknown task {task!r}; tasks: {', '.join(data.TASKS)}")
+    if split not in ("eval", "val") or (split == "val") != (val_holdout > 0):
+        raise ConfigError("--split is 'eval', or 'val' with --val_holdout N (the N train.py held out)")
     if shots < 0 or batch_size < 1 or limit < 0 or temperature < 0 or cfg_scale < 0 or sql_max_steps < 1:
         raise ConfigError("shots, limit, temperature and cfg_scale must be >= 0, batch_size and sql_max_steps >= 1")
     import torch.distributed as dist
@@ -192,7 +196,10 @@ def main(argv):
     length = gen_length or data.TASKS[task]["gen_length"]
     block = block_length or min(128, length)
     n_steps = steps or min(128, length)
-    items = data.load_task(task, "eval", data_dir or None)
+    if split == "val":
+        items = data.holdout_split(data.load_task(task, "train", data_dir or None), val_holdout, "val")
+    else:
+        items = data.load_task(task, "eval", data_dir or None)
     train_items = data.load_task(task, "train", data_dir or None) if shots else []
     if limit:
         items = items[:limit]

@@ -44,6 +44,7 @@ data_dir = ""  # local release files; empty = the hub (gsm8k, spider)
 model = "GSAI-ML/LLaDA-8B-Base"  # hub id, checkpoint directory, or a model.PRESETS name (random init)
 chat = "auto"  # chat template: 'auto' (models whose name says Instruct), 'true', 'false'
 max_len = 1024  # longer examples are dropped (and counted), never truncated
+val_holdout = 0  # > 0: train without these many seeded items of the training split (evaluate.py --split=val)
 text_files = ""  # task 'text': comma-separated text files / folders / .jsonl ("text" per row) to pretrain on
 text_recipe = ""  # task 'text': 'replication' = the small-scale replication's fixed corpus (corpus.py)
 # DLLM-JEPA
@@ -94,8 +95,8 @@ PRESETS = {
     # the small-scale replication's base: LLaDA's pretraining objective on the replication corpus
     "pretrain-small": dict(task="text", model="small", text_recipe="replication", jepa_weight=0.0,
                            random_context_rate=True, device="cpu", dtype="float32", max_len=256, lr=1e-3,
-                           batch_size=16, grad_accum=1, total_batch=0, epochs=1, activation_checkpointing=False,
-                           save_every=200, seed=0, out_dir="out-small-base"),
+                           batch_size=16, grad_accum=1, total_batch=0, max_steps=2200, activation_checkpointing=False,
+                           save_every=200, seed=0, out_dir="out-small-base"),  # 2,200 x 16 x 256 tokens: ~1.8 epochs
     "tiny": dict(task="tiny-regex", model="tiny", device="cpu", dtype="float32", max_len=128, lr=2e-3,
                  random_context_rate=True,
                  batch_size=16, grad_accum=1, total_batch=0, epochs=30, activation_checkpointing=False, predictor_layers=2,
@@ -147,7 +148,7 @@ def validate():
         raise ConfigError("--total_batch and --grad_accum are both 0: set the effective batch or the accumulation")
     if dist_timeout <= 0:
         raise ConfigError(f"--dist_timeout must be > 0 seconds, got {dist_timeout}")
-    for key in ("epochs", "max_steps", "save_every", "stop_step", "grad_accum", "total_batch"):
+    for key in ("epochs", "max_steps", "save_every", "stop_step", "grad_accum", "total_batch", "val_holdout"):
         if globals()[key] < 0:
             raise ConfigError(f"{key} must be >= 0, got {globals()[key]}")
     if epochs == 0 and max_steps == 0:
@@ -470,6 +471,8 @@ def main(argv):
             f"(EOS after each document), {len(examples)} chunks of up to {max_len}")
     else:
         items = data.load_task(task, "train", data_dir or None)
+        if val_holdout:  # the rest of the training split; the held-out items are evaluate.py's --split=val
+            items = data.holdout_split(items, val_holdout, "train")
         examples = data.tokenize_task(task, items, source.tokenizer, max_len, chat=use_chat, log=log)
     micro, micro_epoch = data.epoch_batches(len(examples), batch_size, world, rank, seed, 0), 0
     steps_per_epoch = math.ceil(len(micro) / accum)

@@ -32,6 +32,7 @@ def test_mean_population_std_and_pairs(tmp_path):
     diffs = report["pairs"]["jepa-baseline"]
     assert diffs["exact"]["differences"] == pytest.approx([0.1, 0.2, 0.1]) and diffs["exact"]["mean"] == pytest.approx(0.4 / 3)
     assert set(diffs) == {"exact", "dfa", "n"}  # the probe numbers are in one arm only
+    assert "n" not in A.read_run(base[0], ignored={"n"})  # settings such as n can be left out
 
 
 def test_a_number_missing_from_one_run_is_named(tmp_path):

@@ -1,0 +1,50 @@
+"""
+Samples from a diffusion LM: a canvas of masks after an optional prompt, filled by LLaDA's sampler
+(sampler.py). With no prompt the canvas starts fully masked (BOS only, where the tokenizer has one): what
+a pretrained base has learnt to generate from nothing.
+
+  python sample.py --checkpoint out-small-base --n 4 --gen_length 64
+  python sample.py --checkpoint out-small-base --prompt "def add(a, b):" --temperature 0.8
+"""
+
+import sys
+
+import torch
+
+import data
+import model as modellib
+from configurator import configure, setting_keys
+from runtime import init_distributed, resolve_dtype, run_main
+from sampler import generate
+
+# -----------------------------------------------------------------------------
+# settings
+checkpoint = "out-small-base"  # a train.py output folder, a checkpoint folder or a hub id
+prompt = ""  # empty: a fully masked canvas
+n = 4  # samples
+gen_length = 64
+block_length = 64
+steps = 64
+temperature = 1.0  # 0 = greedy (every sample of one prompt is then the same)
+seed = 0
+dtype = "auto"
+device = "auto"
+KEYS = setting_keys(globals())
+
+
+def main(argv):
+    configure(globals(), KEYS, argv)
+    _, _, dev = init_distributed(device)
+    ckpt_dir = modellib.resolve_checkpoint_dir(checkpoint)
+    net = modellib.from_pretrained(ckpt_dir, dtype=resolve_dtype(dtype, dev), device=dev).eval()
+    tokenizer = modellib.load_tokenizer(ckpt_dir, net.cfg)
+    prompt_ids = data.encode_plain(tokenizer, prompt)
+    generator = torch.Generator(device=dev).manual_seed(seed)
+    out = generate(net, [prompt_ids] * n, steps=steps, gen_length=gen_length, block_length=block_length,
+                   temperature=temperature, generator=generator)
+    for i, ids in enumerate(out.tolist()):
+        print(f"--- sample {i}\n{prompt}{tokenizer.decode(ids, skip_special_tokens=True)}")
+
+
+if __name__ == "__main__":
+    run_main("sample.py", main, sys.argv[1:], lambda: 0)
