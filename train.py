@@ -95,8 +95,8 @@ PRESETS = {
     # the small-scale replication's base: LLaDA's pretraining objective on the replication corpus
     "pretrain-small": dict(task="text", model="small", text_recipe="replication", jepa_weight=0.0,
                            random_context_rate=True, device="cpu", dtype="float32", max_len=256, lr=1e-3,
-                           batch_size=16, grad_accum=1, total_batch=0, max_steps=2200, activation_checkpointing=False,
-                           save_every=200, seed=0, out_dir="out-small-base"),  # 2,200 x 16 x 256 tokens: ~1.8 epochs
+                           batch_size=16, grad_accum=1, total_batch=0, max_steps=1400, activation_checkpointing=False,
+                           save_every=200, seed=0, out_dir="out-small-base"),  # 1,400 x 16 x 256 tokens: ~1.2 epochs
     "tiny": dict(task="tiny-regex", model="tiny", device="cpu", dtype="float32", max_len=128, lr=2e-3,
                  random_context_rate=True,
                  batch_size=16, grad_accum=1, total_batch=0, epochs=30, activation_checkpointing=False, predictor_layers=2,
