@@ -32,6 +32,7 @@ import torch.nn.functional as F
 
 from sampler import cut_at_stop, generate, num_transfer_tokens
 import jepa
+import lora as loralib
 import model as modellib
 from configurator import ConfigError, configure, setting_keys
 import runtime
@@ -119,7 +120,7 @@ def run_variant(variant, dev):
         online = modellib.Transformer(cfg)
     online.activation_checkpointing = activation_checkpointing
     if variant == "jepa_lora":  # as train.py's one-process LoRA: the frozen base in the compute dtype
-        modellib.add_lora(online.to(resolve_dtype(dtype, dev)), lora_rank)
+        loralib.add_lora(online.to(resolve_dtype(dtype, dev)), lora_rank)
     with torch.device(dev):
         predictor = jepa.Predictor(cfg, predictor_layers) if variant != "baseline" else None
     target = jepa.make_target_encoder(online) if variant in ("jepa", "jepa_lora") else None

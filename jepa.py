@@ -22,7 +22,8 @@ import torch.nn.functional as F
 from torch.distributed.fsdp import FSDPModule
 from torch.distributed.tensor import DTensor
 
-from model import Block, init_weights, lora_layers, rope_cos_sin
+from lora import lora_layers
+from model import Block, init_weights, rope_cos_sin
 
 # the paper's defaults (aggressive setting, §4.1, A.10)
 T_LOW = 0.2  # context view masking rate t_L

@@ -31,6 +31,7 @@ from torch.distributed.tensor import DTensor
 import corpus
 import data
 import jepa
+import lora as loralib
 import model as modellib
 import run_state
 import runtime
@@ -132,9 +133,9 @@ def validate():
         raise ConfigError(f"anchor_l2 must be >= 0, got {anchor_l2}")
     if lora_rank < 0 or (lora_rank and (lora_alpha <= 0 or not 0 <= lora_dropout < 1)):
         raise ConfigError("LoRA needs lora_rank >= 0, lora_alpha > 0, 0 <= lora_dropout < 1")
-    unknown = set(lora_targets.split(",")) - set(modellib.LORA_TARGETS)
+    unknown = set(lora_targets.split(",")) - set(loralib.LORA_TARGETS)
     if lora_rank and unknown:
-        raise ConfigError(f"unknown lora_targets {sorted(unknown)}; choose from {','.join(modellib.LORA_TARGETS)}")
+        raise ConfigError(f"unknown lora_targets {sorted(unknown)}; choose from {','.join(loralib.LORA_TARGETS)}")
     if lora_rank and anchor_l2:
         raise ConfigError("the L2-to-base anchor is for full fine-tuning; with LoRA the base does not move")
     if predictor_layers < 0:
@@ -375,7 +376,7 @@ def build_models(source, dev, compute_dtype, mesh, master):
     def with_lora(net):  # seeded, so every rank (and rank 0's full copy) draws the same adapters
         if lora_rank:
             torch.manual_seed(seed + 1)
-            modellib.add_lora(net, **lora)
+            loralib.add_lora(net, **lora)
         return net
 
     torch.manual_seed(seed)  # random init draws the same full tensors on every rank, as in one process
@@ -573,8 +574,8 @@ def save_final(online, source, distributed, master, log):
         final_dir = os.path.join(out_dir, "final")
         with runtime.disk_errors(final_dir):
             if lora_rank:
-                modellib.save_adapters(state, online.lora, os.path.join(out_dir, "adapter"))
-                state = modellib.merge_lora(state, online.lora)
+                loralib.save_adapters(state, online.lora, os.path.join(out_dir, "adapter"))
+                state = loralib.merge_lora(state, online.lora)
             shutil.rmtree(final_dir + ".tmp", ignore_errors=True)
             modellib.save_checkpoint(state, source.model_cfg, final_dir + ".tmp", tokenizer=source.tokenizer,
                                      source_config=source.release_config, source_dir=source.ckpt_dir)

@@ -11,6 +11,7 @@ import torch
 from conftest import run_script
 
 import jepa as J
+import lora as loralib
 import model as M
 
 SMALL = replace(M.PRESETS["tiny"], vocab_size=64, n_layers=2, d_model=64, n_heads=4, n_kv_heads=2, mlp_hidden=128)
@@ -22,16 +23,16 @@ def batch():
     return make_batch()
 
 
-def lora_model(layout="llada", rank=4, targets=tuple(M.LORA_TARGETS)):
+def lora_model(layout="llada", rank=4, targets=tuple(loralib.LORA_TARGETS)):
     torch.manual_seed(0)
     base = M.Transformer(LAYOUTS[layout]).eval()
-    adapted = M.add_lora(copy.deepcopy(base), rank, alpha=8.0, dropout=0.0, targets=targets)
+    adapted = loralib.add_lora(copy.deepcopy(base), rank, alpha=8.0, dropout=0.0, targets=targets)
     return base, adapted
 
 
 def perturb_adapters(model, scale=0.05):
     with torch.no_grad():
-        for layer in M.lora_layers(model):
+        for layer in loralib.lora_layers(model):
             layer.lora_b.add_(scale * torch.randn_like(layer.lora_b))
 
 
@@ -41,7 +42,7 @@ def test_initial_lora_model_equals_base(layout):
     ids = torch.randint(3, 64, (2, 12))
     with torch.no_grad():
         assert torch.equal(base(ids).logits, adapted(ids).logits)  # B = 0 exactly
-    assert len(M.lora_layers(adapted)) == 7 * SMALL.n_layers
+    assert len(loralib.lora_layers(adapted)) == 7 * SMALL.n_layers
     trainable = {n for n, p in adapted.named_parameters() if p.requires_grad}
     assert trainable and all(n.endswith((".lora_a", ".lora_b")) for n in trainable)
 
@@ -71,7 +72,7 @@ def test_adapter_ema_target_equals_full_ema_of_base_and_adapters():
     for _ in range(3):  # the online adapters move, both targets follow
         perturb_adapters(online, 0.1)
         with torch.no_grad():
-            for layer in M.lora_layers(online):
+            for layer in loralib.lora_layers(online):
                 layer.lora_a.add_(0.1 * torch.randn_like(layer.lora_a))
         J.ema_update(adapter_target, online, 0.9)
         J.ema_update(full_target, online, 0.9)
@@ -79,11 +80,11 @@ def test_adapter_ema_target_equals_full_ema_of_base_and_adapters():
     got = adapter_target(ids).logits
     # the full EMA, merged into plain weights, is the reference
     merged = M.Transformer(SMALL).eval()
-    merged.load_state_dict(M.merge_lora(full_target.state_dict(), online.lora))
+    merged.load_state_dict(loralib.merge_lora(full_target.state_dict(), online.lora))
     with torch.no_grad():
         assert torch.allclose(got, merged(ids).logits, atol=1e-5)
         assert not torch.allclose(got, online(ids).logits, atol=1e-3)  # and it is not the online model
-    assert all(layer.adapter_override is None for layer in M.lora_layers(online))
+    assert all(layer.adapter_override is None for layer in loralib.lora_layers(online))
 
 
 def test_merge_and_save_then_load_reproduces_logits(tmp_path):
@@ -100,20 +101,20 @@ def test_merge_and_save_then_load_reproduces_logits(tmp_path):
 def test_adapter_only_save_and_load(tmp_path):
     base, adapted = lora_model(targets=("q", "v", "down"))
     perturb_adapters(adapted)
-    M.save_adapters(adapted.state_dict(), adapted.lora, str(tmp_path / "adapter"))
+    loralib.save_adapters(adapted.state_dict(), adapted.lora, str(tmp_path / "adapter"))
     assert json.load(open(tmp_path / "adapter" / "adapter_config.json"))["targets"] == ["q", "v", "down"]
-    fresh = M.load_adapters(copy.deepcopy(base), str(tmp_path / "adapter"))
+    fresh = loralib.load_adapters(copy.deepcopy(base), str(tmp_path / "adapter"))
     ids = torch.randint(3, 64, (2, 12))
     with torch.no_grad():
         assert torch.equal(fresh(ids).logits, adapted(ids).logits)
-    other = M.add_lora(copy.deepcopy(base), 4, targets=("q",))
+    other = loralib.add_lora(copy.deepcopy(base), 4, targets=("q",))
     with pytest.raises(KeyError, match="does not match"):
-        M.load_adapters(other, str(tmp_path / "adapter"))
+        loralib.load_adapters(other, str(tmp_path / "adapter"))
 
 
 def test_bad_lora_settings():
     with pytest.raises(ValueError, match="targets among"):
-        M.add_lora(M.Transformer(SMALL), 4, targets=("qq",))
+        loralib.add_lora(M.Transformer(SMALL), 4, targets=("qq",))
     import importlib
     import train
     train = importlib.reload(train)
