@@ -178,7 +178,6 @@ def pad_batch(samples, pad_id, dev):
     return ids.to(dev), real.to(dev)
 
 
-@torch.no_grad()
 def view_rates(ckpt_dir):
     """(t_L, t_H) for a checkpoint's collapse probe: the flags when given, else the rates it was trained with
     (train_config.json of its run), else the paper's aggressive 0.2 / 0.7."""
@@ -186,6 +185,7 @@ def view_rates(ckpt_dir):
     return (t_low or config.get("t_low", jepa.T_LOW)), (t_high or config.get("t_high", jepa.T_HIGH))
 
 
+@torch.no_grad()
 def wikitext_pass(model, samples, indices, batch, rates):
     """Per sample: pooled hidden states of every layer (L, N, D), the diffusion loss at forgetting_rate,
     and the pooled z_tL, z_tH. Masks come from jepa.view_noise keyed by the sample's index, so every
