@@ -17,7 +17,7 @@ import math
 import statistics
 import sys
 
-from configurator import ConfigError, InputError, configure, read_text, setting_keys
+from configurator import ConfigError, InputError, configure, parse_json, read_text, setting_keys
 from runtime import run_main
 
 # -----------------------------------------------------------------------------
@@ -49,10 +49,7 @@ def read_run(spec, ignored=()):
     ones whose last name part is in `ignored`."""
     merged = {}
     for path in spec.split("+"):
-        try:
-            found = numbers(json.loads(read_text(path, "result file")))
-        except json.JSONDecodeError as e:
-            raise InputError(f"{path}:{e.lineno}: malformed JSON ({e.msg})") from None
+        found = numbers(parse_json(read_text(path, "result file"), path))
         found = {k: v for k, v in found.items() if k.split("/")[-1] not in ignored}
         clash = sorted(set(found) & set(merged))
         if clash:

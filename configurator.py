@@ -109,18 +109,29 @@ def read_text(path, what="file"):
         raise InputError(f"{path}:{line}: not UTF-8 text (byte {raw[e.start]:#04x})") from None
 
 
+def parse_json(text, path, line=None):
+    """json.loads(text); malformed text is an InputError naming the file and line (`line`: the text's line
+    in a JSONL file, else the decoder's)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise InputError(f"{path}:{line or e.lineno}: malformed JSON ({e.msg})") from None
+
+
+def read_json_object(path, what="file"):
+    """A user's JSON file holding one object, as a dict; every error names the file (and line)."""
+    value = parse_json(read_text(path, what), path)
+    if not isinstance(value, dict):
+        raise InputError(f"{path}: expected a JSON object, got a {type(value).__name__}")
+    return value
+
+
 def read_config_file(path):
     """[(key, value)] from a .json object or a .py of 'key = literal' lines; every error names the file and
     line."""
-    text = read_text(path, "config file")
     if path.endswith(".json"):
-        try:
-            values = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise InputError(f"{path}:{e.lineno}: {e.msg}") from None
-        if not isinstance(values, dict):
-            raise InputError(f"{path}: expected a JSON object of settings, got a {type(values).__name__}")
-        return list(values.items())
+        return list(read_json_object(path, "config file").items())
+    text = read_text(path, "config file")
     try:
         body = ast.parse(text).body
     except SyntaxError as e:

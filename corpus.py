@@ -17,11 +17,10 @@ The replication corpus (fixed here, so that every machine builds the same one fr
 Nothing of NL-RX (the fine-tuning task) is in it.
 """
 
-import json
 import os
 import sysconfig
 
-from configurator import InputError, MissingInput, read_text
+from configurator import InputError, MissingInput, parse_json, read_text
 
 TEXT_SUFFIXES = (".txt", ".md", ".py", ".raw", ".rst")
 EXCLUDED_DIRS = {"test", "tests", "idle_test", "site-packages", "__pycache__"}
@@ -38,7 +37,7 @@ def read_documents(paths):
             documents += read_documents(files)
         elif path.endswith(".jsonl"):
             for i, line in enumerate(read_text(path, "text file").splitlines(), start=1):
-                row = json.loads(line) if line.strip() else None
+                row = parse_json(line, path, i) if line.strip() else None
                 if not isinstance(row, dict) or not isinstance(row.get("text"), str):
                     raise InputError(f"{path}:{i}: expected a JSON object with a \"text\" field")
                 documents.append(row["text"])
@@ -80,8 +79,8 @@ def replication_documents(data_root):
         if not os.path.exists(path):
             raise MissingInput(f"the replication corpus needs {path} (--data_dir is the folder of the release files)")
     documents = wikitext_articles(wikitext)
-    for line in read_text(gsm8k, "GSM8K file").splitlines():
-        row = json.loads(line)
+    for i, line in enumerate(read_text(gsm8k, "GSM8K file").splitlines(), start=1):
+        row = parse_json(line, gsm8k, i)
         documents.append(f"{row['question']}\n\n{row['answer']}")
     documents += [read_text(path, "stdlib file") for path in stdlib_files()]
     return [d for d in documents if d.strip()]

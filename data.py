@@ -24,13 +24,12 @@ Splits (the only place they are named; train = fine-tuning, eval = scoring):
 import csv
 from collections.abc import Mapping
 import glob
-import json
 import os
 import random
 
 import torch
 
-from configurator import InputError, MissingInput, read_text
+from configurator import InputError, MissingInput, parse_json, read_text
 
 # -----------------------------------------------------------------------------
 # tasks
@@ -74,10 +73,7 @@ def read_jsonl(path):
     for i, line in enumerate(read_lines(path), start=1):
         if not line.strip():
             raise InputError(f"{path}:{i}: empty row")
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise InputError(f"{path}:{i}: malformed JSON ({e.msg})") from None
+        row = parse_json(line, path, i)
         if not isinstance(row, dict):
             raise InputError(f"{path}:{i}: expected a JSON object per line, got a {type(row).__name__}")
         rows.append(row)
@@ -174,8 +170,7 @@ def load_task(task, split, data_dir=None):
         path = os.path.join(data_dir, "train_spider.json" if split == "train" else "dev.json")
         if not os.path.exists(path):
             raise MissingInput(f"missing data file {path} (Spider's official release layout)")
-        with open(path, encoding="utf-8") as f:
-            rows = json.load(f)
+        rows = parse_json(read_text(path, "Spider file"), path)
         return [example(r.get("question"), r.get("query"), f"{path} item {i}", db_id=r.get("db_id"))
                 for i, r in enumerate(rows)]
     raise AssertionError(task)

@@ -25,7 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from configurator import InputError, MismatchedInput, MissingInput, read_text
+from configurator import InputError, MismatchedInput, MissingInput, read_json_object
 from lora import merge_lora
 
 # -----------------------------------------------------------------------------
@@ -388,12 +388,7 @@ def run_config(ckpt_dir):
     final/ or base/), as a dict; {} for a checkpoint that did not come from train.py."""
     for path in (os.path.join(ckpt_dir, "train_config.json"), os.path.join(ckpt_dir, "..", "train_config.json")):
         if os.path.exists(path):
-            try:
-                with open(path, encoding="utf-8") as f:
-                    config = json.load(f)
-            except (ValueError, UnicodeDecodeError):
-                raise InputError(f"{path}: not a JSON object of settings") from None
-            return config if isinstance(config, dict) else {}
+            return read_json_object(path, "train_config.json")
     return {}
 
 
@@ -419,13 +414,7 @@ def read_release_config(ckpt_dir):
     path = os.path.join(ckpt_dir, "config.json")
     if not os.path.exists(path):
         raise MissingInput(f"{ckpt_dir} has no config.json")
-    try:
-        config = json.loads(read_text(path, "config.json"))
-    except json.JSONDecodeError as e:
-        raise InputError(f"{path}:{e.lineno}: malformed JSON ({e.msg})") from None
-    if not isinstance(config, dict):
-        raise InputError(f"{path}: expected a JSON object, got a {type(config).__name__}")
-    return config
+    return read_json_object(path, "config.json")
 
 
 def load_release_tensors(ckpt_dir, cfg, dtype, device="cpu"):

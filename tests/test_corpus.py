@@ -8,6 +8,7 @@ import pytest
 from conftest import SHARED, needs_shared, run_script
 
 import corpus as C
+from configurator import InputError
 import data as D
 import model as M
 
@@ -40,6 +41,10 @@ def test_read_documents_from_files_folders_and_jsonl(tmp_path):
     (tmp_path / "bad.jsonl").write_text('["a list"]\n')
     with pytest.raises(Exception, match=r"bad.jsonl:1: expected a JSON object"):
         C.read_documents([str(tmp_path / "bad.jsonl")])
+    # regression: a malformed row was a raw JSONDecodeError naming neither file nor line
+    (tmp_path / "cut.jsonl").write_text(json.dumps({"text": "fine"}) + '\n{"text": "cut sh\n')
+    with pytest.raises(InputError, match=r"cut.jsonl:2: malformed JSON"):
+        C.read_documents([str(tmp_path / "cut.jsonl")])
 
 
 def test_wikitext_articles_split_at_level_one_titles():

@@ -287,6 +287,19 @@ def test_malformed_data_files_are_named(tmp_path, content, message):
         D.load_task("gsm8k", "train", str(tmp_path))
 
 
+def test_malformed_spider_and_run_config_files_are_named(tmp_path):
+    """Regression: Spider's dev.json went through json.load (a raw traceback) and a malformed
+    train_config.json was reported without its line."""
+    from configurator import InputError
+    import model as M
+    (tmp_path / "dev.json").write_text('[{"question": "q",\n "query": }]')
+    with pytest.raises(InputError, match=r"dev.json:2: malformed JSON"):
+        D.load_task("spider", "eval", str(tmp_path))
+    (tmp_path / "train_config.json").write_text('{"t_low": 0.2,\n"t_high": }')
+    with pytest.raises(InputError, match=r"train_config.json:2: malformed JSON"):
+        M.run_config(str(tmp_path))
+
+
 def test_empty_and_too_long_splits_say_which():
     from configurator import InputError
     tok = D.train_tokenizer(D.tiny_tokenizer_texts())
