@@ -100,16 +100,18 @@ def aggregate(arm_runs, pairs):
 
 
 def print_report(report):
+    names = [k for arm in report["arms"].values() for k in arm["numbers"]]
+    w = max(map(len, names), default=0)  # one column of names, however long they are
     for name, arm in report["arms"].items():
         print(f"{name} ({arm['runs']} runs): mean +- population std")
         for k, v in arm["numbers"].items():
-            print(f"  {k:50} {v['mean']:10.4f} +- {v['std']:.4f}")
+            print(f"  {k:{w}} {v['mean']:10.4f} +- {v['std']:.4f}")
         if arm["not_in_every_run"]:
             print(f"  left out (not in every run): {', '.join(arm['not_in_every_run'][:10])}")
     for name, diffs in report["pairs"].items():
         print(f"{name}: per-seed differences")
         for k, v in diffs.items():
-            print(f"  {k:50} {' '.join(f'{d:+.4f}' for d in v['differences'])}   mean {v['mean']:+.4f}")
+            print(f"  {k:{w}} {' '.join(f'{d:+.4f}' for d in v['differences'])}   mean {v['mean']:+.4f}")
 
 
 def main(argv):
