@@ -171,6 +171,8 @@ def load_task(task, split, data_dir=None):
         if not os.path.exists(path):
             raise MissingInput(f"missing data file {path} (Spider's official release layout)")
         rows = parse_json(read_text(path, "Spider file"), path)
+        if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+            raise InputError(f"{path}: expected a JSON list of question objects (Spider's release layout)")
         return [example(r.get("question"), r.get("query"), f"{path} item {i}", db_id=r.get("db_id"))
                 for i, r in enumerate(rows)]
     raise AssertionError(task)

@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from configurator import MismatchedInput
+from configurator import InputError, MismatchedInput, read_json_object
 
 
 LORA_TARGETS = {"q": "attn.q_proj", "k": "attn.k_proj", "v": "attn.v_proj", "o": "attn.o_proj",
@@ -90,8 +90,11 @@ def save_adapters(state_dict, lora, out_dir):
 def load_adapters(model, adapter_dir):
     """Add LoRA layers as adapter_config.json describes (unless present) and load adapter.safetensors."""
     from safetensors.torch import load_file
-    with open(os.path.join(adapter_dir, "adapter_config.json")) as f:
-        lora = json.load(f)
+    path = os.path.join(adapter_dir, "adapter_config.json")
+    lora = read_json_object(path, "adapter config")
+    missing = [k for k in ("rank", "alpha", "dropout", "targets") if k not in lora]
+    if missing:
+        raise InputError(f"{path}: missing {', '.join(missing)} (train.py writes all four)")
     if not getattr(model, "lora", None):
         add_lora(model, lora["rank"], lora["alpha"], lora["dropout"], lora["targets"])
     tensors = load_file(os.path.join(adapter_dir, "adapter.safetensors"))

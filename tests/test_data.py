@@ -295,6 +295,9 @@ def test_malformed_spider_and_run_config_files_are_named(tmp_path):
     (tmp_path / "dev.json").write_text('[{"question": "q",\n "query": }]')
     with pytest.raises(InputError, match=r"dev.json:2: malformed JSON"):
         D.load_task("spider", "eval", str(tmp_path))
+    (tmp_path / "dev.json").write_text('{"question": "q", "query": "SELECT 1"}')  # an object, not a list
+    with pytest.raises(InputError, match=r"dev.json: expected a JSON list of question objects"):
+        D.load_task("spider", "eval", str(tmp_path))
     (tmp_path / "train_config.json").write_text('{"t_low": 0.2,\n"t_high": }')
     with pytest.raises(InputError, match=r"train_config.json:2: malformed JSON"):
         M.run_config(str(tmp_path))

@@ -110,6 +110,15 @@ def test_adapter_only_save_and_load(tmp_path):
     other = loralib.add_lora(copy.deepcopy(base), 4, targets=("q",))
     with pytest.raises(KeyError, match="does not match"):
         loralib.load_adapters(other, str(tmp_path / "adapter"))
+    # a damaged adapter_config.json is named (it was a raw JSONDecodeError / KeyError)
+    from configurator import InputError
+    config = tmp_path / "adapter" / "adapter_config.json"
+    config.write_text('{"rank": 4,\n "alpha": }')
+    with pytest.raises(InputError, match=r"adapter_config.json:2: malformed JSON"):
+        loralib.load_adapters(copy.deepcopy(base), str(tmp_path / "adapter"))
+    config.write_text('{"rank": 4, "alpha": 16.0}')
+    with pytest.raises(InputError, match=r"adapter_config.json: missing dropout, targets"):
+        loralib.load_adapters(copy.deepcopy(base), str(tmp_path / "adapter"))
 
 
 def test_bad_lora_settings():
