@@ -34,14 +34,19 @@ FT=(--task nlrx --data_dir "$NLRX" --model "$BASE/final" --max_len 128 --batch_s
 EVAL=(--task nlrx --data_dir "$NLRX" --gen_length 64 --block_length 32 --steps 64 --batch_size 16 --overwrite true)
 stamp() { date +%s; }
 have() { [ -s "$1" ] && echo "skip: $1 exists"; }
+keep() { cp "$1" "$2.tmp" && mv "$2.tmp" "$2"; }  # a kill mid-copy leaves no half file that have() would skip
+keep_gz() { gzip -c "$1" > "$2.tmp" && mv "$2.tmp" "$2"; }
 protocol_flags() { [ "$1" = random ] && echo "--random_context_rate true" || echo "--random_context_rate false"; }
 
 pretrain() {  # LLaDA's pretraining objective on the replication corpus, then samples from a fully masked canvas
-  have "$BASE/final/model.safetensors" && return
   local t; t=$(stamp)
-  python train.py --preset pretrain-small --data_dir "$DATA" --overwrite true "${PRE[@]}"
-  python sample.py --checkpoint "$BASE" --n 6 > "$R/base_samples.txt"
-  echo "pretraining: $(( $(stamp) - t )) s" | tee -a "$R/times.txt"
+  if ! have "$BASE/final/model.safetensors"; then  # train.py writes final/ whole or not at all
+    python train.py --preset pretrain-small --data_dir "$DATA" --overwrite true "${PRE[@]}"
+    echo "pretraining: $(( $(stamp) - t )) s" | tee -a "$R/times.txt"
+  fi
+  have "$R/base_samples.txt" && return
+  python sample.py --checkpoint "$BASE" --n 6 > "$R/base_samples.txt.tmp"
+  mv "$R/base_samples.txt.tmp" "$R/base_samples.txt"
 }
 
 sweep() {  # three learning rates on the baseline arm (seed 42), scored on the held-out training items
@@ -53,8 +58,8 @@ sweep() {  # three learning rates on the baseline arm (seed 42), scored on the h
     python train.py "${FT[@]}" "${SHORT[@]}" $(protocol_flags "$p") --jepa_weight 0 --seed 42 --lr $lr \
         --out_dir "$d/out-sweep-$lr"
     python evaluate.py "${EVAL[@]}" --checkpoint "$d/out-sweep-$lr" --split val --val_holdout $HOLDOUT --limit $VAL_LIMIT
-    gzip -c "$d/out-sweep-$lr/eval/nlrx-0shot-val.jsonl" > "$d/sweep-lr$lr-items.jsonl.gz"
-    cp "$d/out-sweep-$lr/eval/nlrx-0shot-val.json" "$d/sweep-lr$lr.json"
+    keep_gz "$d/out-sweep-$lr/eval/nlrx-0shot-val.jsonl" "$d/sweep-lr$lr-items.jsonl.gz"
+    keep "$d/out-sweep-$lr/eval/nlrx-0shot-val.json" "$d/sweep-lr$lr.json"  # last: the step's marker
     echo "$p sweep lr $lr: $(( $(stamp) - t )) s" | tee -a "$d/times.txt"
   done
 }
@@ -81,14 +86,14 @@ arms() {  # both arms, three seeds: fine-tune, evaluate on the first 500 test it
         [ $arm$seed = baseline42 ] || python train.py "${FT[@]}" "${SHORT[@]}" $(protocol_flags "$p") --jepa_weight $w --seed $seed --lr "$lr" \
             --out_dir "$out"
         python evaluate.py "${EVAL[@]}" --checkpoint "$out" --limit $LIMIT
-        gzip -c "$out/eval/nlrx-0shot.jsonl" > "$d/$arm-s$seed-items.jsonl.gz"
-        cp "$out/log.jsonl" "$d/$arm-s$seed-log.jsonl"
-        cp "$out/eval/nlrx-0shot.json" "$d/$arm-s$seed-summary.json"
+        keep_gz "$out/eval/nlrx-0shot.jsonl" "$d/$arm-s$seed-items.jsonl.gz"
+        keep "$out/log.jsonl" "$d/$arm-s$seed-log.jsonl"
+        keep "$out/eval/nlrx-0shot.json" "$d/$arm-s$seed-summary.json"  # last: the step's marker
       fi
       if ! have "$d/$arm-s$seed-probe.json"; then
         python probe.py --base "$BASE/final" --checkpoints "$out" --names ft --n_samples $SAMPLES --sample_len 256 \
             --wikitext_dir "$DATA/wikitext/wikitext-103-raw" --mmlu_dir none --out_dir "$out/probe" --overwrite true
-        cp "$out/probe/probe.json" "$d/$arm-s$seed-probe.json"
+        keep "$out/probe/probe.json" "$d/$arm-s$seed-probe.json"
       fi
       echo "$p $arm seed $seed: $(( $(stamp) - t )) s" | tee -a "$d/times.txt"
     done
