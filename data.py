@@ -255,16 +255,29 @@ def tiny_regex(split):
     return [example(pairs[i][0], pairs[i][1], f"tiny-regex pair {i}") for i in chosen]
 
 
-def train_tokenizer(texts, vocab_size=512):
+PUNCTUATION = r"[!-/:-@\[-`{-~]"  # the 32 ASCII punctuation characters, one pre-token each
+
+
+def train_tokenizer(texts, vocab_size=512, split_punctuation=False):
     """A byte-level BPE tokenizer trained on texts (the offline task for the tiny preset, the corpus for
     the text task), wrapped as PreTrainedTokenizerFast with the special tokens of the random-init presets
     (model.PRESETS 'tiny' and 'small'): 0 EOS = PAD, 1 mask, 2 BOS. Small and 8B runs then share one
-    tokenizer API and one checkpoint format."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    tokenizer API and one checkpoint format.
+
+    split_punctuation: every ASCII punctuation character is its own pre-token before BPE, so `(`, `)`,
+    `|`, `*`, `{`, `\\` are always one token each, whatever their neighbours. Without it the BPE learns
+    tokens like `((`, `)*(` and `}\\`, so one bracket is spelt several ways and a regex splits at about
+    1.4 characters per token with its syntax smeared across tokens (issue 22 measured this on NL-RX)."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
     specials = ["<|endoftext|>", "<|mdm_mask|>", "<|startoftext|>"]
     tk = Tokenizer(models.BPE())
-    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    if split_punctuation:
+        isolate = pre_tokenizers.Split(Regex(PUNCTUATION), behavior="isolated")
+        tk.pre_tokenizer = pre_tokenizers.Sequence([isolate, byte_level])
+    else:
+        tk.pre_tokenizer = byte_level
     tk.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())

@@ -48,6 +48,7 @@ max_len = 1024  # longer examples are dropped (and counted), never truncated
 val_holdout = 0  # > 0: train without these many seeded items of the training split (evaluate.py --split=val)
 text_files = ""  # task 'text': comma-separated text files / folders / .jsonl ("text" per row) to pretrain on
 text_recipe = ""  # task 'text': 'replication' = the small-scale replication's fixed corpus (corpus.py)
+split_punctuation = False  # random-init presets: each punctuation character one token (data.train_tokenizer)
 # DLLM-JEPA
 t_low = jepa.T_LOW
 t_high = jepa.T_HIGH
@@ -95,7 +96,8 @@ PRESETS = {
     "wide-t": dict(t_low=0.1, t_high=0.9, lr=1.4e-6),  # the preservation experiment (§4.3)
     # the small-scale replication's base: LLaDA's pretraining objective on the replication corpus
     "pretrain-small": dict(task="text", model="small", text_recipe="replication", jepa_weight=0.0,
-                           random_context_rate=True, device="cpu", dtype="float32", max_len=256, lr=1e-3,
+                           random_context_rate=True, split_punctuation=True, device="cpu", dtype="float32",
+                           max_len=256, lr=1e-3,
                            batch_size=16, grad_accum=1, total_batch=0, max_steps=1400, activation_checkpointing=False,
                            save_every=200, seed=0, out_dir="out-small-base"),  # 1,400 x 16 x 256 tokens: ~1.2 epochs
     "tiny": dict(task="tiny-regex", model="tiny", device="cpu", dtype="float32", max_len=128, lr=2e-3,
@@ -320,7 +322,7 @@ def load_source(documents):
     if model in RANDOM_INIT:
         model_cfg = modellib.PRESETS[model]
         texts = documents if task == "text" else data.tiny_tokenizer_texts()
-        return Source(model_cfg, data.train_tokenizer(texts, vocab_size=model_cfg.vocab_size), None, None)
+        return Source(model_cfg, data.train_tokenizer(texts, model_cfg.vocab_size, split_punctuation), None, None)
     ckpt_dir = modellib.resolve_checkpoint_dir(model)
     release_config = modellib.read_release_config(ckpt_dir)
     model_cfg = modellib.config_from_release(release_config, os.path.join(ckpt_dir, "config.json"))
