@@ -18,7 +18,8 @@ Syntax (the dk.brics automaton library the NL-RX authors used; Locascio et al. 2
 github.com/nicholaslocascio/deep-regex): | (lowest) < & < concatenation < postfix * + ? {n} {n,} {n,m}
 < prefix ~ (highest), so ~(dog)(.*) is (~(dog))(.*). '.' is any character, [..] / [^..] classes with
 ranges, '\' escapes the next character, so '\b' is the literal letter b (NL-RX's "words with" targets use
-\b...\b; gold and prediction are read alike). Every other character is itself. A regex matches a whole line.
+\b...\b; gold and prediction are read alike). Every other character is itself, operators included where
+dk.brics reads a character (see _Parser). A regex matches a whole line.
 """
 
 import random
@@ -141,7 +142,7 @@ class Engine:
         if low > MAX_REPEAT or (high is not None and high > MAX_REPEAT):
             raise Undecided(f"repetition {{{low},{high}}} above {MAX_REPEAT}")
         if high is not None and high < low:
-            raise RegexError(f"repetition {{{low},{high}}} has max < min")
+            return self.EMPTY  # dk.brics BasicOperations.repeat: min > max is the empty language
         out = self.star(r) if high is None else self.EPS
         optional = self.union(r, self.EPS)
         for _ in range(0 if high is None else high - low):
@@ -263,7 +264,21 @@ class Engine:
 
 
 class _Parser:
-    """Recursive descent over the precedence levels, nesting bounded by MAX_DEPTH."""
+    """Recursive descent that follows dk.brics.automaton's RegExp parser method for method (RegExp.java:
+    parseUnionExp, parseInterExp, parseConcatExp, parseRepeatExp, parseComplExp, parseCharClassExp,
+    parseCharClasses, parseCharClass, parseSimpleExp, parseCharExp), with loops where it recurses to the
+    right and nesting bounded by MAX_DEPTH. What that grammar implies, and this parser therefore does:
+      - a concatenation always takes at least one item, and an item that is no operator's start is a
+        character read by parseCharExp: an optional '\\', then *any* next character. So an operator in
+        atom position is itself: '(*)' is the string '*', '(|a)' is '|a', '~)' is the complement of ')',
+        a stray ']' or '}' is itself; only the end of the text there is an error;
+      - a reversed class range such as [a-9] or [A--Z]'s 'A--' is the empty set: BasicAutomata.makeCharRange
+        adds no transition when min > max; likewise {n,m} with m < n is the empty language
+        (BasicOperations.repeat returns makeEmpty when min > max);
+      - after a complete regex, anything left over (a ')' that closes nothing) is an error, as RegExp's
+        constructor throws "end-of-string expected".
+    dk.brics' optional syntax (# empty, @ any string, "..." strings, <..> intervals) is read as literal
+    characters: deep-regex's evaluation jar is not published with its flags, and no NL-RX target uses them."""
 
     def __init__(self, engine, text):
         self.e, self.text, self.pos, self.depth = engine, text, 0, 0
@@ -277,29 +292,33 @@ class _Parser:
         self.pos += 1
         return self.text[self.pos - 1]
 
+    def match(self, c):
+        if self.peek() == c:
+            self.pos += 1
+            return True
+        return False
+
     def parse(self):
         r = self.union()
         if self.pos != len(self.text):
-            raise RegexError(f"unexpected {self.text[self.pos]!r} at {self.pos}")
+            raise RegexError(f"end of regex expected at {self.pos}, found {self.text[self.pos]!r}")
         return r
 
-    def union(self):
-        r = self.inter()
-        while self.peek() == "|":
-            self.take()
-            r = self.e.union(r, self.inter())
-        return r
+    def union(self):  # parseUnionExp: inter ('|' union)?
+        items = [self.inter()]
+        while self.match("|"):
+            items.append(self.inter())
+        return self.e.union(*items)
 
-    def inter(self):
-        r = self.concat()
-        while self.peek() == "&":
-            self.take()
-            r = self.e.inter(r, self.concat())
-        return r
+    def inter(self):  # parseInterExp: concat ('&' inter)?
+        items = [self.concat()]
+        while self.match("&"):
+            items.append(self.concat())
+        return self.e.inter(*items)
 
-    def concat(self):
-        parts = []
-        while self.peek() is not None and self.peek() not in "|&)":
+    def concat(self):  # parseConcatExp: repeat, then more while the next character is not ')', '|' or '&'
+        parts = [self.repeat()]
+        while self.peek() is not None and self.peek() not in ")|&":
             parts.append(self.repeat())
         out = self.e.EPS
         for p in reversed(parts):
@@ -316,9 +335,9 @@ class _Parser:
             raise RegexError(f"expected a number at {self.pos}")
         return int(digits)
 
-    def repeat(self):
+    def repeat(self):  # parseRepeatExp
         r = self.complement()
-        while self.peek() is not None and self.peek() in "*+?{":
+        while self.peek() is not None and self.peek() in "?*+{":
             op = self.take()
             if op == "*":
                 r = self.e.star(r)
@@ -329,73 +348,66 @@ class _Parser:
             else:
                 low = self.number()
                 high = low
-                if self.peek() == ",":
-                    self.take()
-                    high = self.number() if self.peek() != "}" else None
-                if self.take() != "}":
-                    raise RegexError(f"expected '}}' at {self.pos - 1}")
+                if self.match(","):
+                    high = self.number() if self.peek() is not None and self.peek() in "0123456789" else None
+                if not self.match("}"):
+                    raise RegexError(f"expected '}}' at {self.pos}")
                 r = self.e.repeat(r, low, high)
         return r
 
-    def complement(self):
+    def complement(self):  # parseComplExp: '~' complement | class
         n = 0
-        while self.peek() == "~":
-            self.take()
+        while self.match("~"):
             n += 1
-        r = self.atom()
+        r = self.char_class_exp()
         for _ in range(n % 2):
             r = self.e.complement(r)
         return r
 
-    def atom(self):
-        c = self.take()
-        if c == "(":
-            if self.peek() == ")":
-                self.take()
+    def char_class_exp(self):  # parseCharClassExp
+        if not self.match("["):
+            return self.simple()
+        negated = self.match("^")
+        chars = self.char_class()
+        while self.peek() is not None and self.peek() != "]":
+            chars |= self.char_class()
+        if not self.match("]"):
+            raise RegexError(f"expected ']' at {self.pos}")
+        return self.e.chars(chars, negated)
+
+    def char_class(self):  # parseCharClass: c, c-] (c and '-'), or c-d (empty when d < c)
+        c = self.char()
+        if not self.match("-"):
+            return {c}
+        if self.peek() == "]":
+            return {c, "-"}
+        end = self.char()
+        if ord(end) < ord(c):
+            return set()  # BasicAutomata.makeCharRange: no transition when min > max
+        if ord(end) - ord(c) >= MAX_RANGE:
+            raise Undecided(f"range {c!r}-{end!r} wider than {MAX_RANGE} characters")
+        self.e.charge(ord(end) - ord(c))
+        return {chr(i) for i in range(ord(c), ord(end) + 1)}
+
+    def simple(self):  # parseSimpleExp: '.', '(' ')' , '(' union ')', else a character
+        if self.match("."):
+            return self.e.ANY
+        if self.match("("):
+            if self.match(")"):
                 return self.e.EPS
             self.depth += 1
             if self.depth > MAX_DEPTH:
                 raise Undecided(f"groups nested deeper than {MAX_DEPTH}")
             r = self.union()
             self.depth -= 1
-            if self.take() != ")":
-                raise RegexError(f"expected ')' at {self.pos - 1}")
+            if not self.match(")"):
+                raise RegexError(f"expected ')' at {self.pos}")
             return r
-        if c == "[":
-            return self.char_class()
-        if c == ".":
-            return self.e.ANY
-        if c == "\\":
-            return self.e.chars(self.take())
-        if c in ")]*+?{}|&":
-            raise RegexError(f"unexpected {c!r} at {self.pos - 1}")
-        return self.e.chars(c)
+        return self.e.chars(self.char())
 
-    def class_char(self):
-        c = self.take()
-        return self.take() if c == "\\" else c
-
-    def char_class(self):
-        negated = self.peek() == "^"
-        if negated:
-            self.take()
-        chars, first = set(), True
-        while first or self.peek() != "]":
-            first = False
-            c = self.class_char()
-            if self.peek() == "-" and self.pos + 1 < len(self.text) and self.text[self.pos + 1] != "]":
-                self.take()
-                end = self.class_char()
-                if ord(end) < ord(c):
-                    raise RegexError(f"bad range {c}-{end}")
-                if ord(end) - ord(c) >= MAX_RANGE:
-                    raise Undecided(f"range {c!r}-{end!r} wider than {MAX_RANGE} characters")
-                self.e.charge(ord(end) - ord(c))
-                chars |= {chr(i) for i in range(ord(c), ord(end) + 1)}
-            else:
-                chars.add(c)
-        self.take()
-        return self.e.chars(chars, negated)
+    def char(self):  # parseCharExp: an optional backslash, then any character
+        self.match("\\")
+        return self.take()
 
 
 # -----------------------------------------------------------------------------

@@ -87,7 +87,30 @@ def score_gsm8k(prediction, item, seed=0):
 # NL-RX
 
 
+CONSTANT_ANSWERS = {"empty_language": "~(.*)", "all_strings": ".*"}  # the two floors of issue 21
+
+
 def score_regex(prediction, item, seed=0):
+    """regex_scores of the prediction, and what a reader needs to see the floor: 'gold_language' (empty,
+    all, other or undecided: of the first 500 NL-RX-SYNTH test golds, 89 denote the empty language and 29
+    every string, so a model that always answers one constant regex scores DFA 0.178 there) and 'floor':
+    the scores of the two constant answers (CONSTANT_ANSWERS) on this item, drawn from the same strings."""
+    scores = regex_scores(prediction, item["output"], seed)
+    if "gold_error" in scores:
+        return scores
+    floor = {name: regex_scores(text, item["output"], seed) for name, text in CONSTANT_ANSWERS.items()}
+    if floor["empty_language"]["dfa"] == 1.0:
+        scores["gold_language"] = "empty"
+    elif floor["all_strings"]["dfa"] == 1.0:
+        scores["gold_language"] = "all"
+    else:
+        undecided = any("dfa" in f.get("undecided", ()) for f in floor.values())
+        scores["gold_language"] = "undecided" if undecided else "other"
+    scores["floor"] = {name: {m: f[m] for m in METRICS["regex"]} for name, f in floor.items()}
+    return scores
+
+
+def regex_scores(prediction, gold_text, seed=0):
     """exact: the strings equal (after stripping). functional: gold and prediction agree on 200 strings,
     100 drawn to match the gold and 100 random (lengths 0-20 over letters, digits and space); a stricter
     reading of the paper's '200 random strings', since random strings rarely match a gold like .*dog.*.
@@ -95,7 +118,7 @@ def score_regex(prediction, item, seed=0):
     dfa: the languages are equal. The strings are drawn from (seed, gold text). A prediction that does
     not parse scores 0; a question the engine cannot settle within its work budget scores 0 for that
     metric and is listed in 'undecided' (counted apart in the summary)."""
-    pred_text, gold_text = prediction.strip(), item["output"].strip()
+    pred_text, gold_text = prediction.strip(), gold_text.strip()
     scores = {"exact": float(pred_text == gold_text), "functional": 0.0, "functional_random200": 0.0, "dfa": 0.0}
     engine = rx.Engine(rx.BUDGET)
     try:
@@ -405,4 +428,24 @@ def summarize(records):
     empty = sum(not str(r.get("prediction", "x")).strip() for r in records)
     if empty:
         summary["empty_outputs"] = empty
+    if any("gold_language" in s for s in scores):
+        summary.update(regex_floors(scores))
     return summary
+
+
+def regex_floors(scores):
+    """NL-RX beside the overall means: how many golds denote the empty language or every string, each
+    metric on the other ('nontrivial') golds, and the two constant answers' scores on all items and on the
+    non-trivial ones ('floor/<answer>/<metric>', 'nontrivial/floor/<answer>/<metric>')."""
+    out = {f"gold_language/{kind}": n for kind, n in sorted(Counter(s.get("gold_language") for s in scores
+                                                                         if "gold_language" in s).items())}
+    nontrivial = [s for s in scores if s.get("gold_language") == "other"]
+    out["nontrivial/n"] = len(nontrivial)
+    mean = lambda values: sum(values) / len(values) if values else None  # noqa: E731
+    with_floor = [s for s in scores if "floor" in s]
+    for metric in METRICS["regex"]:
+        out[f"nontrivial/{metric}"] = mean([s[metric] for s in nontrivial])
+        for answer in CONSTANT_ANSWERS:
+            out[f"floor/{answer}/{metric}"] = mean([s["floor"][answer][metric] for s in with_floor])
+            out[f"nontrivial/floor/{answer}/{metric}"] = mean([s["floor"][answer][metric] for s in nontrivial])
+    return out

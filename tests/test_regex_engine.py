@@ -69,10 +69,23 @@ def test_random_strings_are_over_the_alphabet():
     assert strings == R.random_strings(200, R.seeded_rng(0, "gold")) != R.random_strings(200, R.seeded_rng(1, "gold"))
 
 
-@pytest.mark.parametrize("bad", ["(dog", "dog)", "[a-", "a{3", "*a", "a|*", "a{5,3}", "[z-a]", "\\"])
-def test_parse_errors(bad):
-    with pytest.raises(R.RegexError):
+@pytest.mark.parametrize("bad", ["(dog", "dog)", "[a-", "a{3", "a{x}", "[ab", "\\", "", "a|", "(*(dog)", "(a))"])
+def test_parse_errors(bad):  # what dk.brics' RegExp constructor rejects: a missing closer, the end too early,
+    with pytest.raises(R.RegexError):  # a ')' that closes nothing
         R.Engine().parse(bad)
+
+
+# issue 21: dk.brics reads any character in atom position as itself (parseCharExp), a reversed range as the
+# empty set (BasicAutomata.makeCharRange) and {n,m} with m < n as the empty language; these were "not a regex"
+@pytest.mark.parametrize("text, same_as", [
+    ("(*)", "\\*"), ("*a", "\\*a"), ("a|*", "a|\\*"), ("(|a)", "\\|a"), ("a||b", "a|(\\|b)"),
+    ("a]", "a\\]"), ("a}", "a\\}"), ("~)", "~(\\))"), ("~|", "~(\\|)"), ("~&a", "(~(\\&))a"),
+    ("[a-9]", "a&b"), ("[z-a]", "a&b"), ("[a--]", "a&b"), ("[A--Z]", "Z"), ("[^a-0]", "."), ("x[a-9]|y", "y"),
+    ("a{5,3}", "a&b"), ("[]a]", "\\]|a"), ("[a-]", "a|\\-"),
+])
+def test_dk_brics_readings(text, same_as):
+    e = R.Engine()
+    assert e.equivalent(e.parse(text), e.parse(same_as))
 
 
 # --- the inputs of issue 13 that raised RecursionError or hung; each gets an answer now ---

@@ -48,26 +48,41 @@ def test_few_shot_output_is_cut_at_the_next_exemplar():
 # --- NL-RX ---
 
 
+def test_regex_summary_shows_nontrivial_golds_and_constant_floors():
+    items = [("a&b", "[a-9]"), ("dog", "dog"), (".*", ".*(.*)"), ("x", "(dog)|x")]  # empty, other, all, other
+    records = [{"prediction": p, "scores": S.score("nlrx", p, {"output": g})} for p, g in items]
+    assert [r["scores"]["gold_language"] for r in records] == ["empty", "other", "all", "other"]
+    assert records[0]["scores"]["floor"]["empty_language"] == {"exact": 0.0, "functional": 1.0,
+                                                               "functional_random200": 1.0, "dfa": 1.0}
+    summary = S.summarize(records)
+    assert summary["dfa"] == 0.75 and summary["nontrivial/dfa"] == 0.5 and summary["nontrivial/n"] == 2
+    assert (summary["gold_language/empty"], summary["gold_language/all"], summary["gold_language/other"]) == (1, 1, 2)
+    assert summary["floor/empty_language/dfa"] == summary["floor/all_strings/dfa"] == 0.25
+    assert summary["nontrivial/floor/empty_language/dfa"] == summary["nontrivial/floor/all_strings/dfa"] == 0.0
+    # random strings rarely match '(dog)|x' or 'dog': the literal 200-random reading credits the empty answer
+    assert summary["nontrivial/floor/empty_language/functional_random200"] == 1.0
+
+
 def test_regex_metrics():
     full = {"exact": 1.0, "functional": 1.0, "functional_random200": 1.0, "dfa": 1.0}
-    assert S.score_regex(" .*dog.* ", {"output": ".*dog.*"}) == full
-    assert S.score_regex(".*(dog).*", {"output": ".*dog.*"}) == {**full, "exact": 0.0}
+    assert S.regex_scores(" .*dog.* ", ".*dog.*") == full
+    assert S.regex_scores(".*(dog).*", ".*dog.*") == {**full, "exact": 0.0}
     # random strings over letters and digits almost never hold 'dog' or 'cat': the literal reading of
     # '200 random strings' passes this wrong regex, the 100 + 100 draw does not
-    assert S.score_regex(".*cat.*", {"output": ".*dog.*"}) == \
+    assert S.regex_scores(".*cat.*", ".*dog.*") == \
         {"exact": 0.0, "functional": 0.0, "functional_random200": 1.0, "dfa": 0.0}
-    assert S.score_regex(".*([0-9]).*", {"output": ".*dog.*"}) == \
+    assert S.regex_scores(".*([0-9]).*", ".*dog.*") == \
         {"exact": 0.0, "functional": 0.0, "functional_random200": 0.0, "dfa": 0.0}
-    not_regex = S.score_regex("garbage((", {"output": ".*dog.*"})
+    not_regex = S.regex_scores("garbage((", ".*dog.*")
     assert not_regex["functional"] == not_regex["dfa"] == 0.0 and "not a regex" in not_regex["reason"]
 
 
 def test_regex_scores_are_a_function_of_prediction_gold_and_seed():
-    item = {"output": "(.*[0-9].*)&(.*[A-Z].*)"}
-    assert S.score_regex("(.*[A-Z].*)&(.*[0-9].*)", item, seed=3) == S.score_regex("(.*[A-Z].*)&(.*[0-9].*)", item, seed=3)
+    gold, prediction = "(.*[0-9].*)&(.*[A-Z].*)", "(.*[A-Z].*)&(.*[0-9].*)"
+    assert S.regex_scores(prediction, gold, seed=3) == S.regex_scores(prediction, gold, seed=3)
     # issue 13 item 2: this gold against itself once scored 1 on an idle machine and 0 on a busy one
     gold = "((.*dog.*)|(truck)){7,}"
-    assert S.score_regex(gold, {"output": gold}) == \
+    assert S.regex_scores(gold, gold) == \
         {"exact": 1.0, "functional": 1.0, "functional_random200": 1.0, "dfa": 1.0}
 
 
@@ -172,4 +187,18 @@ def test_real_nlrx_gold_scores_one():
     regexes |= set(D.read_lines(os.path.join(SHARED, "nl_rx", "deep_regex", "NL-RX-Turk", "targ.txt")))
     full = {"exact": 1.0, "functional": 1.0, "functional_random200": 1.0, "dfa": 1.0}
     for gold in sorted(regexes):
-        assert S.score_regex(gold, {"output": gold}) == full, gold
+        assert S.regex_scores(gold, gold) == full, gold
+
+
+@needs_shared
+def test_real_nlrx_trivial_golds_and_floors():
+    # issue 21: of the first 500 LLM-JEPA test items 89 golds denote the empty language and 29 every string,
+    # so the constant empty-language answer scores DFA 89/500 = 0.178; the summary shows it
+    items = D.load_task("nlrx", "eval", os.path.join(SHARED, "nl_rx", "llm_jepa"))[:500]
+    records = [{"prediction": "", "scores": S.score("nlrx", "", x)} for x in items]
+    summary = S.summarize(records)
+    assert summary["gold_language/empty"] == 89 and summary["gold_language/all"] == 29
+    assert summary["nontrivial/n"] == 500 - 89 - 29 - summary.get("gold_language/undecided", 0)
+    assert summary["floor/empty_language/dfa"] == pytest.approx(0.178) and summary["floor/all_strings/dfa"] == 0.058
+    assert summary["nontrivial/floor/empty_language/dfa"] == summary["nontrivial/floor/all_strings/dfa"] == 0.0
+    assert summary["dfa"] == 0.0 and summary["nontrivial/dfa"] == 0.0  # '' is not a regex
