@@ -124,17 +124,16 @@ def previous_records(stem):
 
 
 def score_generation(ids, item, index, prompt, tokenizer, stop_ids, use_chat, mask_id):
-    """The record of one item: the generation cut at the first stop token, then (plain prompts) at the
-    start of a next exemplar, and its scores."""
+    """The record of one item: the generation cut at the first stop token, the prediction read from it
+    (scoring.read_prediction: GSM8K plain prompts cut at a next exemplar, other tasks raw), its scores."""
     text = tokenizer.decode(cut_at_stop(ids, stop_ids), skip_special_tokens=True)
-    prediction, cut = (text, False) if use_chat else scoring.cut_at_next_exemplar(text, data.TASKS[task]["input_label"])
+    prediction, notes = scoring.read_prediction(task, text, data.TASKS[task]["input_label"], use_chat)
     db_dir = spider_db_dir or (os.path.join(data_dir, "database") if data_dir else "")
     tables = spider_tables or (os.path.join(data_dir, "tables.json") if data_dir else "")
     record = {"index": index, "prompt": tokenizer.decode(prompt), "prompt_tokens": len(prompt), "generation": text,
               "prediction": prediction, "gold": item["output"],
               "scores": scoring.score(task, prediction, item, seed, db_dir, tables, sql_max_steps)}
-    if cut:
-        record["cut_at_exemplar"] = True
+    record.update(notes)
     masks = sum(t == mask_id for t in ids)
     if masks:  # the sampler left positions unfilled (a model that predicts the mask token itself)
         record["masks_left"] = masks

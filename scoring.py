@@ -1,7 +1,8 @@
 r"""
 The paper's metrics (DLLM-JEPA, §4.1 and A.9), one scorer per task, and the summary of a run.
 
-  generation --cut at EOS / end-of-turn (evaluate.py)--> text --cut_at_next_exemplar--> prediction
+  generation --cut at EOS / end-of-turn (evaluate.py)--> text --read_prediction--> prediction
+             (GSM8K plain prompts: cut at the next exemplar, LLaDA's stop string; every other task: raw)
   score(task, prediction, item, seed) --> {metric: 1.0 | 0.0 | None, ...notes}     (never raises)
   summarize(records) --> means, counts of undecided items, scorer failures and notes
 
@@ -41,6 +42,9 @@ TASK_SCORER = {"gsm8k": "gsm8k", "nlrx": "regex", "nlrx-turk": "regex", "tiny-re
                "spider": "spider", "django": "django"}
 
 
+CUT_AT_NEXT_EXEMPLAR = ("gsm8k",)  # the tasks whose published protocol stops generation at the next exemplar
+
+
 def cut_at_next_exemplar(text, input_label):
     """(text, whether it was cut): a plain-format prompt ends '... Label: ...\\nOutput-label:', and a model
     that goes on writing a next exemplar of its own ('Question: ... #### 5') would have that exemplar's
@@ -48,6 +52,20 @@ def cut_at_next_exemplar(text, input_label):
     strings ('Question:' for GSM8K)."""
     at = text.find(f"{input_label}:")
     return (text[:at], True) if at >= 0 else (text, False)
+
+
+def read_prediction(task, text, input_label, use_chat):
+    """(prediction, notes): what is scored, and what a reader should count. The cut at the next exemplar is
+    LLaDA's stop string for GSM8K few-shot, so only CUT_AT_NEXT_EXEMPLAR tasks with plain prompts get it
+    (note 'cut_at_exemplar'). Elsewhere the prediction is what the model wrote up to EOS: Spider's raw
+    execution match and Django's Table 5 exist to see 'SELECT ... Question: ...' or 'return x Pseudo-code:
+    ...' as the stopping artifacts they are; such a text is noted 'exemplar_follows' and left uncut."""
+    if use_chat:
+        return text, {}
+    if task in CUT_AT_NEXT_EXEMPLAR:
+        prediction, cut = cut_at_next_exemplar(text, input_label)
+        return prediction, {"cut_at_exemplar": True} if cut else {}
+    return text, {"exemplar_follows": True} if f"{input_label}:" in text else {}
 
 
 # -----------------------------------------------------------------------------
@@ -422,7 +440,7 @@ def summarize(records):
     for note, name in NOTE_COUNTS.items():
         if any(note in s for s in scores):
             summary[name] = sum(note in s for s in scores)
-    for flag in ("cut_at_exemplar", "masks_left"):  # records that carry the note
+    for flag in ("cut_at_exemplar", "exemplar_follows", "masks_left"):  # records that carry the note
         if any(r.get(flag) for r in records):
             summary[flag] = sum(bool(r.get(flag)) for r in records)
     empty = sum(not str(r.get("prediction", "x")).strip() for r in records)

@@ -43,6 +43,24 @@ def test_few_shot_output_is_cut_at_the_next_exemplar():
     assert cut and prediction == "48 + 24 = 72\nThe answer is 72.\n\n"
     assert S.score_gsm8k(prediction, item)["accuracy"] == 1.0
     assert S.cut_at_next_exemplar("#### 72", "Question") == ("#### 72", False)
+    assert S.read_prediction("gsm8k", generation, "Question", use_chat=False) == (prediction, {"cut_at_exemplar": True})
+    assert S.read_prediction("gsm8k", generation, "Question", use_chat=True) == (generation, {})
+
+
+@pytest.mark.parametrize("task, label, text", [
+    ("spider", "Question", "SELECT name FROM city\n\nQuestion: how many?\nSQL: SELECT count(*) FROM city"),
+    ("django", "Pseudo-code", "return x\n\nPseudo-code: call f.\nPython: f()"),
+    ("nlrx", "Description", ".*dog.*\n\nDescription: lines with cat"),
+])
+def test_the_exemplar_cut_is_gsm8k_only(task, label, text):
+    # issue 21 item 5: cut everywhere, a stopping artifact became a raw execution match of 1 and a Django
+    # 'exact'; raw means what the model wrote up to EOS, and the count is kept
+    assert S.read_prediction(task, text, label, use_chat=False) == (text, {"exemplar_follows": True})
+    assert S.read_prediction(task, "SELECT 1", label, use_chat=False) == ("SELECT 1", {})
+    django = S.score_django("return x\n\nPseudo-code: call f.\nPython: f()", {"output": "return x"})
+    assert django["category"] == "stopping_artifact" and django["exact"] == 0.0
+    summary = S.summarize([{"prediction": text, "exemplar_follows": True, "scores": {}}, {"prediction": "a", "scores": {}}])
+    assert summary["exemplar_follows"] == 1
 
 
 # --- NL-RX ---
