@@ -23,7 +23,7 @@ the record ("scorer_error") and a count in the summary.
 import os
 import re
 import sqlite3
-import time
+import threading
 import traceback
 from collections import Counter
 from fractions import Fraction
@@ -84,7 +84,9 @@ def to_number(text):
 
 def extract_gsm8k_answer(text):
     """'#### N', else 'The answer is N', else the last number in the text; commas, dollar signs and a
-    trailing period are dropped. Returns a Fraction, or None."""
+    trailing period are dropped, and U+2212 (the typographic minus) is a minus sign: '#### ' then
+    U+2212 then '72' is -72, not 72. Returns a Fraction, or None."""
+    text = text.replace("\u2212", "-")
     for pattern in (r"####\s*(.*)", r"[Tt]he answer is[:\s]*(.*)"):
         m = re.search(pattern, text)
         if m:
@@ -175,13 +177,19 @@ def regex_scores(prediction, gold_text, seed=0):
 # -----------------------------------------------------------------------------
 # Spider: a read-only SQL sandbox and test-suite-sql-eval's execution match
 
-SQL_MAX_STEPS = 50_000_000  # sqlite virtual-machine instructions per query; every Spider dev gold needs < 100,000
-SQL_SAFETY_SECONDS = 60.0  # a net under the count (one function call can run long between two counts)
-PROGRESS_EVERY = 10_000  # instructions between two calls of the progress handler
-SQL_LIMITS = {  # per connection: no single value or statement can grow past these
-    sqlite3.SQLITE_LIMIT_LENGTH: 1_000_000,  # bytes in one string or blob: zeroblob(499999999) fails at once
+# What bounds one query (README, Metrics): work by a count, time and memory by hard limits.
+SQL_MAX_STEPS = 100_000_000  # sqlite virtual-machine instructions per query (the same count on any machine):
+#   every Spider dev gold needs < 100,000; the slowest correct prediction seen, a correlated subquery on world_1,
+#   66.7M (about 0.9 s here); 100M is about 1-1.5 s of sqlite on the project's CPU
+SQL_SAFETY_SECONDS = 5.0  # a watchdog interrupts the query (sqlite3_interrupt) past this: the item is undecided
+PROGRESS_EVERY = 1_000  # instructions between two calls of the counting handler
+SQL_HEAP_BYTES = 256 * 2**20  # sqlite's own memory, process-wide (sorters and temp tables held in memory)
+RESULT_BYTES = 64 * 2**20  # the rows one query may hand back to Python (values' lengths plus 16 bytes each)
+SQL_LIMITS = {  # per connection: no single value or statement can grow past these; no Spider value comes near
+    sqlite3.SQLITE_LIMIT_LENGTH: 100_000,  # bytes in one string or blob (the longest stored value seen: 81);
+    #   bounds one call: instr/replace of 100 KB against 50 KB is about 0.1 s (1 MB against 0.5 MB was 11 s)
     sqlite3.SQLITE_LIMIT_SQL_LENGTH: 100_000,
-    sqlite3.SQLITE_LIMIT_LIKE_PATTERN_LENGTH: 1_000,
+    sqlite3.SQLITE_LIMIT_LIKE_PATTERN_LENGTH: 100,  # the longest gold LIKE/GLOB pattern has 42 characters
     sqlite3.SQLITE_LIMIT_EXPR_DEPTH: 200,
     sqlite3.SQLITE_LIMIT_COMPOUND_SELECT: 50,
     sqlite3.SQLITE_LIMIT_ATTACHED: 0,
@@ -208,43 +216,69 @@ def _authorize(action, arg1, arg2, *rest):
 
 def open_read_only(db_path):
     """The database through a file: URI built by pathlib (so '#', '?' or '%' in a folder name are escaped,
-    never read as URI syntax), mode=ro (a missing file is an error, never created), the limits above, and an
-    authorizer that allows reading only."""
+    never read as URI syntax), mode=ro (a missing file is an error, never created), the limits above, temp
+    storage in memory under the heap limit (so a huge sort fails with MemoryError instead of filling the
+    disk), and an authorizer that allows reading only."""
     conn = sqlite3.connect(Path(db_path).resolve().as_uri() + "?mode=ro", uri=True)
     for limit, value in SQL_LIMITS.items():
         conn.setlimit(limit, value)
+    conn.execute(f"PRAGMA hard_heap_limit={SQL_HEAP_BYTES}")  # process-wide; scoring is the one sqlite user
+    conn.execute("PRAGMA temp_store=MEMORY")
     conn.text_factory = lambda b: b.decode("utf-8", errors="ignore")  # as test-suite-sql-eval
     conn.set_authorizer(_authorize)
     return conn
 
 
-def run_sql(db_path, sql, max_steps=SQL_MAX_STEPS, safety_seconds=SQL_SAFETY_SECONDS):
+def fetch_bounded(cursor, max_rows):
+    """The cursor's rows; SQLFailure past max_rows (None: no cap) or past RESULT_BYTES held."""
+    rows, held = [], 0
+    while True:
+        chunk = cursor.fetchmany(256)
+        if not chunk:
+            return rows
+        rows += chunk
+        held += sum(16 + (len(v) if isinstance(v, (str, bytes)) else 0) for row in chunk for v in row)
+        if max_rows is not None and len(rows) > max_rows:
+            raise SQLFailure(f"more than {max_rows} rows: more than the gold's, so it cannot match")
+        if held > RESULT_BYTES:
+            raise SQLFailure(f"a result of more than {RESULT_BYTES // 2**20} MB")
+
+
+def run_sql(db_path, sql, max_steps=SQL_MAX_STEPS, safety_seconds=SQL_SAFETY_SECONDS, max_rows=None):
     """The rows of one query. Work is bounded by counting virtual-machine instructions (the same count on
-    every machine), not by a clock; the clock is only a safety net, and a query it stops raises
-    SQLUndecided. Raises SQLFailure: not one statement that returns rows, an error, or past max_steps."""
+    every machine); time by a watchdog that interrupts the query at safety_seconds (then SQLUndecided:
+    neither right nor wrong), which fires for real because no single instruction can run long (SQL_LIMITS);
+    memory by SQL_HEAP_BYTES inside sqlite and fetch_bounded outside. Raises SQLFailure: not one statement
+    that returns rows, an error, past max_steps, more rows than max_rows, or a result too large."""
     if not sql.strip():
         raise SQLFailure("empty query")
     conn = open_read_only(db_path)
-    counted, deadline, stopped_by_clock = [0], time.monotonic() + safety_seconds, [False]
+    counted, stopped_by_clock = [0], threading.Event()
 
     def progress():
         counted[0] += PROGRESS_EVERY
-        stopped_by_clock[0] = time.monotonic() > deadline
-        return int(counted[0] > max_steps or stopped_by_clock[0])
+        return int(counted[0] > max_steps)
+
+    def interrupt():
+        stopped_by_clock.set()
+        conn.interrupt()
 
     conn.set_progress_handler(progress, PROGRESS_EVERY)
+    watchdog = threading.Timer(safety_seconds, interrupt)
+    watchdog.start()
     try:
         cursor = conn.execute(sql)
         if cursor.description is None:  # ';', a comment, a PRAGMA: no result set to compare
             raise SQLFailure("not a query that returns rows")
-        return cursor.fetchall()
+        return fetch_bounded(cursor, max_rows)
     except (sqlite3.Error, sqlite3.Warning, ValueError, OverflowError, MemoryError, RecursionError) as e:
         if counted[0] > max_steps:
             raise SQLFailure(f"more than {max_steps:,} sqlite instructions") from None
-        if stopped_by_clock[0]:
+        if stopped_by_clock.is_set():
             raise SQLUndecided(f"stopped by the {safety_seconds:g} s safety net") from None
         raise SQLFailure(f"{type(e).__name__}: {str(e)[:200]}") from None
     finally:
+        watchdog.cancel()
         conn.close()
 
 
@@ -277,10 +311,14 @@ MAX_PERMUTATIONS = 10_000
 def column_permutations(gold_rows, pred_rows):
     """The column orders of the prediction that could make it equal to the gold: for each gold column, the
     prediction columns whose every value occurs in that gold column (test-suite-sql-eval's constraint,
-    applied to every row, which prunes only impossible orders), enumerated in product order."""
+    applied to every row, which prunes only impossible orders), enumerated in product order. Prediction
+    columns equal in every row are interchangeable, so only the first unused one of them is tried: nine
+    equal columns in reverse order are one order to try, not 9! (they hit MAX_PERMUTATIONS before)."""
     n = len(gold_rows[0])
     gold_columns = [{row[i] for row in gold_rows} for i in range(n)]
     allowed = [[j for j in range(n) if all(row[j] in gold_columns[i] for row in pred_rows)] for i in range(n)]
+    contents = [tuple(row[j] for row in pred_rows) for j in range(n)]
+    same_as_earlier = [[k for k in range(j) if contents[k] == contents[j]] for j in range(n)]
     perm, used = [], set()
 
     def extend(i):
@@ -288,7 +326,7 @@ def column_permutations(gold_rows, pred_rows):
             yield tuple(perm)
             return
         for j in allowed[i]:
-            if j not in used:
+            if j not in used and all(k in used for k in same_as_earlier[j]):
                 perm.append(j), used.add(j)
                 yield from extend(i + 1)
                 perm.pop(), used.discard(j)
@@ -334,7 +372,8 @@ def exec_match(prediction, gold_rows, files, order_matters, max_steps):
     """(1.0 or 0.0, why it is 0 or None, whether the safety net stopped it)."""
     pred = postprocess_sql(remove_distinct(prediction))
     try:
-        same = all(results_equal(rows, run_sql(f, pred, max_steps), order_matters) for f, rows in zip(files, gold_rows))
+        same = all(results_equal(rows, run_sql(f, pred, max_steps, max_rows=len(rows)), order_matters)
+                   for f, rows in zip(files, gold_rows))
         return float(same), None, False
     except SQLFailure as e:
         return 0.0, str(e), isinstance(e, SQLUndecided)
@@ -381,16 +420,19 @@ def score_spider(prediction, item, seed=0, db_dir=None, tables_path=None, max_st
 # Django
 
 
+ASCII_WHITESPACE = " \t\n\r\f\v"  # Python source's whitespace; a no-break space in code is a syntax error
+
+
 def collapse_ws(text):
-    return re.sub(r"\s+", " ", text).strip()
+    return re.sub(f"[{ASCII_WHITESPACE}]+", " ", text).strip(ASCII_WHITESPACE)
 
 
 def score_django(prediction, item, seed=0):
-    """exact: equal after stripping. ws_prefix: with whitespace runs collapsed, the prediction is the gold
+    """exact: equal after stripping. ws_prefix: with whitespace runs (ASCII whitespace, Python's) collapsed, the prediction is the gold
     or the gold followed by more tokens; the gold must end at a token boundary, which in Django's
     space-tokenised code (`return x . y`) is a space, so `return xy` is no prefix match of `return x`.
     category (Table 5): exact / stopping_artifact (correct code, then trailing tokens) / content_error."""
-    exact = prediction.strip() == item["output"].strip()
+    exact = prediction.strip(ASCII_WHITESPACE) == item["output"].strip(ASCII_WHITESPACE)
     pred, gold = collapse_ws(prediction), collapse_ws(item["output"])
     prefix = pred == gold or (bool(gold) and pred.startswith(gold + " "))
     category = "exact" if exact else ("stopping_artifact" if prefix else "content_error")

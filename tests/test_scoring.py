@@ -32,6 +32,9 @@ def test_gsm8k_scoring():
     assert S.score_gsm8k("48 + 24 = 72\n#### 72", item)["accuracy"] == 1.0
     assert S.score_gsm8k("The answer is 72.00", item)["accuracy"] == 1.0
     assert S.score_gsm8k("#### 71", item)["accuracy"] == 0.0
+    # issue 21 item 7: U+2212 (the typographic minus) was dropped, so '#### -72' written with it scored 1
+    assert S.score_gsm8k("#### \u221272", item)["accuracy"] == 0.0
+    assert S.score_gsm8k("#### \u221272", {"output": "#### -72"})["accuracy"] == 1.0
 
 
 def test_few_shot_output_is_cut_at_the_next_exemplar():
@@ -141,6 +144,14 @@ def test_django_decomposition(prediction, gold, category):
     assert scores["category"] == category
     assert scores["ws_prefix"] == float(category != "content_error")
     assert scores["exact"] == float(category == "exact")
+
+
+def test_django_no_break_space_is_not_whitespace():
+    # issue 21 item 7: 'return\u00a0x' (a syntax error in Python) counted as a stopping artifact of 'return x'
+    scores = S.score_django("return\u00a0x", {"output": "return x"})
+    assert scores == {"exact": 0.0, "ws_prefix": 0.0, "category": "content_error"}
+    assert S.score_django("return x \u00a0", {"output": "return x"})["category"] == "stopping_artifact"
+    assert S.score_django(" return x\n", {"output": "return x"})["category"] == "exact"
 
 
 def test_django_summary():

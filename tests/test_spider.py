@@ -4,6 +4,7 @@ and the real dev set where ../shared/data is present (gold structures equal to t
 
 import json
 import os
+import re
 import sqlite3
 
 import pytest
@@ -156,6 +157,73 @@ def test_work_is_counted_not_timed(db_dir):
 def test_single_calls_are_capped(db_dir, sql, why):
     with pytest.raises(S.SQLFailure, match=why):
         S.run_sql(os.path.join(db_dir, "shop", "shop.sqlite"), sql)
+
+
+ROWS = "WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r LIMIT 3000) "
+BIG, HALF = "hex(zeroblob(49000))", "hex(zeroblob(24500))"  # 98 KB and 49 KB of '0', near the longest allowed
+HOSTILE = [  # issue 21 items 3-4: each once held gigabytes or ran for tens of seconds; (prediction, why it scores 0)
+    ("SELECT zeroblob(999999) FROM item", "string or blob too big"),
+    (ROWS + "SELECT zeroblob(99000) FROM r", "more than 3 rows"),  # the gold has 3 rows: stop fetching there
+    (ROWS + "SELECT randomblob(50000) FROM r a, r b ORDER BY 1", "MemoryError"),  # the sorter under the heap cap
+    (ROWS + "SELECT group_concat(randomblob(50000)) FROM r", "string or blob too big"),
+    (f"SELECT instr({BIG}, {HALF}), replace({BIG}, {HALF}, 'x')", None),  # runs: about 0.1 s a call, wrong rows
+    ("SELECT name FROM item WHERE " + " OR ".join([f"{BIG} LIKE '%{'_' * 999}%'"] * 10), "pattern too complex"),
+]
+
+
+def test_hostile_predictions_stay_bounded_in_a_child_under_a_memory_cap(db_dir):
+    # a child process under a 1 GB address-space cap scores every hostile prediction; each scores 0 with its
+    # reason, none is a scorer error, and the child ends (the memory bound holds without the kernel's help)
+    import subprocess
+    import sys
+    script = (
+        "import json, resource, sys; resource.setrlimit(resource.RLIMIT_AS, (2**30, 2**30)); import scoring as S\n"
+        "for sql in json.loads(sys.argv[2]):\n"
+        "    s = S.score_spider(sql, {'output': 'SELECT name FROM item', 'db_id': 'shop'}, db_dir=sys.argv[1])\n"
+        "    print(json.dumps(s), flush=True)\n")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run([sys.executable, "-c", script, db_dir, json.dumps([sql for sql, _ in HOSTILE])], cwd=root,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert len(results) == len(HOSTILE)
+    for (sql, why), scores in zip(HOSTILE, results):
+        assert scores["exec_raw"] == 0.0 and "scorer_error" not in scores and "undecided" not in scores, sql[:80]
+        exec_reasons = [r for r in scores.get("reason", "").split("; ") if r.startswith("exec_")]
+        assert re.search(why, exec_reasons[0]) if why else not exec_reasons, (sql[:80], scores.get("reason"))
+
+
+def test_the_safety_net_interrupts_for_real(db_dir):
+    # issue 21 item 4: with a 1 s clock a query of long single calls ran 13.5 s and returned normally; the
+    # watchdog interrupts it (each call is short under the value limits), and the item is undecided, not 0
+    many_calls = ROWS + f"SELECT count(*) FROM r a, r b WHERE instr({BIG} || a.n, {HALF} || b.n) > 0"
+    with pytest.raises(S.SQLUndecided, match="0.5 s safety net"):
+        S.run_sql(os.path.join(db_dir, "shop", "shop.sqlite"), many_calls, safety_seconds=0.5)
+
+
+def test_a_prediction_with_more_rows_than_the_gold_is_not_fetched_past_it(db_dir):
+    path = os.path.join(db_dir, "shop", "shop.sqlite")
+    assert len(S.run_sql(path, "SELECT * FROM item", max_rows=3)) == 3
+    with pytest.raises(S.SQLFailure, match="more than 2 rows"):
+        S.run_sql(path, "SELECT * FROM item", max_rows=2)
+
+
+def test_a_correct_slow_correlated_subquery_is_within_the_count():
+    # issue 21 item 7: 66.7M sqlite instructions on world_1 (over the old 50M budget: 0 where test-suite gives 1)
+    path = os.path.join(SHARED, "spider", "database", "world_1", "world_1.sqlite")
+    if not os.path.exists(path):
+        pytest.skip(f"needs {path}")
+    sql = ("SELECT Name FROM city AS a WHERE Population > "
+           "(SELECT avg(Population) FROM city AS b WHERE b.District = a.District)")
+    assert len(S.run_sql(path, sql, safety_seconds=600)) > 0
+
+
+def test_equal_columns_in_any_order_are_one_permutation():
+    # issue 21 item 7: nine equal-valued columns in reverse order hit the 10,000-permutation cap and scored 0
+    gold = [tuple(range(9)) + (1,) * 9]
+    pred = [tuple(reversed(gold[0]))]
+    assert S.results_equal(gold, pred, order_matters=False)
+    assert len(list(S.column_permutations(gold, pred))) == 1
 
 
 def test_database_path_with_uri_characters(tmp_path):
