@@ -14,13 +14,19 @@ Values are ignored as the official default does (DISABLE_VALUE), DISTINCT too (D
 order of SELECT columns and of WHERE conditions does not matter (components are compared as multisets).
 Known quirks kept on purpose, because the official metric has them: FROM ... ON conditions are not
 compared (only their keywords count), GROUP BY compares column names without their table, LIMIT is
-compared by presence only, values inside FROM subqueries are not dropped. Where process_sql cannot parse
-a query and sqlglot can (e.g. parentheses around a condition), this module scores it; where a prediction
-cannot be parsed or names a column the schema lacks, it is compared as the official empty query (0).
+compared by presence only, values inside FROM subqueries are not dropped (and compare as parse_value
+holds them: numbers as floats, strings in double quotes). The text is read as process_sql's tokenizer
+reads it (official_reading): '> =' is '>=', and a ')' that closes nothing ends the query.
+
+Known differences, all where the official parser fails and this module scores (a 1 where the official
+script gives 0; README lists them): 'a=b' written without spaces, a table alias without AS, a WHERE
+condition in parentheses, '<>' for '!='. Where a prediction cannot be parsed or names a column the schema
+lacks, it is compared as the official empty query (0).
 """
 
 import json
 import os
+import re
 import sqlite3
 from functools import lru_cache
 from pathlib import Path
@@ -124,9 +130,14 @@ class Converter:
     def sql(self, node):
         """A query; a chain of set operations A op1 B op2 C nests to the right: A.op1 = (B.op2 = C)."""
         chain = []
-        while isinstance(node, tuple(SET_OPS)):  # sqlglot nests to the left: ((A op1 B) op2 C)
-            chain.append((SET_OPS[type(node)], node.expression))
-            node = node.this
+        while True:  # sqlglot nests to the left: ((A op1 B) op2 C), with '(A UNION B)' wrapped as a Subquery
+            if isinstance(node, exp.Subquery) and isinstance(node.this, tuple(SET_OPS)):
+                node = node.this
+            elif isinstance(node, tuple(SET_OPS)):
+                chain.append((SET_OPS[type(node)], node.expression))
+                node = node.this
+            else:
+                break
         if isinstance(node, exp.Subquery):
             node = node.this
         if not isinstance(node, exp.Select):
@@ -267,13 +278,53 @@ class Converter:
             return out
         if isinstance(e, exp.Column) and not (e.this.args.get("quoted") and not e.table):
             return self.col_unit(e)
-        return e.sql()  # a literal; "text" is one too (process_sql reads double quotes as a string)
+        return literal(e)
+
+
+def literal(e):
+    """A value as process_sql's parse_value holds it (it matters where values are kept, inside FROM
+    subqueries): a string with double quotes whatever quotes it was written with (tokenize turns every
+    ' into "), a number as a float (so 30 and 30.0 are one value), anything else as its text."""
+    if isinstance(e, exp.Literal) and e.is_string:
+        return f'"{e.this}"'
+    if isinstance(e, exp.Column):  # "text": sqlglot's quoted identifier, process_sql's string
+        return f'"{e.name}"'
+    try:
+        return float(e.sql())
+    except ValueError:
+        return e.sql()
+
+
+def official_reading(sql):
+    """The text as process_sql's tokenizer sees it, where sqlglot alone would differ: '! =', '> =' and
+    '< =' are one operator (tokenize joins them), and a ')' that closes nothing ends the query (parse_sql
+    stops there and evaluation ignores the rest). Quoted strings are left as they are."""
+    out, depth, quote = [], 0, None
+    for ch in sql:
+        if quote:
+            quote = None if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+            if depth < 0:
+                break
+        elif ch == "=":
+            j = len(out)
+            while j and out[j - 1].isspace():
+                j -= 1
+            if j < len(out) and j and out[j - 1] in "!<>":
+                del out[j:]
+        out.append(ch)
+    return "".join(out)
 
 
 def parse(sql, schema):
     """Spider's structure of a query. Raises Unparsable."""
     try:
-        tree = sqlglot.parse_one(sql, read="sqlite")
+        tree = sqlglot.parse_one(official_reading(sql), read="sqlite")
     except (sqlglot.errors.SqlglotError, RecursionError, ValueError) as e:
         raise Unparsable(f"sqlglot: {str(e).splitlines()[0][:200] if str(e) else type(e).__name__}") from None
     if tree is None:

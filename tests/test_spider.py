@@ -280,6 +280,31 @@ def test_exact_set_foreign_keys_and_set_operations(db_dir):
                   gold, db_dir)["exact_set_clean"] == 0.0
 
 
+@pytest.mark.parametrize("prediction, gold", [
+    # issue 21 item 6: where the official script gives 1 and this module gave 0
+    ("SELECT name FROM item WHERE price > = 2", "SELECT name FROM item WHERE price >= 2"),  # tokenize joins '> ='
+    ("SELECT name FROM item WHERE qty ! = 3", "SELECT name FROM item WHERE qty != 3"),
+    ("SELECT name FROM item WHERE price > 2)", "SELECT name FROM item WHERE price > 2"),  # the rest is ignored
+    ("SELECT count(*) FROM (SELECT name FROM item WHERE price = 30.0)",  # values kept in FROM subqueries, as
+     "SELECT count(*) FROM (SELECT name FROM item WHERE price = 30)"),  # parse_value holds them: floats,
+    ("SELECT count(*) FROM (SELECT name FROM item WHERE name = 'pen')",  # strings in double quotes
+     'SELECT count(*) FROM (SELECT name FROM item WHERE name = "pen")'),
+    ("SELECT name FROM item UNION SELECT name FROM item INTERSECT SELECT name FROM item WHERE qty = 3",
+     "SELECT name FROM item UNION SELECT name FROM item INTERSECT SELECT name FROM item WHERE qty = 5"),
+])
+def test_exact_set_reads_as_the_official_tokenizer(db_dir, prediction, gold):
+    assert spider(prediction, gold, db_dir)["exact_set_raw"] == 1.0
+
+
+def test_exact_set_still_tells_apart():
+    schema = {"item": ["name", "price", "qty"]}
+    inner = "SELECT count(*) FROM (SELECT name FROM item WHERE price = {})"
+    assert X.parse(inner.format("30"), schema) != X.parse(inner.format("31"), schema)  # the official quirk
+    chain = X.parse("SELECT name FROM item UNION SELECT name FROM item INTERSECT SELECT name FROM item", schema)
+    assert chain["union"]["intersect"] is not None and chain["intersect"] is None  # A.union = (B.intersect = C)
+    assert X.official_reading("SELECT a FROM t WHERE b = ')' AND c > = 1") == "SELECT a FROM t WHERE b = ')' AND c >= 1"
+
+
 def test_exact_set_unparsable_prediction_is_the_empty_query(db_dir):
     scores = spider("SELECT nothing FROM nowhere", "SELECT name FROM item", db_dir)
     assert scores["exact_set_clean"] == 0.0 and "prediction not parsed" in scores["reason"]
