@@ -125,6 +125,26 @@ def test_hostile_regexes_get_a_score(prediction):
     assert set(scores) >= set(S.METRICS["regex"]) and "scorer_error" not in scores
 
 
+def test_hostile_regexes_stay_bounded_in_a_child_under_a_memory_cap():
+    # issue 21: any output is scored in bounded memory; a child under a 1 GB address-space cap scores the
+    # hardest constructed cases (budget exhausted) and the hostile parses, and ends normally
+    import json
+    import subprocess
+    import sys
+    cases = [("(.*a.{20})|(b&c)", "(.*a.{20})"), ("(.*[a-c].{9})&(.*[b-d].{9})|(x&y)", "(.*[a-c].{9})&(.*[b-d].{9})"),
+             ("(" * 5000 + ")" * 5000, ".*dog.*"), ("[\u0000-\uffff]{999}", ".*dog.*")]
+    script = ("import json, resource, sys; resource.setrlimit(resource.RLIMIT_AS, (2**30, 2**30)); import scoring as S\n"
+              "for p, g in json.loads(sys.argv[1]):\n"
+              "    print(json.dumps(S.score('nlrx', p, {'output': g})), flush=True)\n")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run([sys.executable, "-c", script, json.dumps(cases)], cwd=root, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert len(results) == len(cases) and not any("scorer_error" in r for r in results)
+    assert results[0]["undecided"] == results[1]["undecided"] == ["functional", "dfa"]
+
+
 # --- Django ---
 
 
