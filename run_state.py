@@ -31,7 +31,7 @@ import jepa
 from runtime import RunError, disk_errors
 
 # the settings that define a run: a state saved under other values belongs to another run
-IDENTITY_KEYS = ("task", "data_dir", "text_files", "text_recipe", "val_holdout", "model", "chat", "max_len", "t_low", "t_high", "symmetric",
+IDENTITY_KEYS = ("task", "data_dir", "text_files", "text_recipe", "split_punctuation", "val_holdout", "model", "chat", "max_len", "t_low", "t_high", "symmetric",
                  "random_context_rate", "jepa_weight", "predictor_layers", "ema_decay", "anchor_l2", "lora_rank",
                  "lora_alpha", "lora_dropout", "lora_targets", "lr", "weight_decay", "beta1", "beta2", "warmup_frac",
                  "grad_clip", "epochs", "batch_size", "grad_accum", "total_batch", "max_steps", "seed")

@@ -84,6 +84,8 @@ activation_checkpointing = True
 out_dir = "out"
 log_every = 10
 save_every = 500  # resumable state every N optimizer steps (0 = only on SIGTERM and at the end)
+snapshot_every = 0  # > 0: also the weights every N steps, as <out_dir>/snapshots/step<N>/ (a learning curve:
+#                     evaluate.py --checkpoint <that folder> --split val scores each)
 resume = False  # continue the run in out_dir from its newest complete resumable state
 overwrite = False  # replace a run already in out_dir (its final/, resume/, log.jsonl, ... are deleted first)
 stop_step = 0  # > 0: stop after this optimizer step, leaving a resumable state (for interrupted runs)
@@ -223,7 +225,7 @@ def load_full_state(module, full_state):
 # -----------------------------------------------------------------------------
 # the run's folder
 
-RUN_ENTRIES = ("final", "final.tmp", "adapter", "base", "log.jsonl", "train_config.json") + run_state.NAMES
+RUN_ENTRIES = ("final", "final.tmp", "adapter", "base", "snapshots", "log.jsonl", "train_config.json") + run_state.NAMES
 
 
 def claim_out_dir(master, distributed):
@@ -499,7 +501,7 @@ def main(argv):
     identity = run_state.identity(cfg | {"grad_accum": accum}, world)
     step = run_state.load(out_dir, trainable, target, optimizer, identity, distributed, log) if resume else 0
     final_dir = os.path.join(out_dir, "final")
-    if resume and os.path.isdir(final_dir):  # final/ appears whole (save_final), so it exists only at the end
+    if resume and os.path.isdir(final_dir):  # final/ appears whole (save_model), so it exists only at the end
         log(f"{out_dir} is a finished run ({final_dir} is in place): nothing to do")
         runtime.close_distributed(world)
         return
@@ -554,6 +556,8 @@ def main(argv):
                 bar.set_postfix(l_diff=f"{stats['diffusion_loss']:.3f}", l_jepa=f"{stats.get('jepa_loss', 0.0):.3f}",
                                 lr=f"{current_lr:.2e}")
             t0, tokens_since = time.time(), 0
+        if snapshot_every and step % snapshot_every == 0 and step < total_steps:
+            save_model(online, source, distributed, master, log, os.path.join("snapshots", f"step{step}"))
         if stop_now or (save_every and step % save_every == 0 and step < total_steps):
             run_state.save(out_dir, trainable, target, optimizer, step, identity, distributed)
         if stop_now:
@@ -562,27 +566,32 @@ def main(argv):
 
     bar.close()
     if step >= total_steps:
-        save_final(online, source, distributed, master, log)
+        save_model(online, source, distributed, master, log, "final")
     if log_file:
         log_file.close()
     runtime.close_distributed(world)
 
 
-def save_final(online, source, distributed, master, log):
-    """final/ in the release's own layout (with LoRA also adapter/, and final/ is the merge). Written as
-    final.tmp/ and renamed, so a final/ on disk is always whole: it marks a finished run."""
+def save_model(online, source, distributed, master, log, name):
+    """<out_dir>/<name>/ in the release's own layout: 'final' at the end (with LoRA also adapter/, and final/
+    is the merge), 'snapshots/step<N>' along the way. Written as <name>.tmp/ and renamed, so the folder on
+    disk is always whole: final/ marks a finished run."""
     state = full_state_dict(online, distributed)
     if master:
-        final_dir = os.path.join(out_dir, "final")
-        with runtime.disk_errors(final_dir):
+        folder = os.path.join(out_dir, name)
+        with runtime.disk_errors(folder):
             if lora_rank:
-                loralib.save_adapters(state, online.lora, os.path.join(out_dir, "adapter"))
+                if name == "final":
+                    loralib.save_adapters(state, online.lora, os.path.join(out_dir, "adapter"))
                 state = loralib.merge_lora(state, online.lora)
-            shutil.rmtree(final_dir + ".tmp", ignore_errors=True)
-            modellib.save_checkpoint(state, source.model_cfg, final_dir + ".tmp", tokenizer=source.tokenizer,
+            shutil.rmtree(folder + ".tmp", ignore_errors=True)
+            modellib.save_checkpoint(state, source.model_cfg, folder + ".tmp", tokenizer=source.tokenizer,
                                      source_config=source.release_config, source_dir=source.ckpt_dir)
-            os.replace(final_dir + ".tmp", final_dir)
-        log(f"saved {final_dir}")
+            if name != "final":  # a snapshot carries its run's settings (final/ finds them beside it)
+                shutil.copy(os.path.join(out_dir, "train_config.json"), folder + ".tmp")
+            shutil.rmtree(folder, ignore_errors=True)  # a snapshot rewritten after a resume
+            os.replace(folder + ".tmp", folder)
+        log(f"saved {folder}")
 
 
 if __name__ == "__main__":

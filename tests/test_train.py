@@ -213,6 +213,25 @@ def test_resumed_run_reproduces_uninterrupted(tmp_path, extra):
     assert all(torch.allclose(fa[k], fb[k], atol=1e-6) for k in fa)
 
 
+def test_snapshots_are_whole_checkpoints_and_change_nothing(tmp_path):
+    # issue 22's learning curves: --snapshot_every writes the weights along the way, each a loadable checkpoint
+    # with its run's settings; the run's final weights are those of a run without snapshots
+    plain, snap = str(tmp_path / "plain"), str(tmp_path / "snap")
+    run(TINY + ["--max_steps=4", f"--out_dir={plain}"])
+    run(TINY + ["--max_steps=4", "--snapshot_every=2", f"--out_dir={snap}"])
+    assert sorted(os.listdir(os.path.join(snap, "snapshots"))) == ["step2"]  # step 4 is final/
+    step2 = os.path.join(snap, "snapshots", "step2")
+    assert {"config.json", "model.safetensors", "tokenizer.json", "train_config.json"} <= set(os.listdir(step2))
+    from safetensors.torch import load_file
+    fa, fb = load_file(os.path.join(plain, "final", "model.safetensors")), \
+        load_file(os.path.join(snap, "final", "model.safetensors"))
+    assert all(torch.equal(fa[k], fb[k]) for k in fa)
+    assert not all(torch.equal(fa[k], v) for k, v in load_file(os.path.join(step2, "model.safetensors")).items())
+    out = run_script(["evaluate.py", f"--checkpoint={step2}", "--task=tiny-regex", "--limit=2", "--gen_length=16",
+                      "--steps=4", "--block_length=16", f"--out_dir={tmp_path / 'ev'}"])
+    assert out.returncode == 0 and os.path.exists(tmp_path / "ev" / "tiny-regex-0shot.json")
+
+
 def test_resume_without_state_is_an_error(tmp_path):
     proc = run(TINY + ["--max_steps=2", "--resume", f"--out_dir={tmp_path}"], check=False)
     assert proc.returncode == 2 and "no resumable state" in proc.stderr
