@@ -1,0 +1,49 @@
+"""replication/stats.py: the paired t-test against Student's critical values (and scipy where installed),
+the exact sign and McNemar tests on crafted counts, the bootstrap interval's determinism and coverage."""
+
+import pytest
+
+from replication import stats as S
+
+# two-sided 5% critical values of Student's t (any table; e.g. NIST/SEMATECH e-Handbook, table 1.3.6.7.2)
+CRITICAL_05 = {1: 12.7062, 2: 4.302653, 3: 3.182446, 4: 2.776445, 5: 2.570582, 9: 2.262157, 30: 2.042272}
+
+
+@pytest.mark.parametrize("df", sorted(CRITICAL_05))
+def test_t_p_value_at_the_critical_values(df):
+    assert S.t_two_sided_p(CRITICAL_05[df], df) == pytest.approx(0.05, abs=1e-6)
+    assert S.t_two_sided_p(-CRITICAL_05[df], df) == pytest.approx(0.05, abs=1e-6)
+    assert S.t_two_sided_p(0.0, df) == 1.0 and S.t_two_sided_p(float("inf"), df) == 0.0
+
+
+def test_t_p_value_equals_scipy():
+    scipy_stats = pytest.importorskip("scipy.stats")
+    for df in range(1, 12):
+        for t in (0.1, 0.7, 1.5, 2.2, 3.9, 8.0):
+            assert S.t_two_sided_p(t, df) == pytest.approx(2 * scipy_stats.t.sf(t, df), rel=1e-9, abs=1e-12)
+
+
+def test_paired_t():
+    result = S.paired_t([0.1, 0.2, -0.05, 0.3, 0.15])
+    assert result["mean"] == pytest.approx(0.14) and result["df"] == 4
+    assert result["t"] == pytest.approx(2.4188315916278) and result["p"] == pytest.approx(0.0728550596102557)
+    assert S.paired_t([0.0, 0.0, 0.0])["p"] == 1.0 and S.paired_t([0.2, 0.2])["p"] == 0.0
+    with pytest.raises(ValueError):
+        S.paired_t([1.0])
+
+
+def test_sign_and_mcnemar_are_exact_binomials():
+    assert S.sign_test([1, 2, 3, 4, 5])["p"] == 2 / 32  # the smallest p five seeds can give
+    assert S.sign_test([1, -1, 0.5, 0, -2]) == {"positive": 2, "negative": 2, "p": 1.0}  # the tie is dropped
+    result = S.mcnemar([1, 1, 0, 0, 1, 0, 1, 1], [1, 0, 0, 1, 0, 0, 0, 0])
+    assert (result["a_only"], result["b_only"]) == (4, 1) and result["p"] == pytest.approx(2 * 6 / 32)
+    assert S.mcnemar([1, 0], [1, 0])["p"] == 1.0
+    with pytest.raises(ValueError):
+        S.mcnemar([1], [1, 0])
+
+
+def test_bootstrap_interval():
+    diffs = [0.1, 0.2, -0.05, 0.3, 0.15]
+    lo, hi = S.bootstrap_interval(diffs)
+    assert (lo, hi) == S.bootstrap_interval(diffs) and min(diffs) <= lo < 0.14 < hi <= max(diffs)
+    assert S.bootstrap_interval([0.5, 0.5, 0.5]) == (0.5, 0.5)
