@@ -1,7 +1,8 @@
 """
 Results over seeds: per arm, the mean and the population standard deviation of every number in the
 runs' result files (the paper's Tables 3, 4, 10 and 12 report mean +- population std over three seeds),
-and the per-seed paired differences between two arms.
+and the per-seed paired differences between two arms with their tests (replication/stats.py: paired t-test,
+exact sign test, bootstrap interval of the mean difference; 'passes_05' marks a t-test p below 0.05).
 
   python aggregate.py --arms "jepa:j42.json,j123.json,j777.json;baseline:b42.json,b123.json,b777.json" \
       --pair jepa/baseline --out aggregate.json
@@ -18,6 +19,7 @@ import statistics
 import sys
 
 from configurator import ConfigError, InputError, configure, parse_json, read_text, setting_keys
+from replication import stats
 from runtime import run_main
 
 # -----------------------------------------------------------------------------
@@ -79,12 +81,20 @@ def summarize_arm(runs):
 
 
 def paired_differences(runs_a, runs_b):
-    """{number: {'differences': [a_i - b_i], 'mean'}} over the numbers both arms' runs all have."""
+    """{number: {'differences': [a_i - b_i], 'mean', and with two or more pairs 't_test', 'sign_test',
+    'bootstrap_95', 'passes_05'}} over the numbers both arms' runs all have."""
     if len(runs_a) != len(runs_b):
         raise ConfigError(f"a pair needs as many runs on each side ({len(runs_a)} vs {len(runs_b)})")
     common = set.intersection(*(set(r) for r in runs_a + runs_b))
-    return {k: {"differences": (d := [a[k] - b[k] for a, b in zip(runs_a, runs_b)]), "mean": statistics.fmean(d)}
-            for k in sorted(common)}
+    out = {}
+    for k in sorted(common):
+        d = [a[k] - b[k] for a, b in zip(runs_a, runs_b)]
+        out[k] = {"differences": d, "mean": statistics.fmean(d)}
+        if len(d) >= 2:
+            t = stats.paired_t(d)
+            out[k] |= {"t_test": t, "sign_test": stats.sign_test(d), "bootstrap_95": stats.bootstrap_interval(d),
+                       "passes_05": t["p"] < 0.05}
+    return out
 
 
 def aggregate(arm_runs, pairs):
@@ -111,7 +121,9 @@ def print_report(report):
     for name, diffs in report["pairs"].items():
         print(f"{name}: per-seed differences")
         for k, v in diffs.items():
-            print(f"  {k:{w}} {' '.join(f'{d:+.4f}' for d in v['differences'])}   mean {v['mean']:+.4f}")
+            tests = f"   t-test p {v['t_test']['p']:.3f}, sign p {v['sign_test']['p']:.3f}" if "t_test" in v else ""
+            mark = " *" if v.get("passes_05") else ""
+            print(f"  {k:{w}} {' '.join(f'{d:+.4f}' for d in v['differences'])}   mean {v['mean']:+.4f}{tests}{mark}")
 
 
 def main(argv):

@@ -32,6 +32,11 @@ def test_mean_population_std_and_pairs(tmp_path):
     diffs = report["pairs"]["jepa-baseline"]
     assert diffs["exact"]["differences"] == pytest.approx([0.1, 0.2, 0.1]) and diffs["exact"]["mean"] == pytest.approx(0.4 / 3)
     assert set(diffs) == {"exact", "dfa", "n"}  # the probe numbers are in one arm only
+    # [0.1, 0.2, 0.1]: t = mean / (sd / sqrt 3) = 4.0, df 2 -> two-sided p = 0.0572 (Student); signs 3 of 3 -> 0.25
+    assert diffs["exact"]["t_test"]["t"] == pytest.approx(4.0) and diffs["exact"]["t_test"]["p"] == pytest.approx(0.0572, abs=1e-4)
+    assert diffs["exact"]["sign_test"]["p"] == 0.25 and not diffs["exact"]["passes_05"]
+    lo, hi = diffs["exact"]["bootstrap_95"]
+    assert 0.1 - 1e-9 <= lo <= hi <= 0.2 + 1e-9
     assert "n" not in A.read_run(base[0], ignored={"n"})  # settings such as n can be left out
 
 
