@@ -1,0 +1,164 @@
+#!/usr/bin/env bash
+# The small-scale replication (replication/README.md): DLLM-JEPA vs diffusion-only fine-tuning of a small
+# pretrained diffusion LM on NL-RX-SYNTH, run on one CPU machine in steps that each leave small result files
+# in replication/results/ (weights go to $RUNS, never committed). A step whose result file exists is
+# skipped, so a run cut short goes on where it stopped, in this session or the next.
+#
+#   bash replication/replicate.sh base          # the committed base checked against its SHA256SUMS (or pretrained)
+#   bash replication/replicate.sh pilot         # lever: the same fine-tuning from an (almost) random base
+#   bash replication/replicate.sh curve 1e-3    # learning curve of the baseline arm at one lr, on the holdout
+#   bash replication/replicate.sh chosen        # the lr and epochs with the best holdout curve point
+#   bash replication/replicate.sh arms 42 123   # both arms at the chosen lr and epochs, these seeds, test split
+#   bash replication/replicate.sh aggregate     # over the seeds, with the paired tests
+#   bash replication/replicate.sh all           # all of it in order: base, curves (LRS), arms (SEEDS), aggregate
+# Two steps may run side by side (each process is single-threaded): e.g. `curve 1e-3` and `curve 3e-4`.
+#   DATA=/path/to/release/files   the folder holding wikitext/, gsm8k/ and nl_rx/llm_jepa/ (default ../shared/data)
+#   SMOKE=1                       every step for a few optimizer steps and items (minutes; results in /tmp)
+#
+# The protocol, and why (replication/README.md has the numbers):
+#   - one context-rate protocol: each sequence's context rate ~ U(0, 1] (LLaDA's own SFT objective,
+#     --random_context_rate true), target view at t_H = 0.7. A small base fine-tuned only at the paper's
+#     fixed t_L = 0.2 never learns to generate from a fully masked canvas (the first replication's fixed
+#     arms answered '(' to 332 of 500 items), so it cannot be evaluated by generation.
+#   - lr and epochs chosen on the 500 held-out training items with the baseline arm (best non-trivial DFA),
+#     never on the test split; then 5 seeds per arm from the one committed base.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} MKL_NUM_THREADS=${MKL_NUM_THREADS:-1}
+DATA=${DATA:-../shared/data}
+NLRX=$DATA/nl_rx/llm_jepa
+R=replication/results
+BASE=replication/base
+RUNS=${RUNS:-out-replication}
+HOLDOUT=500; LIMIT=500; SAMPLES=100; EPOCHS=10; SNAPSHOT=470  # 235 optimizer steps an epoch: every 2 epochs
+LRS=(1e-3 3e-4); SEEDS=(42 123 777 1001 2024)
+PRE=(); SHORT=()
+if [ "${SMOKE:-0}" = 1 ]; then
+  R=${SMOKE_DIR:-$(mktemp -d)}; RUNS=$R/runs; BASE=$R/base; PRE=(--max_steps 3); SHORT=(--max_steps 4)
+  LIMIT=4; SAMPLES=8; SNAPSHOT=2; LRS=(1e-3); SEEDS=(42 123)
+  echo "smoke run: results in $R"
+fi
+FT=(--task nlrx --data_dir "$NLRX" --max_len 128 --batch_size 32 --total_batch 32 --epochs $EPOCHS
+    --t_low 0.2 --t_high 0.7 --random_context_rate true --ema_decay 0.996 --predictor_layers 3 --device cpu
+    --dtype float32 --activation_checkpointing false --val_holdout $HOLDOUT --save_every 0 --log_every 10
+    --overwrite true)
+EVAL=(--task nlrx --data_dir "$NLRX" --gen_length 64 --block_length 32 --steps 64 --batch_size 16 --overwrite true)
+stamp() { date +%s; }
+have() { [ -s "$1" ] && echo "skip: $1 exists"; }
+keep() { cp "$1" "$2.tmp" && mv "$2.tmp" "$2"; }  # a kill mid-copy leaves no half file that have() would skip
+keep_gz() { gzip -c "$1" > "$2.tmp" && mv "$2.tmp" "$2"; }
+mkdir -p "$R/curve" "$R/arms" "$RUNS"
+
+base() {  # the committed base, checked; pretrained (LLaDA's objective on the replication corpus) when absent
+  if [ -s "$BASE/SHA256SUMS" ]; then
+    (cd "$BASE" && sha256sum --quiet -c SHA256SUMS) && echo "base: $BASE matches its SHA256SUMS" && return
+    echo "base: $BASE does not match its SHA256SUMS" >&2; exit 1
+  fi
+  local t; t=$(stamp)
+  python train.py --preset pretrain-small --data_dir "$DATA" --out_dir "$RUNS/base" --overwrite true "${PRE[@]}"
+  mkdir -p "$BASE" && cp "$RUNS/base/final/"* "$BASE/" && cp "$RUNS/base/log.jsonl" "$R/base-log.jsonl"
+  (cd "$BASE" && sha256sum -- * > SHA256SUMS.tmp && mv SHA256SUMS.tmp SHA256SUMS)
+  python sample.py --checkpoint "$BASE" --n 6 > "$R/base_samples.txt.tmp" && mv "$R/base_samples.txt.tmp" "$R/base_samples.txt"
+  echo "base: pretrained in $(( $(stamp) - t )) s" | tee -a "$R/times.txt"
+}
+
+holdout_curve() {  # $1 name, $2 run folder: every snapshot and final/ scored on the holdout
+  local name=$1 out=$2 ckpt step
+  for ckpt in "$out"/snapshots/step* "$out/final"; do
+    [ -d "$ckpt" ] || continue
+    step=${ckpt##*step}; [ "$ckpt" = "$out/final" ] && step=final
+    have "$R/curve/$name-step$step.json" && continue
+    python evaluate.py "${EVAL[@]}" --checkpoint "$ckpt" --split val --val_holdout $HOLDOUT --limit $LIMIT \
+        --out_dir "$out/eval-step$step"
+    keep_gz "$out/eval-step$step/nlrx-0shot-val.jsonl" "$R/curve/$name-step$step-items.jsonl.gz"
+    keep "$out/eval-step$step/nlrx-0shot-val.json" "$R/curve/$name-step$step.json"  # last: the step's marker
+  done
+}
+
+finetune_curve() {  # $1 name, $2 model, then train.py flags: baseline arm, seed 42, snapshots every 2 epochs
+  local name=$1 model=$2 out=$RUNS/curve-$1 t; shift 2
+  t=$(stamp)
+  if ! have "$R/curve/$name-log.jsonl"; then
+    python train.py "${FT[@]}" "${SHORT[@]}" --model "$model" --jepa_weight 0 --seed 42 --snapshot_every $SNAPSHOT \
+        --out_dir "$out" "$@"
+    keep "$out/log.jsonl" "$R/curve/$name-log.jsonl"
+  fi
+  holdout_curve "$name" "$out"
+  echo "curve $name: $(( $(stamp) - t )) s" | tee -a "$R/times.txt"
+}
+
+pilot() {  # lever: the same fine-tuning from a base pretrained for one step (random weights, same tokenizer)
+  [ -d "$RUNS/random-base/final" ] || python train.py --preset pretrain-small --data_dir "$DATA" --max_steps 1 \
+      --save_every 0 --out_dir "$RUNS/random-base" --overwrite true
+  finetune_curve random-base-lr1e-3 "$RUNS/random-base/final" --lr 1e-3
+}
+
+chosen() {  # "lr epochs": the best holdout point (non-trivial DFA, then DFA, then functional) of the base's curves
+  python - "$R/curve" <<'PY'
+import glob, json, os, re, sys
+best = None
+for path in glob.glob(os.path.join(sys.argv[1], "lr*-step*.json")):
+    m = re.fullmatch(r"lr(.+)-step(\d+)\.json", os.path.basename(path))
+    if not m:
+        continue  # final/ is the last snapshot's step; only numbered steps say how many epochs
+    s = json.load(open(path))
+    key = (s.get("nontrivial/dfa") or 0.0, s["dfa"], s["functional"])
+    if best is None or key > best[0]:
+        best = (key, m.group(1), int(m.group(2)))
+if best is None:
+    sys.exit("no learning curve yet: run `replicate.sh curve <lr>` first")
+print(best[1], max(1, best[2] // 235))
+PY
+}
+
+arms() {  # both arms at the chosen lr and epochs: fine-tune, evaluate on the first 500 test items, probe
+  local lr epochs seed arm w out t
+  read -r lr epochs < <(chosen)
+  echo "arms: lr $lr, $epochs epochs (the best holdout point of the curves)" | tee "$R/arms/chosen.txt"
+  for seed in "$@"; do
+    for arm in jepa baseline; do
+      w=1; [ $arm = baseline ] && w=0
+      out=$RUNS/$arm-s$seed; t=$(stamp)
+      if ! have "$R/arms/$arm-s$seed-summary.json"; then
+        python train.py "${FT[@]}" "${SHORT[@]}" --model "$BASE" --epochs "$epochs" --jepa_weight $w --seed "$seed" \
+            --lr "$lr" --out_dir "$out"
+        python evaluate.py "${EVAL[@]}" --checkpoint "$out" --limit $LIMIT
+        keep_gz "$out/eval/nlrx-0shot.jsonl" "$R/arms/$arm-s$seed-items.jsonl.gz"
+        keep "$out/log.jsonl" "$R/arms/$arm-s$seed-log.jsonl"
+        keep "$out/eval/nlrx-0shot.json" "$R/arms/$arm-s$seed-summary.json"  # last: the step's marker
+      fi
+      if ! have "$R/arms/$arm-s$seed-probe.json"; then
+        python probe.py --base "$BASE" --checkpoints "$out" --names ft --n_samples $SAMPLES --sample_len 256 \
+            --wikitext_dir "$DATA/wikitext/wikitext-103-raw" --mmlu_dir none --out_dir "$out/probe" --overwrite true
+        keep "$out/probe/probe.json" "$R/arms/$arm-s$seed-probe.json"
+      fi
+      echo "$arm seed $seed: $(( $(stamp) - t )) s" | tee -a "$R/times.txt"
+    done
+  done
+}
+
+aggregate() {  # over every seed both arms have: mean +- population std, paired differences and their tests
+  local arm s runs=() seeds=()
+  for s in $(ls "$R/arms" | sed -n 's/^jepa-s\([0-9]*\)-probe.json$/\1/p' | sort -n); do
+    [ -s "$R/arms/baseline-s$s-probe.json" ] && seeds+=("$s")
+  done
+  for arm in jepa baseline; do
+    local files=""
+    for s in "${seeds[@]}"; do files+="$R/arms/$arm-s$s-summary.json+$R/arms/$arm-s$s-probe.json,"; done
+    runs+=("$arm:$files")
+  done
+  python aggregate.py --arms "${runs[0]};${runs[1]}" --pair jepa/baseline --out "$R/aggregate.json" \
+      | tee "$R/aggregate.txt"
+}
+
+step=${1:-}; shift || true
+case "$step" in
+  base) base ;;
+  pilot) pilot ;;
+  curve) [ $# = 1 ] || { echo "usage: replicate.sh curve <lr>" >&2; exit 2; }; finetune_curve "lr$1" "$BASE" --lr "$1" ;;
+  chosen) chosen ;;
+  arms) [ $# -ge 1 ] || { echo "usage: replicate.sh arms <seed> [<seed> ...]" >&2; exit 2; }; arms "$@" ;;
+  aggregate) aggregate ;;
+  all) base; for lr in "${LRS[@]}"; do finetune_curve "lr$lr" "$BASE" --lr "$lr"; done; arms "${SEEDS[@]}"; aggregate ;;
+  *) echo "usage: replicate.sh base | pilot | curve <lr> | chosen | arms <seed>... | aggregate | all" >&2; exit 2 ;;
+esac
