@@ -280,6 +280,23 @@ def check_finite(step, stats):
                        f"no final/ was written")
 
 
+def check_weights(step, params, dev, distributed):
+    """Stop before non-finite weights are written anywhere (final/, a snapshot, resume/): an update can
+    overflow where the loss and the gradient were finite (--lr 1e39 is finite as a double, inf in float32).
+    Run only before a save, so the training step pays nothing."""
+    bad = torch.zeros((), device=dev)
+    for p in params:
+        local = p.to_local() if isinstance(p, DTensor) else p
+        if not torch.isfinite(local).all():
+            bad += 1
+            break
+    if distributed:
+        dist.all_reduce(bad)
+    if bad.item():
+        raise Diverged(f"step {step}: the update made the weights non-finite (--lr={lr:g} too high?); nothing was "
+                       f"written for it. The last resumable state in {out_dir}/resume, if any, is intact")
+
+
 class StopFlag:
     """Set by SIGTERM or SIGINT (Ctrl-C): the loop finishes the optimizer step, saves a resumable state and
     exits. A second Ctrl-C stops at once."""
@@ -556,6 +573,10 @@ def main(argv):
                 bar.set_postfix(l_diff=f"{stats['diffusion_loss']:.3f}", l_jepa=f"{stats.get('jepa_loss', 0.0):.3f}",
                                 lr=f"{current_lr:.2e}")
             t0, tokens_since = time.time(), 0
+        saving = stop_now or step == total_steps or (save_every and step % save_every == 0) or \
+            (snapshot_every and step % snapshot_every == 0)
+        if saving:
+            check_weights(step, params, dev, distributed)
         if snapshot_every and step % snapshot_every == 0 and step < total_steps:
             save_model(online, source, distributed, master, log, os.path.join("snapshots", f"step{step}"))
         if stop_now or (save_every and step % save_every == 0 and step < total_steps):

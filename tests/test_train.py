@@ -232,6 +232,15 @@ def test_snapshots_are_whole_checkpoints_and_change_nothing(tmp_path):
     assert out.returncode == 0 and os.path.exists(tmp_path / "ev" / "tiny-regex-0shot.json")
 
 
+def test_an_update_that_overflows_writes_nothing(tmp_path):
+    # issue 24 item 7: 1e39 is finite as a double and inf in float32; loss and gradient pass the guard, the
+    # update does not, and an all-NaN final/ was written with rc 0
+    out = str(tmp_path / "run")
+    proc = run(TINY + ["--max_steps=1", "--lr=1e39", f"--out_dir={out}"], check=False)
+    assert proc.returncode == 1 and "step 1: the update made the weights non-finite" in proc.stderr
+    assert "Traceback" not in proc.stderr and not os.path.exists(os.path.join(out, "final"))
+
+
 def test_resume_without_state_is_an_error(tmp_path):
     proc = run(TINY + ["--max_steps=2", "--resume", f"--out_dir={tmp_path}"], check=False)
     assert proc.returncode == 2 and "no resumable state" in proc.stderr
