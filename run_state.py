@@ -2,7 +2,8 @@
 The resumable state of a training run, and what makes resuming it safe.
 
   <out_dir>/resume/       the current state; meta.json is written last and holds the step, the run's
-                          identity and a CRC-32 of every other file
+                          identity, a CRC-32 of every other file and a CRC-32 of those three ("meta_crc",
+                          so an edited step or identity is a damaged state, never a wrong one)
   <out_dir>/resume.tmp/   a state being written (no meta.json until it is complete)
   <out_dir>/resume.old/   the state being replaced, for the moment of the swap
 
@@ -109,11 +110,27 @@ def read_meta(folder):
             meta = json.load(f)
     except (OSError, ValueError):
         return None
-    return meta if isinstance(meta, dict) and {"step", "identity", "checksums"} <= set(meta) else None
+    return meta if isinstance(meta, dict) and set(META_KEYS) <= set(meta) else None
+
+
+META_KEYS = ("step", "identity", "checksums")
+
+
+def meta_crc(meta):
+    """CRC-32 of meta.json's own content (its keys in a fixed order)."""
+    return zlib.crc32(json.dumps({k: meta[k] for k in META_KEYS}, sort_keys=True).encode())
+
+
+def seal(meta):
+    """meta with its own checksum, as written by save."""
+    return meta | {"meta_crc": meta_crc(meta)}
 
 
 def damaged_files(folder, meta, distributed):
-    """The files whose CRC-32 differs from meta.json's (or that are missing)."""
+    """The files whose CRC-32 differs from meta.json's (or that are missing); meta.json itself when its own
+    checksum fails (a state saved before meta_crc existed has none to check)."""
+    if "meta_crc" in meta and meta["meta_crc"] != meta_crc(meta):
+        return ["meta.json"]
     rank, world = _rank_world(distributed)
     names = sorted(meta["checksums"])
     mine = []
@@ -209,7 +226,7 @@ def save(out_dir, trainable, target, optimizer, step, run_identity, distributed)
         sums = checksums(tmp, distributed)
         if rank == 0:
             with open(os.path.join(tmp, "meta.json"), "w") as f:
-                json.dump({"step": step, "identity": run_identity, "checksums": sums}, f, indent=2)
+                json.dump(seal({"step": step, "identity": run_identity, "checksums": sums}), f, indent=2)
             swap_in(out_dir)
     if distributed:
         dist.barrier()

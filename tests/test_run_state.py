@@ -83,7 +83,7 @@ def test_a_damaged_shard_is_caught_by_its_checksum(tmp_path):
     with open(tmp_path / "resume.old" / "meta.json") as f:
         meta = json.load(f)
     meta["step"] = 0
-    (tmp_path / "resume.old" / "meta.json").write_text(json.dumps(meta))
+    (tmp_path / "resume.old" / "meta.json").write_text(json.dumps(RS.seal(meta)))
     shard = next(n for n in os.listdir(tmp_path / "resume") if n.endswith(".distcp"))
     data = bytearray((tmp_path / "resume" / shard).read_bytes())
     data[len(data) // 2] ^= 0xFF
@@ -92,6 +92,19 @@ def test_a_damaged_shard_is_caught_by_its_checksum(tmp_path):
     assert RS.newest_complete(str(tmp_path), False, log=warnings.append)[1]["step"] == 0
     assert shard in warnings[0] and "damaged" in warnings[0]
     shutil.rmtree(tmp_path / "resume.old")
+    with pytest.raises(RunError, match="no complete resumable state"):
+        load(tmp_path)
+
+
+def test_an_edited_meta_step_is_a_damaged_state(tmp_path):
+    # issue 24 item 8: meta.json's own step had no checksum; edited 30 -> 40, the run resumed "at step 40"
+    # with the step-30 weights
+    save(tmp_path, seed=1, step=30)
+    path = tmp_path / "resume" / "meta.json"
+    path.write_text(path.read_text().replace('"step": 30', '"step": 40'))
+    warnings = []
+    assert RS.newest_complete(str(tmp_path), False, log=warnings.append) is None
+    assert "meta.json" in warnings[0] and "damaged" in warnings[0]
     with pytest.raises(RunError, match="no complete resumable state"):
         load(tmp_path)
 
