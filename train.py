@@ -251,13 +251,22 @@ def claim_out_dir(master, distributed):
 
 
 def trim_log(path, step):
-    """A resumed run logs steps after `step` again: drop the records the interrupted run wrote past it."""
+    """A resumed run logs steps after `step` again: drop the records the interrupted run wrote past it, and a
+    line a kill or a full disk cut short (it is no JSON record). Rewritten through a .tmp rename."""
     if not os.path.exists(path):
         return
+    kept = []
     with open(path) as f:
-        kept = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= step]
-    with open(path, "w") as f:
+        for line in f:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict) and record.get("step", 0) <= step:
+                kept.append(line if line.endswith("\n") else line + "\n")
+    with runtime.disk_errors(path), open(path + ".tmp", "w") as f:
         f.writelines(kept)
+    os.replace(path + ".tmp", path)
 
 
 # -----------------------------------------------------------------------------

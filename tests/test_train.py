@@ -241,6 +241,17 @@ def test_an_update_that_overflows_writes_nothing(tmp_path):
     assert "Traceback" not in proc.stderr and not os.path.exists(os.path.join(out, "final"))
 
 
+def test_a_cut_log_line_does_not_block_resume(tmp_path):
+    # issue 24 item 10: a disk that filled during a log write left half a line; --resume was a JSONDecodeError
+    import train as T
+    path = tmp_path / "log.jsonl"
+    path.write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.5}\n{"step": 3, "lo')
+    T.trim_log(str(path), 2)
+    assert path.read_text() == '{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.5}\n'
+    T.trim_log(str(path), 1)
+    assert path.read_text() == '{"step": 1, "loss": 2.0}\n'
+
+
 def test_resume_without_state_is_an_error(tmp_path):
     proc = run(TINY + ["--max_steps=2", "--resume", f"--out_dir={tmp_path}"], check=False)
     assert proc.returncode == 2 and "no resumable state" in proc.stderr
