@@ -231,7 +231,10 @@ RUN_ENTRIES = ("final", "final.tmp", "adapter", "base", "snapshots", "log.jsonl"
 def claim_out_dir(master, distributed):
     """Check out_dir before anything expensive: it must be writable, and a folder that already holds a run
     is continued only with --resume=true and replaced only with --overwrite=true (which deletes the old
-    run's files first). Never silently mixed."""
+    run's files first). Never silently mixed. Returns False when --resume=true finds a finished run (final/
+    appears whole, only at the end: save_model): there is nothing to do, and nothing was loaded."""
+    if resume and not overwrite and os.path.isdir(os.path.join(out_dir, "final")):
+        return False
     held = [e for e in RUN_ENTRIES if os.path.exists(os.path.join(out_dir, e))]
     if held and not resume and not overwrite:
         raise ConfigError(f"{out_dir} already holds a run ({', '.join(held)}); pass --resume=true to continue it, "
@@ -248,6 +251,7 @@ def claim_out_dir(master, distributed):
         runtime.prepare_output_dir(out_dir)
     if distributed:
         dist.barrier()
+    return True
 
 
 def trim_log(path, step):
@@ -485,7 +489,10 @@ def main(argv):
     distributed, master = world > 1, rank == 0
     log = print if master else (lambda *a, **k: None)
     accum = resolve_grad_accum(world)
-    claim_out_dir(master, distributed)
+    if not claim_out_dir(master, distributed):
+        log(f"{out_dir} is a finished run ({out_dir}/final is in place): nothing to do")
+        runtime.close_distributed(world)
+        return
     compute_dtype = runtime.resolve_dtype(dtype, dev)
     mesh = None
     if distributed:
@@ -526,11 +533,6 @@ def main(argv):
     # ---- resume, or a fresh log
     identity = run_state.identity(cfg | {"grad_accum": accum}, world)
     step = run_state.load(out_dir, trainable, target, optimizer, identity, distributed, log) if resume else 0
-    final_dir = os.path.join(out_dir, "final")
-    if resume and os.path.isdir(final_dir):  # final/ appears whole (save_model), so it exists only at the end
-        log(f"{out_dir} is a finished run ({final_dir} is in place): nothing to do")
-        runtime.close_distributed(world)
-        return
     if master:
         trim_log(os.path.join(out_dir, "log.jsonl"), step)
         with open(os.path.join(out_dir, "train_config.json"), "w") as f:  # 'chat' resolved, for evaluate.py

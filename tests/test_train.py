@@ -252,6 +252,15 @@ def test_a_cut_log_line_does_not_block_resume(tmp_path):
     assert path.read_text() == '{"step": 1, "loss": 2.0}\n'
 
 
+def test_resume_on_a_finished_run_loads_nothing(tmp_path):
+    # issue 24 item 14 / issue 23: on the tiny preset (save_every 0: no resume/) it said "no resumable state";
+    # with resume/ it loaded the models and the state before it noticed final/
+    out = str(tmp_path / "run")
+    run(TINY + ["--max_steps=2", f"--out_dir={out}"])
+    proc = run(TINY + ["--max_steps=2", "--resume=true", f"--out_dir={out}"])
+    assert "is a finished run" in proc.stdout and "parameters" not in proc.stdout  # before the model is built
+
+
 def test_resume_without_state_is_an_error(tmp_path):
     proc = run(TINY + ["--max_steps=2", "--resume", f"--out_dir={tmp_path}"], check=False)
     assert proc.returncode == 2 and "no resumable state" in proc.stderr
