@@ -34,9 +34,10 @@ from sampler import cut_at_stop, generate, num_transfer_tokens
 import jepa
 import lora as loralib
 import model as modellib
-from configurator import ConfigError, configure, setting_keys
-import runtime
-from runtime import flops_per_token, init_distributed, peak_flops, resolve_dtype, run_main
+from configurator import configure, setting_keys
+from harness.errors import ConfigError
+from harness import runtime
+from harness.runtime import flops_per_token, init_distributed, peak_flops, resolve_dtype, run_main
 
 # -----------------------------------------------------------------------------
 # settings

@@ -7,28 +7,9 @@ type of the constant's default.
 """
 
 import ast
-import json
 import math
-import os
 
-
-class ConfigError(ValueError):
-    """A user's mistake in the flags or settings: reported as one line, exit code 2."""
-
-
-class InputError(ConfigError):
-    """A file the user pointed at (data, checkpoint, config) is missing or malformed; the message names it."""
-
-
-class MissingInput(InputError, FileNotFoundError):
-    """A file or folder the user pointed at does not exist."""
-
-
-class MismatchedInput(InputError, KeyError):
-    """A checkpoint or adapter file whose tensors do not fit the model."""
-
-    def __str__(self):  # KeyError would quote the message
-        return str(self.args[0]) if self.args else ""
+from harness.errors import ConfigError, InputError, read_json_object, read_text
 
 
 TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
@@ -93,37 +74,6 @@ def parse_args(argv, settings):
             raise ConfigError(f"--{arg[2:]} needs a value")
         pairs.append((key.replace("-", "_"), value))
     return pairs
-
-
-def read_text(path, what="file"):
-    """A user's text file as a str: a missing file or bytes that are not UTF-8 are InputErrors naming the
-    file (and the line of the first bad byte)."""
-    if not os.path.isfile(path):
-        raise MissingInput(f"missing {what} {path}")
-    with open(path, "rb") as f:
-        raw = f.read()
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = raw[:e.start].count(b"\n") + 1
-        raise InputError(f"{path}:{line}: not UTF-8 text (byte {raw[e.start]:#04x})") from None
-
-
-def parse_json(text, path, line=None):
-    """json.loads(text); malformed text is an InputError naming the file and line (`line`: the text's line
-    in a JSONL file, else the decoder's)."""
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        raise InputError(f"{path}:{line or e.lineno}: malformed JSON ({e.msg})") from None
-
-
-def read_json_object(path, what="file"):
-    """A user's JSON file holding one object, as a dict; every error names the file (and line)."""
-    value = parse_json(read_text(path, what), path)
-    if not isinstance(value, dict):
-        raise InputError(f"{path}: expected a JSON object, got a {type(value).__name__}")
-    return value
 
 
 def read_config_file(path):

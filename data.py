@@ -29,7 +29,7 @@ import random
 
 import torch
 
-from configurator import InputError, MissingInput, parse_json, read_text
+from harness.errors import InputError, MissingInput, parse_json, read_text
 
 # -----------------------------------------------------------------------------
 # tasks
@@ -293,6 +293,48 @@ def tiny_tokenizer_texts():
     for d, r in tiny_regex_pairs():
         texts.append(f"{spec['input_label']}: {d}\n{spec['output_label']}: {r}\n\n")
     return texts
+
+
+# -----------------------------------------------------------------------------
+# the text task: plain text for pretraining a diffusion LM with LLaDA's own objective (every position
+# maskable, one masking rate t ~ U(0, 1] per sequence, no JEPA term)
+#   --text_files a.txt,dir/,c.jsonl --read_documents--> documents (a file is one; a .jsonl row's "text" is one)
+#   documents --train_tokenizer--> tokenizer (random-init presets)
+#   documents --pack--> doc1 EOS doc2 EOS ... cut into max_len-token examples; the last one keeps the
+#                       remainder (shorter, padded by collate); nothing is dropped
+
+TEXT_SUFFIXES = (".txt", ".md", ".py", ".raw", ".rst")
+
+
+def read_documents(paths):
+    """The documents of files and folders (folders: every text file below, sorted). A text file is one
+    document; a .jsonl file gives one per row (its "text" field)."""
+    documents = []
+    for path in paths:
+        if os.path.isdir(path):
+            files = sorted(os.path.join(root, f) for root, dirs, names in os.walk(path) for f in names
+                           if f.endswith(TEXT_SUFFIXES + (".jsonl",)))
+            documents += read_documents(files)
+        elif path.endswith(".jsonl"):
+            for i, line in enumerate(read_text(path, "text file").splitlines(), start=1):
+                row = parse_json(line, path, i) if line.strip() else None
+                if not isinstance(row, dict) or not isinstance(row.get("text"), str):
+                    raise InputError(f"{path}:{i}: expected a JSON object with a \"text\" field")
+                documents.append(row["text"])
+        else:
+            documents.append(read_text(path, "text file"))
+    return [d for d in documents if d.strip()]
+
+
+def pack(documents, tokenizer, max_len):
+    """Training examples of at most max_len tokens: the documents' ids joined with EOS after each, cut into
+    consecutive chunks; the last chunk keeps the remainder. Every token is maskable (no prompt)."""
+    eos = tokenizer.eos_token_id
+    stream = []
+    for text in documents:
+        stream += tokenizer.encode(text, add_special_tokens=False) + [eos]
+    return [{"prompt_ids": [], "response_ids": stream[i:i + max_len], "packed": True}
+            for i in range(0, len(stream), max_len)]
 
 
 # -----------------------------------------------------------------------------

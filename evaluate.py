@@ -24,10 +24,11 @@ import torch
 
 import data
 import model as modellib
-import scoring
+from metrics import scoring
 from sampler import cut_at_stop, generate
-from configurator import ConfigError, configure, setting_keys
-from runtime import (DIST_TIMEOUT, RunError, close_distributed, disk_errors, init_distributed, prepare_output_dir,
+from configurator import configure, setting_keys
+from harness.errors import ConfigError
+from harness.runtime import (DIST_TIMEOUT, RunError, close_distributed, disk_errors, init_distributed, prepare_output_dir,
                      resolve_dtype, run_main)
 
 # -----------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from configurator import InputError, MismatchedInput, read_json_object
+from harness.errors import InputError, MismatchedInput, read_json_object
 
 
 LORA_TARGETS = {"q": "attn.q_proj", "k": "attn.k_proj", "v": "attn.v_proj", "o": "attn.o_proj",

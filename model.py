@@ -25,7 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from configurator import InputError, MismatchedInput, MissingInput, read_json_object
+from harness.errors import InputError, MismatchedInput, MissingInput, read_json_object
 from lora import merge_lora
 
 # -----------------------------------------------------------------------------

@@ -30,8 +30,9 @@ import torch.nn.functional as F
 import data
 import jepa
 import model as modellib
-from configurator import ConfigError, configure, setting_keys
-from runtime import (DIST_TIMEOUT, RunError, close_distributed, disk_errors, init_distributed, prepare_output_dir,
+from configurator import configure, setting_keys
+from harness.errors import ConfigError
+from harness.runtime import (DIST_TIMEOUT, RunError, close_distributed, disk_errors, init_distributed, prepare_output_dir,
                      resolve_dtype, run_main)
 
 # -----------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import torch
 import data
 import model as modellib
 from configurator import configure, setting_keys
-from runtime import init_distributed, resolve_dtype, run_main
+from harness.runtime import init_distributed, resolve_dtype, run_main
 from sampler import generate
 
 # -----------------------------------------------------------------------------

@@ -28,14 +28,14 @@ import torch.nn as nn
 from torch.distributed.fsdp import FSDPModule
 from torch.distributed.tensor import DTensor
 
-import corpus
 import data
 import jepa
 import lora as loralib
 import model as modellib
-import run_state
-import runtime
-from configurator import ConfigError, configure as apply_settings, setting_keys
+from harness import run_state
+from harness import runtime
+from configurator import configure as apply_settings, setting_keys
+from harness.errors import ConfigError
 
 # -----------------------------------------------------------------------------
 # configuration (the paper's aggressive setting, §4.1 and A.10)
@@ -47,7 +47,6 @@ chat = "auto"  # chat template: 'auto' (models whose name says Instruct), 'true'
 max_len = 1024  # longer examples are dropped (and counted), never truncated
 val_holdout = 0  # > 0: train without these many seeded items of the training split (evaluate.py --split=val)
 text_files = ""  # task 'text': comma-separated text files / folders / .jsonl ("text" per row) to pretrain on
-text_recipe = ""  # task 'text': 'replication' = the small-scale replication's fixed corpus (corpus.py)
 split_punctuation = False  # random-init presets: each punctuation character one token (data.train_tokenizer)
 # DLLM-JEPA
 t_low = jepa.T_LOW
@@ -92,16 +91,14 @@ stop_step = 0  # > 0: stop after this optimizer step, leaving a resumable state 
 dist_timeout = runtime.DIST_TIMEOUT  # seconds a rank waits for the others in a collective
 preset = ""
 config = ""
+# the settings that do not define a run (where it writes, how often it logs and saves, where it runs): a
+# resumable state saved under any other different setting belongs to another run (harness/run_state.py)
+NOT_IDENTITY = ("out_dir", "log_every", "save_every", "snapshot_every", "resume", "overwrite", "stop_step",
+                "dist_timeout", "preset", "config", "device", "activation_checkpointing")
 
 PRESETS = {
     "aggressive": dict(t_low=0.2, t_high=0.7, lr=1e-5),  # the main task table
     "wide-t": dict(t_low=0.1, t_high=0.9, lr=1.4e-6),  # the preservation experiment (§4.3)
-    # the small-scale replication's base: LLaDA's pretraining objective on the replication corpus
-    "pretrain-small": dict(task="text", model="small", text_recipe="replication", jepa_weight=0.0,
-                           random_context_rate=True, split_punctuation=True, device="cpu", dtype="float32",
-                           max_len=256, lr=1e-3,
-                           batch_size=16, grad_accum=1, total_batch=0, max_steps=1400, activation_checkpointing=False,
-                           save_every=200, seed=0, out_dir="out-small-base"),  # 1,400 x 16 x 256 tokens: ~1.2 epochs
     "tiny": dict(task="tiny-regex", model="tiny", device="cpu", dtype="float32", max_len=128, lr=2e-3,
                  random_context_rate=True,
                  batch_size=16, grad_accum=1, total_batch=0, epochs=30, activation_checkpointing=False, predictor_layers=2,
@@ -164,14 +161,10 @@ def validate():
         raise ConfigError(f"--model={model} would be a random initialisation without a tokenizer; pass the hub id "
                           f"({', '.join(modellib.HUB_IDS)}) or a checkpoint directory")
     if model == "small" and task != "text":
-        raise ConfigError("--model=small starts from random weights: pretrain it with --task=text (--preset "
-                          "pretrain-small), then fine-tune its final/ with --model=<that run>/final")
-    if task == "text" and not (text_files or text_recipe):
-        raise ConfigError("--task=text needs --text_files (files or folders, comma-separated) or --text_recipe")
-    if text_recipe not in ("", "replication"):
-        raise ConfigError(f"--text_recipe={text_recipe!r}: the one recipe is 'replication'")
-    if text_recipe and not data_dir:
-        raise ConfigError("--text_recipe=replication needs --data_dir: the folder holding wikitext/ and gsm8k/")
+        raise ConfigError("--model=small starts from random weights: pretrain it with --task=text first "
+                          "(replication/replicate.sh base), or fine-tune the committed --model=replication/base")
+    if task == "text" and not text_files:
+        raise ConfigError("--task=text needs --text_files (files or folders, comma-separated; .jsonl: a 'text' per row)")
     if model not in RANDOM_INIT and not os.path.isdir(model) and not (
             model.count("/") == 1 and not model.startswith((".", "/"))):
         raise ConfigError(f"unknown model {model!r}: expected a hub id like {modellib.HUB_IDS[0]}, a checkpoint "
@@ -361,16 +354,6 @@ def load_source(documents):
     return Source(model_cfg, modellib.load_tokenizer(ckpt_dir, model_cfg), ckpt_dir, release_config)
 
 
-def text_documents(log):
-    """The text task's documents: the replication recipe, or the --text_files."""
-    if text_recipe == "replication":
-        documents = corpus.replication_documents(data_dir)
-        log(f"replication corpus: WikiText-103 test + GSM8K train + the Python {sys.version.split()[0]} "
-            f"standard library, {len(documents)} documents")
-        return documents
-    return corpus.read_documents([p for p in text_files.split(",") if p])
-
-
 def resolve_grad_accum(world):
     """Micro-batches per optimizer step. --total_batch (the paper's 32) fixes the effective batch on any
     number of ranks: accumulation = total_batch / (world x batch_size), which must divide evenly; with
@@ -500,11 +483,11 @@ def main(argv):
         mesh = init_device_mesh(dev.type, (world,))
 
     # ---- tokenizer and data (before the model: a data error should not cost a model load)
-    documents = text_documents(log) if task == "text" else None
+    documents = data.read_documents([p for p in text_files.split(",") if p]) if task == "text" else None
     source = load_source(documents)
     use_chat = chat == "true" or (chat == "auto" and "instruct" in model.lower())
     if task == "text":
-        examples = corpus.pack(documents, source.tokenizer, max_len)
+        examples = data.pack(documents, source.tokenizer, max_len)
         log(f"text: {len(documents)} documents, {sum(len(e['response_ids']) for e in examples):,} tokens "
             f"(EOS after each document), {len(examples)} chunks of up to {max_len}")
     else:
@@ -531,7 +514,7 @@ def main(argv):
         f"lambda {jepa_weight}, t_L {t_low}, t_H {t_high}")
 
     # ---- resume, or a fresh log
-    identity = run_state.identity(cfg | {"grad_accum": accum}, world)
+    identity = run_state.identity(cfg | {"grad_accum": accum}, world, NOT_IDENTITY)
     step = run_state.load(out_dir, trainable, target, optimizer, identity, distributed, log) if resume else 0
     if master:
         trim_log(os.path.join(out_dir, "log.jsonl"), step)

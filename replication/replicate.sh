@@ -38,6 +38,12 @@ if [ "${SMOKE:-0}" = 1 ]; then
   LIMIT=4; SAMPLES=8; SNAPSHOT=2; LRS=(1e-3); SEEDS=(42 123)
   echo "smoke run: results in $R"
 fi
+# LLaDA's pretraining objective (every position maskable, one rate t ~ U(0, 1] per sequence, no JEPA term) on
+# the replication corpus (replication/corpus.py), the `small` model (model.py PRESETS) with a byte-level BPE
+# of 8,192 tokens trained on the corpus, punctuation split to single tokens: 1,400 x 16 x 256 tokens (~1.2 epochs)
+PRETRAIN=(--task text --text_files "$RUNS/corpus.jsonl" --model small --split_punctuation true --jepa_weight 0
+          --random_context_rate true --device cpu --dtype float32 --max_len 256 --lr 1e-3 --batch_size 16
+          --grad_accum 1 --total_batch 0 --max_steps 1400 --activation_checkpointing false --save_every 200 --seed 0)
 FT=(--task nlrx --data_dir "$NLRX" --max_len 128 --batch_size 32 --total_batch 32 --epochs $EPOCHS
     --t_low 0.2 --t_high 0.7 --random_context_rate true --ema_decay 0.996 --predictor_layers 3 --device cpu
     --dtype float32 --activation_checkpointing false --val_holdout $HOLDOUT --save_every 0 --log_every 10
@@ -55,7 +61,8 @@ base() {  # the committed base, checked; pretrained (LLaDA's objective on the re
     echo "base: $BASE does not match its SHA256SUMS" >&2; exit 1
   fi
   local t; t=$(stamp)
-  python train.py --preset pretrain-small --data_dir "$DATA" --out_dir "$RUNS/base" --overwrite true "${PRE[@]}"
+  python -m replication.corpus --data_dir "$DATA" --out "$RUNS/corpus.jsonl"
+  python train.py "${PRETRAIN[@]}" --out_dir "$RUNS/base" --overwrite true "${PRE[@]}"
   mkdir -p "$BASE" && cp "$RUNS/base/final/"* "$BASE/" && cp "$RUNS/base/log.jsonl" "$R/base-log.jsonl"
   (cd "$BASE" && sha256sum -- * > SHA256SUMS.tmp && mv SHA256SUMS.tmp SHA256SUMS)
   python sample.py --checkpoint "$BASE" --n 6 > "$R/base_samples.txt.tmp" && mv "$R/base_samples.txt.tmp" "$R/base_samples.txt"
@@ -88,8 +95,10 @@ finetune_curve() {  # $1 name, $2 model, then train.py flags: baseline arm, seed
 }
 
 pilot() {  # lever: the same fine-tuning from a base pretrained for one step (random weights, same tokenizer)
-  [ -d "$RUNS/random-base/final" ] || python train.py --preset pretrain-small --data_dir "$DATA" --max_steps 1 \
-      --save_every 0 --out_dir "$RUNS/random-base" --overwrite true
+  if [ ! -d "$RUNS/random-base/final" ]; then
+    [ -s "$RUNS/corpus.jsonl" ] || python -m replication.corpus --data_dir "$DATA" --out "$RUNS/corpus.jsonl"
+    python train.py "${PRETRAIN[@]}" --max_steps 1 --save_every 0 --out_dir "$RUNS/random-base" --overwrite true
+  fi
   finetune_curve random-base-lr1e-3 "$RUNS/random-base/final" --lr 1e-3
 }
 
@@ -147,7 +156,7 @@ aggregate() {  # over every seed both arms have: mean +- population std, paired 
     for s in "${seeds[@]}"; do files+="$R/arms/$arm-s$s-summary.json+$R/arms/$arm-s$s-probe.json,"; done
     runs+=("$arm:$files")
   done
-  python aggregate.py --arms "${runs[0]};${runs[1]}" --pair jepa/baseline --out "$R/aggregate.json" \
+  python -m replication.aggregate --arms "${runs[0]};${runs[1]}" --pair jepa/baseline --out "$R/aggregate.json" \
       | tee "$R/aggregate.txt"
 }
 

@@ -1,4 +1,4 @@
-"""aggregate.py on crafted result files: mean and population std per arm, per-seed paired differences,
+"""replication/aggregate.py on crafted result files: mean and population std per arm, per-seed paired differences,
 numbers missing from a run named, mistakes as one line."""
 
 import json
@@ -6,7 +6,7 @@ import json
 import pytest
 from conftest import run_script
 
-import aggregate as A
+from replication import aggregate as A
 
 
 def write(tmp_path, name, content):
@@ -51,14 +51,14 @@ def test_the_command(tmp_path):
     a = [write(tmp_path, f"a{i}.json", {"exact": i / 10}) for i in range(3)]
     b = [write(tmp_path, f"b{i}.json", {"exact": 0.0}) for i in range(3)]
     out = tmp_path / "agg.json"
-    proc = run_script(["aggregate.py", "--arms", f"jepa:{','.join(a)};baseline:{','.join(b)}", "--pair=jepa/baseline",
+    proc = run_script(["-m", "replication.aggregate", "--arms", f"jepa:{','.join(a)};baseline:{','.join(b)}", "--pair=jepa/baseline",
                        f"--out={out}"])
     assert json.load(open(out))["pairs"]["jepa-baseline"]["exact"]["differences"] == pytest.approx([0.0, 0.1, 0.2])
     assert "+0.1000" in proc.stdout
-    bad = run_script(["aggregate.py", "--arms", f"jepa:{a[0]},{a[1]};baseline:{b[0]}", "--pair=jepa/baseline"],
+    bad = run_script(["-m", "replication.aggregate", "--arms", f"jepa:{a[0]},{a[1]};baseline:{b[0]}", "--pair=jepa/baseline"],
                      check=False)
     assert bad.returncode == 2 and "as many runs on each side" in bad.stderr
     broken = write(tmp_path, "broken.json", {})
     (tmp_path / "broken.json").write_text("{\n  \"exact\": ")
-    bad = run_script(["aggregate.py", "--arms", f"x:{broken}"], check=False)
+    bad = run_script(["-m", "replication.aggregate", "--arms", f"x:{broken}"], check=False)
     assert bad.returncode == 2 and "broken.json:2" in bad.stderr and "Traceback" not in bad.stderr

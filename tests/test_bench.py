@@ -23,7 +23,7 @@ def test_bench_runs_and_reports(tmp_path):
 def test_flops_per_token_follows_table_1():
     # the paper's bookkeeping (Table 1): baseline 3F, DLLM-JEPA 4F, LLM-JEPA's two gradient views 6F (F = 2N)
     import bench
-    from runtime import flops_per_token
+    from harness.runtime import flops_per_token
     n = 1000
     baseline, jepa = flops_per_token(n, jepa=False, lora=False), flops_per_token(n, jepa=True, lora=False)
     assert (baseline, jepa) == (3 * 2 * n, 4 * 2 * n)

@@ -1,4 +1,4 @@
-"""corpus.py and the text task: packing with EOS between documents, every position maskable, the small
+"""The text task (data.read_documents, data.pack) and the replication corpus (replication/corpus.py): packing with EOS between documents, every position maskable, the small
 preset, and (on the real files) the replication corpus holding nothing of the held-out data."""
 
 import json
@@ -7,8 +7,8 @@ import os
 import pytest
 from conftest import SHARED, needs_shared, run_script
 
-import corpus as C
-from configurator import InputError
+from replication import corpus as C
+from harness.errors import InputError
 import data as D
 import model as M
 
@@ -22,7 +22,7 @@ def test_pack_joins_documents_with_eos_and_drops_nothing(tok):
     docs = ["the quick brown fox", "def f(x):\n    return x", "lazy dog " * 30]
     ids = [tok.encode(d, add_special_tokens=False) for d in docs]
     stream = ids[0] + [tok.eos_token_id] + ids[1] + [tok.eos_token_id] + ids[2] + [tok.eos_token_id]
-    examples = C.pack(docs, tok, max_len=16)
+    examples = D.pack(docs, tok, max_len=16)
     assert [t for e in examples for t in e["response_ids"]] == stream  # in order, nothing dropped
     assert all(len(e["response_ids"]) == 16 for e in examples[:-1]) and 0 < len(examples[-1]["response_ids"]) <= 16
     batch = D.collate(examples, tok.eos_token_id)
@@ -37,14 +37,14 @@ def test_read_documents_from_files_folders_and_jsonl(tmp_path):
     (tmp_path / "d" / "a.py").write_text("first")
     (tmp_path / "d" / "skip.bin").write_bytes(b"\x00")
     (tmp_path / "rows.jsonl").write_text(json.dumps({"text": "row one"}) + "\n" + json.dumps({"text": "row two"}) + "\n")
-    assert C.read_documents([str(tmp_path / "d"), str(tmp_path / "rows.jsonl")]) == ["first", "second", "row one", "row two"]
+    assert D.read_documents([str(tmp_path / "d"), str(tmp_path / "rows.jsonl")]) == ["first", "second", "row one", "row two"]
     (tmp_path / "bad.jsonl").write_text('["a list"]\n')
     with pytest.raises(Exception, match=r"bad.jsonl:1: expected a JSON object"):
-        C.read_documents([str(tmp_path / "bad.jsonl")])
+        D.read_documents([str(tmp_path / "bad.jsonl")])
     # regression: a malformed row was a raw JSONDecodeError naming neither file nor line
     (tmp_path / "cut.jsonl").write_text(json.dumps({"text": "fine"}) + '\n{"text": "cut sh\n')
     with pytest.raises(InputError, match=r"cut.jsonl:2: malformed JSON"):
-        C.read_documents([str(tmp_path / "cut.jsonl")])
+        D.read_documents([str(tmp_path / "cut.jsonl")])
 
 
 def test_wikitext_articles_split_at_level_one_titles():
@@ -60,8 +60,9 @@ def test_small_preset():
     cfg = M.PRESETS["small"]
     n = sum(p.numel() for p in M.Transformer(cfg).parameters())
     assert 8e6 < n < 10e6 and cfg.arch == "llada" and (cfg.eos_token_id, cfg.mask_token_id, cfg.bos_token_id) == (0, 1, 2)
-    import train
-    assert train.PRESETS["pretrain-small"]["jepa_weight"] == 0 and train.PRESETS["pretrain-small"]["random_context_rate"]
+    flags = open(os.path.join(os.path.dirname(__file__), "..", "replication", "replicate.sh")).read()
+    pretrain = flags[flags.index("PRETRAIN=("):flags.index(")", flags.index("PRETRAIN=("))]
+    assert "--jepa_weight 0" in pretrain and "--random_context_rate true" in pretrain and "--model small" in pretrain
 
 
 def test_text_task_trains_from_files(tmp_path):
@@ -94,3 +95,27 @@ def test_replication_corpus_holds_no_held_out_data():
     assert len(test_titles) == 62 and all(t in text for t in test_titles)  # its " = Title = " lines
     non_empty_stdlib = sum(1 for f in C.stdlib_files() if open(f, encoding="utf-8").read().strip())
     assert len(docs) == 62 + 7473 + non_empty_stdlib  # articles, problems, modules: one document each
+
+
+def test_generated_tables_are_left_out_of_the_stdlib():
+    # issue 22: encodings/ (codec byte maps) and pydoc_data/ (help text in one string) were 9.7% of the corpus
+    files = C.stdlib_files()
+    assert files and not any(f"{os.sep}encodings{os.sep}" in f or f"{os.sep}pydoc_data{os.sep}" in f for f in files)
+    assert any(f.endswith(f"{os.sep}json{os.sep}decoder.py") for f in files)
+
+
+def test_the_corpus_file_round_trips(tmp_path):
+    docs = ["first document\nwith two lines", 'a "quoted" one', "ünïcode"]
+    path = str(tmp_path / "sub" / "corpus.jsonl")
+    C.write_jsonl(docs, path)
+    assert D.read_documents([path]) == docs and not os.path.exists(path + ".tmp")
+
+
+def test_punctuation_is_split_before_bpe():
+    # issue 22: without the split, BPE learns '((' and ')*(' so one bracket is spelt several ways
+    texts = ["((dog)|(truck))*((a)) ((x)) )*( " * 50, "lines with words " * 50]
+    plain, split = D.train_tokenizer(texts, 300), D.train_tokenizer(texts, 300, split_punctuation=True)
+    assert any(len(t) > 1 and set(t) <= set("()*|") for t in plain.convert_ids_to_tokens(plain.encode("((dog))*(")))
+    tokens = split.convert_ids_to_tokens(split.encode("((dog))*(x)", add_special_tokens=False))
+    assert tokens == ["(", "(", "dog", ")", ")", "*", "(", "x", ")"]
+    assert split.decode(split.encode("((dog)|x) lines", add_special_tokens=False)) == "((dog)|x) lines"

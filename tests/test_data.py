@@ -281,7 +281,7 @@ def test_hub_rows_are_converted(monkeypatch):
     (b'{"question": "q", "answer": "#### 1"}\n{"question": \n', r"train.jsonl:2: malformed JSON"),
 ])
 def test_malformed_data_files_are_named(tmp_path, content, message):
-    from configurator import InputError
+    from harness.errors import InputError
     (tmp_path / "train.jsonl").write_bytes(content)
     with pytest.raises(InputError, match=message):
         D.load_task("gsm8k", "train", str(tmp_path))
@@ -290,7 +290,7 @@ def test_malformed_data_files_are_named(tmp_path, content, message):
 def test_malformed_spider_and_run_config_files_are_named(tmp_path):
     """Regression: Spider's dev.json went through json.load (a raw traceback) and a malformed
     train_config.json was reported without its line."""
-    from configurator import InputError
+    from harness.errors import InputError
     import model as M
     (tmp_path / "dev.json").write_text('[{"question": "q",\n "query": }]')
     with pytest.raises(InputError, match=r"dev.json:2: malformed JSON"):
@@ -304,7 +304,7 @@ def test_malformed_spider_and_run_config_files_are_named(tmp_path):
 
 
 def test_empty_and_too_long_splits_say_which():
-    from configurator import InputError
+    from harness.errors import InputError
     tok = D.train_tokenizer(D.tiny_tokenizer_texts())
     with pytest.raises(InputError, match="the training split is empty"):
         D.tokenize_task("tiny-regex", [], tok, 128)

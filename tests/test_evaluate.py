@@ -75,7 +75,7 @@ def test_records_are_kept_as_scored_and_resume_skips_them(tmp_path, monkeypatch)
     ckpt = tiny_checkpoint(tmp_path / "ckpt")
     args = [f"--checkpoint={ckpt}", "--task=tiny-regex", "--limit=6", "--batch_size=2", "--gen_length=16", "--steps=8"]
     # a run killed at its fourth item keeps the three scored before it
-    import scoring
+    from metrics import scoring
     real_score, calls = scoring.score, []
 
     def dies_at_fourth(*a, **kw):

@@ -111,7 +111,7 @@ def test_adapter_only_save_and_load(tmp_path):
     with pytest.raises(KeyError, match="does not match"):
         loralib.load_adapters(other, str(tmp_path / "adapter"))
     # a damaged adapter_config.json is named (it was a raw JSONDecodeError / KeyError)
-    from configurator import InputError
+    from harness.errors import InputError
     config = tmp_path / "adapter" / "adapter_config.json"
     config.write_text('{"rank": 4,\n "alpha": }')
     with pytest.raises(InputError, match=r"adapter_config.json:2: malformed JSON"):

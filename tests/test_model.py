@@ -293,7 +293,7 @@ def test_unknown_architecture_and_missing_dir(tmp_path):
     ('{"model_type": "llada", "d_model": 8}', "config.json: missing or malformed setting 'n_heads'"),
 ])
 def test_a_bad_config_json_is_named(tmp_path, config, message):
-    from configurator import InputError
+    from harness.errors import InputError
     (tmp_path / "ckpt").mkdir()
     (tmp_path / "ckpt" / "config.json").write_text(config)
     with pytest.raises(InputError, match=message):
@@ -301,7 +301,7 @@ def test_a_bad_config_json_is_named(tmp_path, config, message):
 
 
 def test_a_checkpoint_without_tokenizer_files_is_named(tmp_path):
-    from configurator import MissingInput
+    from harness.errors import MissingInput
     M.Transformer(M.PRESETS["tiny"]).save_pretrained(str(tmp_path / "ckpt"))  # no tokenizer given
     with pytest.raises(MissingInput, match="has no tokenizer files"):
         M.load_tokenizer(str(tmp_path / "ckpt"))

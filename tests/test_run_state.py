@@ -10,8 +10,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-import run_state as RS
-from runtime import RunError
+from harness import run_state as RS
+from harness.runtime import RunError
 
 IDENTITY = {"seed": 0, "lr": 1e-3, "world_size": 1}
 

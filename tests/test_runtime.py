@@ -13,8 +13,9 @@ import pytest
 import torch
 from conftest import ROOT
 
-import runtime as RT
-from configurator import ConfigError, InputError, read_config_file
+from harness import runtime as RT
+from configurator import read_config_file
+from harness.errors import ConfigError, InputError
 
 Usage = namedtuple("Usage", "total used free")
 

@@ -8,7 +8,7 @@ import pytest
 from conftest import SHARED, needs_shared
 
 import data as D
-import scoring as S
+from metrics import scoring as S
 
 # --- GSM8K ---
 
@@ -133,7 +133,7 @@ def test_hostile_regexes_stay_bounded_in_a_child_under_a_memory_cap():
     import sys
     cases = [("(.*a.{20})|(b&c)", "(.*a.{20})"), ("(.*[a-c].{9})&(.*[b-d].{9})|(x&y)", "(.*[a-c].{9})&(.*[b-d].{9})"),
              ("(" * 5000 + ")" * 5000, ".*dog.*"), ("[\u0000-\uffff]{999}", ".*dog.*")]
-    script = ("import json, resource, sys; resource.setrlimit(resource.RLIMIT_AS, (2**30, 2**30)); import scoring as S\n"
+    script = ("import json, resource, sys; resource.setrlimit(resource.RLIMIT_AS, (2**30, 2**30)); from metrics import scoring as S\n"
               "for p, g in json.loads(sys.argv[1]):\n"
               "    print(json.dumps(S.score('nlrx', p, {'output': g})), flush=True)\n")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

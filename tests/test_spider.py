@@ -11,8 +11,8 @@ import pytest
 from conftest import SHARED, needs_shared
 
 import data as D
-import scoring as S
-import spider_exact as X
+from metrics import scoring as S
+from metrics import spider_exact as X
 
 
 def make_db(folder, db_id, script):
@@ -177,7 +177,7 @@ def test_hostile_predictions_stay_bounded_in_a_child_under_a_memory_cap(db_dir):
     import subprocess
     import sys
     script = (
-        "import json, resource, sys; resource.setrlimit(resource.RLIMIT_AS, (2**30, 2**30)); import scoring as S\n"
+        "import json, resource, sys; resource.setrlimit(resource.RLIMIT_AS, (2**30, 2**30)); from metrics import scoring as S\n"
         "for sql in json.loads(sys.argv[2]):\n"
         "    s = S.score_spider(sql, {'output': 'SELECT name FROM item', 'db_id': 'shop'}, db_dir=sys.argv[1])\n"
         "    print(json.dumps(s), flush=True)\n")

@@ -1,0 +1,159 @@
+"""
+What every script shares about the machine it runs on, so that no script imports another:
+
+  init_distributed / close_distributed   the torchrun process group (NCCL on GPUs, gloo on the CPU), with a
+                                         timeout that names itself when a rank stalls
+  resolve_device / resolve_dtype         what --device and --dtype mean on this machine
+  prepare_output_dir / disk_errors       an output folder checked before expensive work; a full disk named
+  flops_per_token / peak_flops           the model-FLOPs accounting behind MFU (train.py and bench.py)
+  RunError, run_main                     a failure of the run (not of the flags) reported in one line
+"""
+
+import errno
+import os
+import shutil
+import sys
+from contextlib import contextmanager
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+from harness.errors import ConfigError, RunError
+
+DTYPES = {"auto": None, "bfloat16": torch.bfloat16, "float32": torch.float32}  # None: by device (resolve_dtype)
+DEVICES = ("auto", "cuda", "cpu")
+# Seconds a rank waits in a collective before giving up. torch's default is 30 minutes; a stalled rank
+# (stopped, swapping, hung on a filesystem) should end the run sooner, but the longest honest wait, rank 0
+# loading or saving an 8B checkpoint while the others wait at a barrier, takes minutes on slow storage.
+DIST_TIMEOUT = 900.0
+
+
+def resolve_device(setting):
+    """torch.device for --device: 'auto' is the GPU when one is visible. Asking for cuda where there is none
+    is a ConfigError, not an AttributeError deep inside torch."""
+    if setting not in DEVICES:
+        raise ConfigError(f"--device={setting!r} is not one of {', '.join(map(repr, DEVICES))}")
+    if setting == "cuda" and not torch.cuda.is_available():
+        why = "this torch build has no CUDA" if torch.version.cuda is None else "no GPU is visible"
+        raise ConfigError(f"--device=cuda but {why}; use --device=cpu (or auto)")
+    use_cuda = setting == "cuda" or (setting == "auto" and torch.cuda.is_available())
+    return torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if use_cuda else "cpu")
+
+
+def resolve_dtype(setting, dev):
+    """The compute dtype a --dtype setting means on a device: 'auto' is bfloat16 on a GPU and float32 on the
+    CPU; an explicit dtype holds on any device (bfloat16 on the CPU is how the tests run the GPU's
+    mixed-precision paths)."""
+    if setting not in DTYPES:
+        raise ConfigError(f"--dtype={setting!r} is not one of {', '.join(map(repr, DTYPES))}")
+    return DTYPES[setting] or (torch.bfloat16 if dev.type == "cuda" else torch.float32)
+
+
+def init_distributed(device_setting, timeout=DIST_TIMEOUT):
+    """(world size, rank, device). Under torchrun (WORLD_SIZE > 1) joins the process group: NCCL on GPUs,
+    gloo on the CPU, each collective waiting at most `timeout` seconds (the scripts' --dist_timeout)."""
+    dev = resolve_device(device_setting)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:
+        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo", timeout=timedelta(seconds=timeout))
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    return world, dist.get_rank() if world > 1 else 0, dev
+
+
+def close_distributed(world):
+    """Leave the process group together: a rank that tears down gloo while a peer still works can abort it."""
+    if world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def describe_collective_failure(error, timeout):
+    """A one-line reason for a collective that failed, or None when the error is not one."""
+    text = str(error)
+    if "timed out" in text.lower() or "timeout" in text.lower():
+        return (f"a collective waited more than --dist_timeout={timeout:g} s: another rank stalled or died "
+                f"(see its output); raise --dist_timeout if a rank was only slow")
+    if "connection closed by peer" in text.lower() or "connection reset" in text.lower():
+        return "another rank died (see its output)"
+    return None
+
+
+def run_main(script, main_fn, argv, timeout):
+    """A script's __main__ (timeout: a callable giving the --dist_timeout in force): a mistake in the flags exits 2 with one line; a failed run (RunError, a stalled
+    or dead rank) exits 1 with one line; anything else is a bug and keeps its traceback."""
+    try:
+        main_fn(argv)
+    except ConfigError as e:
+        print(f"{script}: {e}", file=sys.stderr)
+        sys.exit(2)
+    except RunError as e:
+        print(f"{script}: {e}", file=sys.stderr)
+        sys.exit(1)
+    except (RuntimeError, dist.DistBackendError) as e:
+        reason = describe_collective_failure(e, timeout())
+        if reason is None:
+            raise
+        print(f"{script}: {reason}", file=sys.stderr)
+        sys.exit(1)
+
+
+# -----------------------------------------------------------------------------
+# output folders and disks
+
+
+def prepare_output_dir(path, flag="--out_dir"):
+    """Create the folder and write a file in it now, before any expensive work, so that a read-only or
+    missing place fails in the first second, not after the last pass."""
+    if not path:
+        raise ConfigError(f"{flag} is empty; name a folder for the results")
+    probe = os.path.join(path, f".write-test-{os.getpid()}")
+    try:
+        os.makedirs(path, exist_ok=True)
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as e:
+        raise ConfigError(f"cannot write into {path} ({e.strerror}); pass {flag}=<a writable folder>") from None
+
+
+LOW_DISK_BYTES = 64 << 20
+
+
+@contextmanager
+def disk_errors(path):
+    """Re-raise a write that failed because the disk is full as a RunError that says so. torch's own
+    writer reports it as 'unexpected pos ...' (inline_container.cc), so the free space is checked too."""
+    try:
+        yield
+    except (OSError, RuntimeError) as e:
+        full = isinstance(e, OSError) and e.errno == errno.ENOSPC
+        try:
+            free = shutil.disk_usage(os.path.dirname(os.path.abspath(path)) or ".").free
+        except OSError:
+            free = None
+        if full or (free is not None and free < LOW_DISK_BYTES):
+            raise RunError(f"no space left on the device while writing {path} "
+                           f"({free if free is not None else '?'} bytes free); free some space and resume") from e
+        raise
+
+
+# -----------------------------------------------------------------------------
+# FLOPs accounting for MFU
+
+
+PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense bf16 per GPU
+
+
+def peak_flops(dev):
+    if dev.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(dev)
+    return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
+
+
+def flops_per_token(n_params, jepa, lora):
+    """Model FLOPs per training token, for MFU: forward 2N + backward 4N (input and weight gradients; with
+    LoRA 2N, the frozen base needs input gradients only) + the no-grad target forward 2N when lambda > 0."""
+    return ((4 if lora else 6) + (2 if jepa else 0)) * n_params

@@ -1,0 +1,147 @@
+"""
+Results over seeds: per arm, the mean and the population standard deviation of every number in the
+runs' result files (the paper's Tables 3, 4, 10 and 12 report mean +- population std over three seeds),
+and the per-seed paired differences between two arms with their tests (replication/stats.py: paired t-test,
+exact sign test, bootstrap interval of the mean difference; 'passes_05' marks a t-test p below 0.05).
+
+  python -m replication.aggregate --arms "jepa:j42.json,j123.json,j777.json;baseline:b42.json,b123.json,b777.json" \
+      --pair jepa/baseline --out aggregate.json
+
+A run is one result file, or several joined by '+' (an evaluate.py summary and a probe.json, say); its
+numbers are the numeric leaves of the JSON, named by their path ('exact', 'checkpoints/ft/drift/mean'),
+the 'config' subtrees left out. Runs pair up by position: list the arms' runs in the same seed order.
+Only numbers every run of an arm has are aggregated; a number one run lacks is named, not guessed.
+"""
+
+import json
+import math
+import statistics
+import sys
+
+from configurator import configure, setting_keys
+from harness.errors import ConfigError, InputError, parse_json, read_text
+from replication import stats
+from harness.runtime import run_main
+
+# -----------------------------------------------------------------------------
+# settings
+arms = ""  # "name:run,run,...;name:run,..." where a run is file[+file...]
+pair = ""  # "a/b": per-seed differences a - b (comma-separated for several pairs)
+out = ""  # write the aggregate here as JSON (empty: print only)
+# numbers that describe the run, not its result (matched on the last part of the name)
+ignore = "shots,items,n,steps,gen_length,block_length,temperature,over_context_window,n_samples," \
+         "samples_cut_to_sample_len,mmlu_questions,complete"
+KEYS = setting_keys(globals())
+
+
+def numbers(value, prefix=""):
+    """{path: float} for every numeric leaf (bools and the 'config' subtree left out)."""
+    if isinstance(value, dict):
+        found = {}
+        for k, v in value.items():
+            if k != "config":
+                found.update(numbers(v, f"{prefix}{k}/"))
+        return found
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return {prefix.rstrip("/"): float(value)}
+    return {}
+
+
+def read_run(spec, ignored=()):
+    """The numbers of one run: the union of its files' numbers (a name in two files is an error), less the
+    ones whose last name part is in `ignored`."""
+    merged = {}
+    for path in spec.split("+"):
+        found = numbers(parse_json(read_text(path, "result file"), path))
+        found = {k: v for k, v in found.items() if k.split("/")[-1] not in ignored}
+        clash = sorted(set(found) & set(merged))
+        if clash:
+            raise InputError(f"{path}: {clash[0]} is also in another file of the run {spec}")
+        merged.update(found)
+    return merged
+
+
+def parse_arms(text):
+    """{arm: [run spec, ...]} from 'name:run,run;name:run'."""
+    parsed = {}
+    for part in filter(None, (p.strip() for p in text.split(";"))):
+        name, sep, runs = part.partition(":")
+        if not sep or not name or not runs:
+            raise ConfigError(f"--arms: expected 'name:run,run,...' separated by ';', got {part!r}")
+        parsed[name] = [r for r in runs.split(",") if r]
+    if not parsed:
+        raise ConfigError("--arms is empty")
+    return parsed
+
+
+def summarize_arm(runs):
+    """{number: {'mean', 'std' (population), 'n', 'values'}} over the numbers every run has."""
+    common = set.intersection(*(set(r) for r in runs))
+    return {k: {"mean": statistics.fmean(r[k] for r in runs), "std": statistics.pstdev([r[k] for r in runs]),
+                "n": len(runs), "values": [r[k] for r in runs]} for k in sorted(common)}
+
+
+def paired_differences(runs_a, runs_b):
+    """{number: {'differences': [a_i - b_i], 'mean', and with two or more pairs 't_test', 'sign_test',
+    'bootstrap_95', 'passes_05'}} over the numbers both arms' runs all have."""
+    if len(runs_a) != len(runs_b):
+        raise ConfigError(f"a pair needs as many runs on each side ({len(runs_a)} vs {len(runs_b)})")
+    common = set.intersection(*(set(r) for r in runs_a + runs_b))
+    out = {}
+    for k in sorted(common):
+        d = [a[k] - b[k] for a, b in zip(runs_a, runs_b)]
+        out[k] = {"differences": d, "mean": statistics.fmean(d)}
+        if len(d) >= 2:
+            t = stats.paired_t(d)
+            out[k] |= {"t_test": t, "sign_test": stats.sign_test(d), "bootstrap_95": stats.bootstrap_interval(d),
+                       "passes_05": t["p"] < 0.05}
+    return out
+
+
+def aggregate(arm_runs, pairs):
+    """The whole report: per arm its summary and the numbers left out, then the pairs."""
+    report = {"arms": {}, "pairs": {}}
+    for name, runs in arm_runs.items():
+        every = set.union(*(set(r) for r in runs))
+        report["arms"][name] = {"runs": len(runs), "numbers": summarize_arm(runs),
+                                "not_in_every_run": sorted(every - set.intersection(*(set(r) for r in runs)))}
+    for a, b in pairs:
+        report["pairs"][f"{a}-{b}"] = paired_differences(arm_runs[a], arm_runs[b])
+    return report
+
+
+def print_report(report):
+    names = [k for arm in report["arms"].values() for k in arm["numbers"]]
+    w = max(map(len, names), default=0)  # one column of names, however long they are
+    for name, arm in report["arms"].items():
+        print(f"{name} ({arm['runs']} runs): mean +- population std")
+        for k, v in arm["numbers"].items():
+            print(f"  {k:{w}} {v['mean']:10.4f} +- {v['std']:.4f}")
+        if arm["not_in_every_run"]:
+            print(f"  left out (not in every run): {', '.join(arm['not_in_every_run'][:10])}")
+    for name, diffs in report["pairs"].items():
+        print(f"{name}: per-seed differences")
+        for k, v in diffs.items():
+            tests = f"   t-test p {v['t_test']['p']:.3f}, sign p {v['sign_test']['p']:.3f}" if "t_test" in v else ""
+            mark = " *" if v.get("passes_05") else ""
+            print(f"  {k:{w}} {' '.join(f'{d:+.4f}' for d in v['differences'])}   mean {v['mean']:+.4f}{tests}{mark}")
+
+
+def main(argv):
+    configure(globals(), KEYS, argv)
+    arm_specs = parse_arms(arms)
+    pairs = [tuple(p.split("/")) for p in pair.split(",") if p]
+    for p in pairs:
+        if len(p) != 2 or not set(p) <= set(arm_specs):
+            raise ConfigError(f"--pair takes 'a/b' with arms among {list(arm_specs)}; got {'/'.join(p)}")
+    ignored = set(ignore.split(","))
+    report = aggregate({name: [read_run(r, ignored) for r in runs] for name, runs in arm_specs.items()}, pairs)
+    print_report(report)
+    if out:
+        with open(out, "w") as f:
+            json.dump(report, f, indent=2)
+        print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    run_main("replication/aggregate.py", main, sys.argv[1:], lambda: 0)

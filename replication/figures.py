@@ -1,0 +1,106 @@
+"""
+The replication's figures (PNG, matplotlib), from the small files in replication/results/:
+
+  curve/<name>-step<N>.json   --> learning_curves.png   holdout DFA (non-trivial golds, and all) per epoch, per curve
+  arms/<arm>-s<seed>-probe.json --> drift_per_layer.png   drift per layer per arm: mean over seeds, min-max band
+                                --> drift_vs_forgetting.png  drift (mean) against forgetting, one point per seed
+
+  python -m replication.figures --results replication/results
+
+A figure whose files are not there yet is skipped with a line saying so.
+"""
+
+import glob
+import os
+import re
+import sys
+
+from configurator import configure, setting_keys
+from harness.errors import parse_json, read_text
+from harness.runtime import run_main
+
+results = "replication/results"  # the folder holding curve/ and arms/
+steps_per_epoch = 235  # NL-RX-SYNTH: 7,500 training items in batches of 32
+KEYS = setting_keys(globals())
+
+
+def read(path):
+    return parse_json(read_text(path, "result file"), path)
+
+
+def curves(folder):
+    """{name: [(epoch, nontrivial DFA, DFA)]} sorted by epoch; final/ is left out (it is the last snapshot's
+    step, which the file name does not say)."""
+    found = {}
+    for path in glob.glob(os.path.join(folder, "curve", "*-step*.json")):
+        m = re.fullmatch(r"(.+)-step(\d+)\.json", os.path.basename(path))
+        if m:
+            s = read(path)
+            found.setdefault(m.group(1), []).append((int(m.group(2)) / steps_per_epoch, s.get("nontrivial/dfa"), s["dfa"]))
+    return {k: sorted(v) for k, v in sorted(found.items())}
+
+
+def probes(folder):
+    """{arm: {seed: the fine-tuned checkpoint's probe numbers}}."""
+    found = {}
+    for path in glob.glob(os.path.join(folder, "arms", "*-s*-probe.json")):
+        m = re.fullmatch(r"(.+)-s(\d+)-probe\.json", os.path.basename(path))
+        if m:
+            found.setdefault(m.group(1), {})[int(m.group(2))] = read(path)["checkpoints"]["ft"]
+    return found
+
+
+def plot_curves(plt, data, out):
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, points in data.items():
+        epochs = [p[0] for p in points]
+        line, = ax.plot(epochs, [p[1] for p in points], marker="o", label=f"{name}: non-trivial golds")
+        ax.plot(epochs, [p[2] for p in points], marker=".", linestyle=":", color=line.get_color(), label=f"{name}: all")
+    ax.set(xlabel="epoch", ylabel="holdout DFA match", title="Baseline arm on the 500 held-out items")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+
+
+def plot_drift(plt, data, out_layers, out_scatter):
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for arm, runs in sorted(data.items()):
+        layers = list(zip(*(r["drift_per_layer"] for r in runs.values())))
+        mean = [sum(v) / len(v) for v in layers]
+        line, = ax.plot(range(len(mean)), mean, marker="o", label=f"{arm} ({len(runs)} seeds)")
+        ax.fill_between(range(len(mean)), [min(v) for v in layers], [max(v) for v in layers], alpha=0.2,
+                        color=line.get_color())
+    ax.set(xlabel="layer (0 = embeddings)", ylabel="drift from the base", title="Drift per layer: mean, min-max over seeds")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out_layers, dpi=120)
+    fig, ax = plt.subplots(figsize=(5, 4))
+    for arm, runs in sorted(data.items()):
+        ax.scatter([r["drift"]["mean"] for r in runs.values()], [r["forgetting"] for r in runs.values()], label=arm)
+    ax.set(xlabel="mean drift", ylabel="forgetting (WikiText loss - base's, nats)", title="Drift against forgetting, per seed")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out_scatter, dpi=120)
+
+
+def main(argv):
+    configure(globals(), KEYS, argv)
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    data = curves(results)
+    if data:
+        plot_curves(plt, data, os.path.join(results, "learning_curves.png"))
+        print(f"wrote {os.path.join(results, 'learning_curves.png')}: {', '.join(data)}")
+    else:
+        print("no learning curve yet")
+    arms = probes(results)
+    if len(arms) >= 2:
+        plot_drift(plt, arms, os.path.join(results, "drift_per_layer.png"), os.path.join(results, "drift_vs_forgetting.png"))
+        print(f"wrote the drift figures: {', '.join(f'{a} ({len(r)} seeds)' for a, r in sorted(arms.items()))}")
+    else:
+        print("no arms' probes yet: the drift figures wait for them")
+
+
+if __name__ == "__main__":
+    run_main("replication/figures.py", main, sys.argv[1:], lambda: 0)
