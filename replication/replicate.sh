@@ -8,6 +8,7 @@
 #   bash replication/replicate.sh pilot         # lever: the same fine-tuning from an (almost) random base
 #   bash replication/replicate.sh curve 1e-3    # learning curve of the baseline arm at one lr, on the holdout
 #   bash replication/replicate.sh chosen        # the lr and epochs with the best holdout curve point
+#   bash replication/replicate.sh decode lr1e-3 8   # lever: a curve's final model decoded with another block length
 #   bash replication/replicate.sh arms 42 123   # both arms at the chosen lr and epochs, these seeds, test split
 #   bash replication/replicate.sh aggregate     # over the seeds, with the paired tests
 #   bash replication/replicate.sh all           # all of it in order: base, curves (LRS), arms (SEEDS), aggregate
@@ -53,7 +54,7 @@ stamp() { date +%s; }
 have() { [ -s "$1" ] && echo "skip: $1 exists"; }
 keep() { cp "$1" "$2.tmp" && mv "$2.tmp" "$2"; }  # a kill mid-copy leaves no half file that have() would skip
 keep_gz() { gzip -c "$1" > "$2.tmp" && mv "$2.tmp" "$2"; }
-mkdir -p "$R/curve" "$R/arms" "$RUNS"
+mkdir -p "$R/curve" "$R/levers" "$R/arms" "$RUNS"
 
 base() {  # the committed base, checked; pretrained (LLaDA's objective on the replication corpus) when absent
   if [ -s "$BASE/SHA256SUMS" ]; then
@@ -100,6 +101,15 @@ pilot() {  # lever: the same fine-tuning from a base pretrained for one step (ra
     python train.py "${PRETRAIN[@]}" --max_steps 1 --save_every 0 --out_dir "$RUNS/random-base" --overwrite true
   fi
   finetune_curve random-base-lr1e-3 "$RUNS/random-base/final" --lr 1e-3
+}
+
+decode() {  # $1 curve name, $2 block length: its final/ on the holdout, generation 64 in 64 steps
+  local out=$RUNS/curve-$1 name=$1-final-block$2
+  have "$R/levers/$name.json" && return
+  python evaluate.py "${EVAL[@]}" --block_length "$2" --checkpoint "$out/final" --split val --val_holdout $HOLDOUT \
+      --limit $LIMIT --out_dir "$out/eval-final-block$2"
+  keep_gz "$out/eval-final-block$2/nlrx-0shot-val.jsonl" "$R/levers/$name-items.jsonl.gz"
+  keep "$out/eval-final-block$2/nlrx-0shot-val.json" "$R/levers/$name.json"
 }
 
 chosen() {  # "lr epochs": the best holdout point (non-trivial DFA, then DFA, then functional) of the base's curves
@@ -166,8 +176,10 @@ case "$step" in
   pilot) pilot ;;
   curve) [ $# = 1 ] || { echo "usage: replicate.sh curve <lr>" >&2; exit 2; }; finetune_curve "lr$1" "$BASE" --lr "$1" ;;
   chosen) chosen ;;
+  decode) [ $# = 2 ] || { echo "usage: replicate.sh decode <curve name> <block length>" >&2; exit 2; }; decode "$@" ;;
   arms) [ $# -ge 1 ] || { echo "usage: replicate.sh arms <seed> [<seed> ...]" >&2; exit 2; }; arms "$@" ;;
   aggregate) aggregate ;;
   all) base; for lr in "${LRS[@]}"; do finetune_curve "lr$lr" "$BASE" --lr "$lr"; done; arms "${SEEDS[@]}"; aggregate ;;
-  *) echo "usage: replicate.sh base | pilot | curve <lr> | chosen | arms <seed>... | aggregate | all" >&2; exit 2 ;;
+  *) echo "usage: replicate.sh base | pilot | curve <lr> | decode <curve> <block> | chosen | arms <seed>... | aggregate | all" >&2
+     exit 2 ;;
 esac
