@@ -341,6 +341,17 @@ def pack(documents, tokenizer, max_len):
 # prompts and tokenisation
 
 
+def uses_chat(setting, name, run_config=None):
+    """Whether prompts use the chat template: --chat true / false, or with 'auto' what the train.py run that
+    made the checkpoint used (its train_config.json, when there is one), else whether the model's name says
+    Instruct (LLaDA-8B-Instruct, Dream-v0-Instruct-7B)."""
+    if setting != "auto":
+        return setting == "true"
+    if run_config:
+        return run_config.get("chat") == "true"
+    return "instruct" in name.lower()
+
+
 def choose_shots(train_items, k, item, seed=SHOT_SEED):
     """k exemplars drawn deterministically from the training split, never equal to the evaluated item
     (NL-RX has pairs that occur in both splits)."""

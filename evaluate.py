@@ -64,12 +64,6 @@ KEYS = setting_keys(globals())
 # the command
 
 
-def uses_chat_template(checkpoint_arg, ckpt_dir):
-    """chat=auto: what train.py used (train_config.json beside final/), else whether the name says Instruct."""
-    config = modellib.run_config(ckpt_dir)
-    return config.get("chat") == "true" if config else "instruct" in checkpoint_arg.lower()
-
-
 def default_out_dir(ckpt_dir):
     """Beside a train.py run's final/ (<run>/eval), else ./eval/<checkpoint name>: never inside a checkpoint
     folder, which a later save would replace."""
@@ -192,7 +186,7 @@ def main(argv):
     if bad:
         raise RunError(f"{ckpt_dir} holds non-finite weights ({len(bad)} tensors, e.g. {bad[0]}): a diverged run")
     tokenizer = modellib.load_tokenizer(ckpt_dir, model.cfg)
-    use_chat = chat == "true" or (chat == "auto" and uses_chat_template(checkpoint, ckpt_dir))
+    use_chat = data.uses_chat(chat, checkpoint, modellib.run_config(ckpt_dir))
     length = gen_length or data.TASKS[task]["gen_length"]
     block = block_length or min(128, length)
     n_steps = steps or min(128, length)

@@ -32,8 +32,8 @@ import jepa
 import model as modellib
 from configurator import configure, setting_keys
 from harness.errors import ConfigError
-from harness.runtime import (DIST_TIMEOUT, RunError, close_distributed, disk_errors, init_distributed, prepare_output_dir,
-                     resolve_dtype, run_main)
+from harness.runtime import (DIST_TIMEOUT, RunError, all_gather_objects, close_distributed, disk_errors,
+                             init_distributed, prepare_output_dir, resolve_dtype, run_main)
 
 # -----------------------------------------------------------------------------
 # settings
@@ -237,15 +237,6 @@ def mmlu_pass(model, tokenizer, questions, batch):
 # the command
 
 
-def gather(obj, world):
-    if world == 1:
-        return [obj]
-    import torch.distributed as dist
-    out = [None] * world
-    dist.all_gather_object(out, obj)
-    return out
-
-
 def main(argv):
     cfg = configure(globals(), KEYS, argv)
     paths = [p for p in checkpoints.split(",") if p]
@@ -287,7 +278,7 @@ def main(argv):
         wt = wikitext_pass(model, [samples[i] for i in my_samples], my_samples, batch_size, rates)
         mm = mmlu_pass(model, tokenizer, [questions[i] for i in my_questions], batch_size)
         del model
-        parts = gather((my_samples, wt, my_questions, mm), world)
+        parts = all_gather_objects((my_samples, wt, my_questions, mm), world > 1)
         order = torch.tensor([i for p in parts for i in p[0]]).argsort()
         results[label] = {
             "pooled": torch.cat([p[1]["pooled"] for p in parts], dim=1)[:, order],

@@ -485,7 +485,7 @@ def main(argv):
     # ---- tokenizer and data (before the model: a data error should not cost a model load)
     documents = data.read_documents([p for p in text_files.split(",") if p]) if task == "text" else None
     source = load_source(documents)
-    use_chat = chat == "true" or (chat == "auto" and "instruct" in model.lower())
+    use_chat = data.uses_chat(chat, model)
     if task == "text":
         examples = data.pack(documents, source.tokenizer, max_len)
         log(f"text: {len(documents)} documents, {sum(len(e['response_ids']) for e in examples):,} tokens "

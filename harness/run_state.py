@@ -31,7 +31,7 @@ import torch
 import torch.distributed as dist
 
 from harness.errors import RunError
-from harness.runtime import disk_errors
+from harness.runtime import all_gather_objects, disk_errors
 
 NAMES = ("resume", "resume.tmp", "resume.old")
 
@@ -77,14 +77,6 @@ def _rank_world(distributed):
     return (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
 
 
-def _all_gather(obj, distributed):
-    if not distributed:
-        return [obj]
-    out = [None] * dist.get_world_size()
-    dist.all_gather_object(out, obj)
-    return out
-
-
 def crc32(path):
     value = 0
     with open(path, "rb") as f:
@@ -98,7 +90,7 @@ def checksums(folder, distributed):
     rank, world = _rank_world(distributed)
     names = sorted(n for n in os.listdir(folder) if n != "meta.json")
     mine = {n: crc32(os.path.join(folder, n)) for n in names[rank::world]}
-    return {k: v for part in _all_gather(mine, distributed) for k, v in part.items()}
+    return {k: v for part in all_gather_objects(mine, distributed) for k, v in part.items()}
 
 
 def read_meta(folder):
@@ -136,7 +128,7 @@ def damaged_files(folder, meta, distributed):
         path = os.path.join(folder, name)
         if not os.path.exists(path) or crc32(path) != meta["checksums"][name]:
             mine.append(name)
-    return sorted(n for part in _all_gather(mine, distributed) for n in part)
+    return sorted(n for part in all_gather_objects(mine, distributed) for n in part)
 
 
 def remove_state(folder):

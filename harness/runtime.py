@@ -80,6 +80,15 @@ def describe_collective_failure(error, timeout):
     return None
 
 
+def all_gather_objects(obj, distributed):
+    """[every rank's obj] in rank order ([obj] in one process)."""
+    if not distributed:
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def run_main(script, main_fn, argv, timeout):
     """A script's __main__ (timeout: a callable giving the --dist_timeout in force): a mistake in the flags exits 2 with one line; a failed run (RunError, a stalled
     or dead rank) exits 1 with one line; anything else is a bug and keeps its traceback."""

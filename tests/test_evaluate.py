@@ -52,12 +52,15 @@ def test_two_process_evaluation_equals_one_process(tmp_path):
 def test_chat_auto_follows_training(tmp_path):
     run = tmp_path / "run"
     (run / "final").mkdir(parents=True)
-    assert E.uses_chat_template("GSAI-ML/LLaDA-8B-Instruct", str(tmp_path / "nowhere"))
-    assert not E.uses_chat_template(str(run), str(run / "final"))
+    chat = lambda name, ckpt: D.uses_chat("auto", name, M.run_config(ckpt))  # noqa: E731 (evaluate.py's rule)
+    assert chat("GSAI-ML/LLaDA-8B-Instruct", str(tmp_path / "nowhere"))
+    assert not chat(str(run), str(run / "final"))
     (run / "train_config.json").write_text(json.dumps({"chat": "true"}))
-    assert E.uses_chat_template(str(run), str(run / "final"))
+    assert chat(str(run), str(run / "final"))
     (run / "train_config.json").write_text(json.dumps({"chat": "false"}))
-    assert not E.uses_chat_template("my-Instruct-run", str(run / "final"))
+    assert not chat("my-Instruct-run", str(run / "final"))
+    assert D.uses_chat("true", "base") and not D.uses_chat("false", "x-Instruct")  # train.py's rule: the flag, else the name
+    assert D.uses_chat("auto", "GSAI-ML/LLaDA-8B-Instruct") and not D.uses_chat("auto", "GSAI-ML/LLaDA-8B-Base")
 
 
 def tiny_checkpoint(path):
