@@ -88,13 +88,17 @@ snapshot_every = 0  # > 0: also the weights every N steps, as <out_dir>/snapshot
 resume = False  # continue the run in out_dir from its newest complete resumable state
 overwrite = False  # replace a run already in out_dir (its final/, resume/, log.jsonl, ... are deleted first)
 stop_step = 0  # > 0: stop after this optimizer step, leaving a resumable state (for interrupted runs)
+wandb_log = False  # also send log.jsonl's records to Weights & Biases (nanoGPT's convention; needs `pip install wandb`)
+wandb_project = "dllm-jepa"
+wandb_run_name = ""  # empty: the out_dir's name
 dist_timeout = runtime.DIST_TIMEOUT  # seconds a rank waits for the others in a collective
 preset = ""
 config = ""
 # the settings that do not define a run (where it writes, how often it logs and saves, where it runs): a
 # resumable state saved under any other different setting belongs to another run (harness/run_state.py)
 NOT_IDENTITY = ("out_dir", "log_every", "save_every", "snapshot_every", "resume", "overwrite", "stop_step",
-                "dist_timeout", "preset", "config", "device", "activation_checkpointing")
+                "dist_timeout", "preset", "config", "device", "activation_checkpointing", "wandb_log", "wandb_project",
+                "wandb_run_name")
 
 PRESETS = {
     "aggressive": dict(t_low=0.2, t_high=0.7, lr=1e-5),  # the main task table
@@ -163,6 +167,11 @@ def validate():
     if model == "small" and task != "text":
         raise ConfigError("--model=small starts from random weights: pretrain it with --task=text first "
                           "(replication/replicate.sh base), or fine-tune the committed --model=replication/base")
+    if wandb_log:
+        try:
+            import wandb  # noqa: F401
+        except ImportError:
+            raise ConfigError("--wandb_log=true needs the wandb package (pip install wandb), or leave it false") from None
     if task == "text" and not text_files:
         raise ConfigError("--task=text needs --text_files (files or folders, comma-separated; .jsonl: a 'text' per row)")
     if model not in RANDOM_INIT and not os.path.isdir(model) and not (
@@ -528,6 +537,7 @@ def main(argv):
         else nullcontext()
     peak = runtime.peak_flops(dev)
     log_file = open(os.path.join(out_dir, "log.jsonl"), "a") if master else None
+    wandb_run = start_wandb(cfg) if master and wandb_log else None
     from tqdm import tqdm
     bar = tqdm(total=total_steps, initial=step, disable=not master, desc="train", dynamic_ncols=True)
 
@@ -564,6 +574,8 @@ def main(argv):
                 with runtime.disk_errors(log_file.name):
                     log_file.write(json.dumps(record) + "\n")
                     log_file.flush()
+                if wandb_run is not None:
+                    wandb_run.log(record, step=step)
                 bar.set_postfix(l_diff=f"{stats['diffusion_loss']:.3f}", l_jepa=f"{stats.get('jepa_loss', 0.0):.3f}",
                                 lr=f"{current_lr:.2e}")
             t0, tokens_since = time.time(), 0
@@ -584,7 +596,18 @@ def main(argv):
         save_model(online, source, distributed, master, log, "final")
     if log_file:
         log_file.close()
+    if wandb_run is not None:
+        wandb_run.finish()
     runtime.close_distributed(world)
+
+
+def start_wandb(cfg):
+    """A Weights & Biases run that receives the same records as log.jsonl (resumed runs continue the same
+    wandb run: its id is the out_dir's name, so a --resume appends)."""
+    import wandb
+    name = wandb_run_name or os.path.basename(os.path.normpath(out_dir))
+    return wandb.init(project=wandb_project, name=name, id=name, resume="allow", config=cfg,
+                      dir=out_dir)
 
 
 def save_model(online, source, distributed, master, log, name):
