@@ -1,5 +1,6 @@
 # lets tests import the top-level scripts (model.py, jepa.py, ...) from any working directory, and gives
 # them one way to run a script as a user would: `python script.py ...` or torchrun with N CPU processes
+import functools
 import os
 import subprocess
 import sys
@@ -24,3 +25,11 @@ def run_script(args, nproc=1, port=29600, check=True, timeout=300):
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return proc
+
+
+@functools.lru_cache(maxsize=1)
+def tiny_tokenizer():
+    """The tiny preset's tokenizer (data.train_tokenizer on the offline task), trained once per test run:
+    tokenizers are not modified by the tests that share it."""
+    import data
+    return data.train_tokenizer(data.tiny_tokenizer_texts())

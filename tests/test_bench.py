@@ -3,7 +3,7 @@ Speed targets are bench.py's to report, not the tests'."""
 
 import json
 
-from conftest import run_script
+from conftest import run_script, tiny_tokenizer
 
 
 def test_bench_runs_and_reports(tmp_path):
@@ -34,11 +34,10 @@ def test_flops_per_token_follows_table_1():
 def test_bench_measures_the_early_stop_on_a_checkpoint(tmp_path):
     import torch
 
-    import data as D
     import model as M
     torch.manual_seed(0)
     M.Transformer(M.PRESETS["tiny"]).save_pretrained(str(tmp_path / "ckpt"),
-                                                     tokenizer=D.train_tokenizer(D.tiny_tokenizer_texts()))
+                                                     tokenizer=tiny_tokenizer())
     out = tmp_path / "bench.json"
     proc = run_script(["bench.py", "--variants=", "--sampler=false", f"--early_stop_checkpoint={tmp_path / 'ckpt'}",
                        "--early_stop_items=5", "--sampler_prompts=2", "--early_stop_gen_length=16",

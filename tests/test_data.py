@@ -5,14 +5,14 @@ import os
 import re
 
 import pytest
-from conftest import SHARED, needs_shared
+from conftest import SHARED, needs_shared, tiny_tokenizer
 
 import data as D
 
 
 @pytest.fixture(scope="module")
 def tok():
-    return D.train_tokenizer(D.tiny_tokenizer_texts())
+    return tiny_tokenizer()
 
 
 def test_tiny_tokenizer_special_ids_match_tiny_preset(tok):
@@ -40,8 +40,10 @@ def test_base_prompt_format_exact(tok):
 
 
 def test_chat_prompt_format(tok):
+    import copy
     from transformers import PreTrainedTokenizerFast
-    chat_tok = PreTrainedTokenizerFast(tokenizer_object=tok.backend_tokenizer, eos_token="<|endoftext|>",
+    # a copy: the tiny tokenizer is shared by the whole test run (conftest.tiny_tokenizer)
+    chat_tok = PreTrainedTokenizerFast(tokenizer_object=copy.deepcopy(tok.backend_tokenizer), eos_token="<|endoftext|>",
                                        pad_token="<|endoftext|>", mask_token="<|mdm_mask|>")
     chat_tok.add_special_tokens({"additional_special_tokens": ["<|im_end|>"]})
     chat_tok.chat_template = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}<|im_end|>{% endfor %}"
@@ -305,7 +307,7 @@ def test_malformed_spider_and_run_config_files_are_named(tmp_path):
 
 def test_empty_and_too_long_splits_say_which():
     from harness.errors import InputError
-    tok = D.train_tokenizer(D.tiny_tokenizer_texts())
+    tok = tiny_tokenizer()
     with pytest.raises(InputError, match="the training split is empty"):
         D.tokenize_task("tiny-regex", [], tok, 128)
     with pytest.raises(InputError, match="all 3 examples are longer than max_len=4"):

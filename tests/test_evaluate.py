@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import pytest
 import torch
-from conftest import run_script
+from conftest import run_script, tiny_tokenizer
 
 import data as D
 import evaluate as E
@@ -16,7 +16,7 @@ import model as M
 # --- the command, end to end on a tiny checkpoint ---
 
 def test_evaluate_command_on_a_train_output_directory(tmp_path):
-    tok = D.train_tokenizer(D.tiny_tokenizer_texts())
+    tok = tiny_tokenizer()
     torch.manual_seed(0)
     run_dir = tmp_path / "run"
     window = 96  # a context window some 4-shot prompts + 16 generated tokens overrun: counted, not fatal
@@ -37,7 +37,7 @@ def test_evaluate_command_on_a_train_output_directory(tmp_path):
 
 
 def test_two_process_evaluation_equals_one_process(tmp_path):
-    tok = D.train_tokenizer(D.tiny_tokenizer_texts())
+    tok = tiny_tokenizer()
     torch.manual_seed(0)
     M.Transformer(M.PRESETS["tiny"]).save_pretrained(str(tmp_path / "ckpt"), tokenizer=tok)
     args = ["evaluate.py", f"--checkpoint={tmp_path / 'ckpt'}", "--task=tiny-regex", "--limit=7", "--batch_size=2",
@@ -64,7 +64,7 @@ def test_chat_auto_follows_training(tmp_path):
 
 
 def tiny_checkpoint(path):
-    tok = D.train_tokenizer(D.tiny_tokenizer_texts())
+    tok = tiny_tokenizer()
     torch.manual_seed(0)
     M.Transformer(M.PRESETS["tiny"]).save_pretrained(str(path), tokenizer=tok)
     return str(path)
@@ -117,7 +117,7 @@ def test_records_are_kept_as_scored_and_resume_skips_them(tmp_path, monkeypatch)
 
 
 def test_a_diverged_checkpoint_and_an_empty_split_are_named(tmp_path):
-    tok = D.train_tokenizer(D.tiny_tokenizer_texts())
+    tok = tiny_tokenizer()
     net = M.Transformer(M.PRESETS["tiny"])
     with torch.no_grad():
         net.blocks[0].attn.q_proj.weight.fill_(float("nan"))
@@ -136,7 +136,7 @@ def test_a_diverged_checkpoint_and_an_empty_split_are_named(tmp_path):
 
 def test_masks_left_and_empty_outputs_are_counted(tmp_path):
     # a model whose every prediction is the mask token itself leaves the canvas unfilled
-    tok = D.train_tokenizer(D.tiny_tokenizer_texts())
+    tok = tiny_tokenizer()
     net = M.Transformer(M.PRESETS["tiny"])
     with torch.no_grad():  # every position's last hidden state is one positive vector; only the mask row sees it
         net.embed.weight.fill_(1.0)

@@ -8,7 +8,7 @@ from dataclasses import replace
 
 import pytest
 import torch
-from conftest import run_script
+from conftest import run_script, tiny_tokenizer
 
 import jepa as J
 import lora as loralib
@@ -162,11 +162,10 @@ def test_two_process_lora_fsdp_run(tmp_path):
 def test_one_process_bf16_holds_the_frozen_base_in_bf16(tmp_path):
     # the one-GPU mode's precision (here on the CPU): the base loads in bf16 and stays frozen there, the
     # adapters and the predictor train in fp32 under autocast; final/ is the bf16 merge, adapter/ is fp32
-    import data as D
     from safetensors.torch import load_file
     torch.manual_seed(3)
     M.Transformer(M.PRESETS["tiny"]).save_pretrained(str(tmp_path / "ckpt"),
-                                                     tokenizer=D.train_tokenizer(D.tiny_tokenizer_texts()))
+                                                     tokenizer=tiny_tokenizer())
     common = ["train.py", "--preset", "tiny", f"--model={tmp_path / 'ckpt'}", "--lora_rank=4", "--lora_dropout=0",
               "--log_every=1", "--batch_size=4", "--max_steps=2"]
     run_script([*common, f"--out_dir={tmp_path / 'fp32'}"])

@@ -6,7 +6,7 @@ import os
 
 import pytest
 import torch
-from conftest import SHARED, needs_shared, run_script
+from conftest import SHARED, needs_shared, run_script, tiny_tokenizer
 
 import data as D
 import model as M
@@ -16,7 +16,7 @@ import probe as P
 
 @pytest.fixture(scope="module")
 def tok():
-    return D.train_tokenizer(D.tiny_tokenizer_texts())
+    return tiny_tokenizer()
 
 
 def tiny_pair(perturb, seed=0):

@@ -12,7 +12,7 @@ import time
 
 import pytest
 import torch
-from conftest import ROOT, SHARED, needs_shared, run_script
+from conftest import ROOT, SHARED, needs_shared, run_script, tiny_tokenizer
 
 TINY = ["--preset", "tiny", "--log_every=1", "--batch_size=4"]
 
@@ -375,13 +375,12 @@ def test_release_checkpoint_loads_sharded_and_matches_one_process(tmp_path, layo
     # loaded directly in one process; the first steps must agree (LoRA without dropout: dropout draws from
     # each process's own generator)
     from dataclasses import replace
-    import data as D
     import model as M
     cfg = M.PRESETS["tiny"] if layout == "llada" else replace(M.PRESETS["tiny"], arch="dream", qkv_bias=True,
                                                                 shift_logits=True)
     torch.manual_seed(3)
     M.Transformer(cfg).save_pretrained(str(tmp_path / "ckpt"),
-                                       tokenizer=D.train_tokenizer(D.tiny_tokenizer_texts()))
+                                       tokenizer=tiny_tokenizer())
     common = TINY + [f"--model={tmp_path / 'ckpt'}", "--max_steps=2", "--activation_checkpointing=true", *extra]
     one, two = str(tmp_path / "one"), str(tmp_path / "two")
     run(common + ["--grad_accum=2", f"--out_dir={one}"])
@@ -399,11 +398,10 @@ def test_release_checkpoint_loads_sharded_and_matches_one_process(tmp_path, layo
 def test_users_command_on_the_real_gsm8k_files(tmp_path):
     # `torchrun ... train.py --task gsm8k` with the paper's defaults, on the real release files, a tiny
     # LLaDA-layout checkpoint standing in for LLaDA-8B; then evaluate.py on what it wrote
-    import data as D
     import model as M
     torch.manual_seed(0)
     M.Transformer(M.PRESETS["tiny"]).save_pretrained(str(tmp_path / "ckpt"),
-                                                     tokenizer=D.train_tokenizer(D.tiny_tokenizer_texts()))
+                                                     tokenizer=tiny_tokenizer())
     gsm8k, out = os.path.join(SHARED, "gsm8k", "openai"), tmp_path / "run"
     proc = run(["--task", "gsm8k", f"--data_dir={gsm8k}", f"--model={tmp_path / 'ckpt'}", "--max_len=512",
                 "--max_steps=1", "--device=cpu", f"--out_dir={out}"], nproc=2, port=29637)
