@@ -111,7 +111,12 @@ def configure(settings, keys, argv, presets=None):
         layers.append((f"preset {preset}", list(presets[preset].items())))
     config_path = dict(flags).get("config", settings.get("config", ""))
     if config_path:
-        layers.append((config_path, read_config_file(config_path)))
+        from_file = read_config_file(config_path)
+        for key in ("preset", "config"):  # read before the file is: set there, they would be ignored
+            if key in dict(from_file):
+                raise ConfigError(f"{config_path}: {key!r} cannot be set in a config file (it is read before the "
+                                  f"file); pass --{key} on the command line")
+        layers.append((config_path, from_file))
     layers.append(("", flags))
     for source, layer in layers:
         for key, value in layer:

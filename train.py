@@ -227,33 +227,70 @@ def load_full_state(module, full_state):
 # -----------------------------------------------------------------------------
 # the run's folder
 
+_lock = None  # rank 0's lock on <out_dir>/.lock, held for the life of the process (lock_out_dir)
 RUN_ENTRIES = ("final", "final.tmp", "adapter", "base", "snapshots", "log.jsonl", "train_config.json") + run_state.NAMES
 
 
-def claim_out_dir(master, distributed):
+def claim_out_dir(cfg, master, distributed):
     """Check out_dir before anything expensive: it must be writable, and a folder that already holds a run
     is continued only with --resume=true and replaced only with --overwrite=true (which deletes the old
     run's files first). Never silently mixed. Returns False when --resume=true finds a finished run (final/
-    appears whole, only at the end: save_model): there is nothing to do, and nothing was loaded."""
+    appears whole, only at the end: save_model) of these settings: there is nothing to do, and nothing was
+    loaded; a finished run of other settings is refused, naming them (from its train_config.json)."""
     if resume and not overwrite and os.path.isdir(os.path.join(out_dir, "final")):
+        saved = modellib.run_config(os.path.join(out_dir, "final"))
+        mine = {k: v for k, v in cfg.items() if k not in NOT_IDENTITY and k != "chat"}  # saved: chat resolved
+        differ = run_state.identity_differences(saved, mine)
+        if differ:
+            raise runtime.RunError(f"{out_dir} holds a finished run of other settings (saved -> now): "
+                                   f"{'; '.join(differ)}. Pick another --out_dir, or --overwrite=true to replace it")
         return False
     held = [e for e in RUN_ENTRIES if os.path.exists(os.path.join(out_dir, e))]
     if held and not resume and not overwrite:
         raise ConfigError(f"{out_dir} already holds a run ({', '.join(held)}); pass --resume=true to continue it, "
                           f"--overwrite=true to replace it, or another --out_dir")
+    if held and overwrite and not resume:
+        check_replaceable(held)
     if resume and not run_state.has_state(out_dir):
         raise ConfigError(f"--resume=true but {out_dir} holds no resumable state (resume/)")
     if distributed:
         dist.barrier()  # every rank has looked before rank 0 deletes
     if master:
+        runtime.prepare_output_dir(out_dir)
+        global _lock
+        _lock = lock_out_dir()
         if overwrite and not resume:
             for entry in held:
                 path = os.path.join(out_dir, entry)
                 shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
-        runtime.prepare_output_dir(out_dir)
     if distributed:
         dist.barrier()
     return True
+
+
+def check_replaceable(held):
+    """--overwrite deletes only a run this project wrote (its marker: train_config.json, written before any
+    other file of a run), and never the folder that holds the run's own source model."""
+    if not os.path.exists(os.path.join(out_dir, "train_config.json")):
+        raise ConfigError(f"{out_dir} holds {', '.join(held)} but no train_config.json: not a run of train.py, so "
+                          f"--overwrite will not delete it; move those files away or pick another --out_dir")
+    source, folder = os.path.realpath(model), os.path.realpath(out_dir)
+    if os.path.exists(model) and (source == folder or source.startswith(folder + os.sep)):
+        raise ConfigError(f"--model={model} lies inside --out_dir={out_dir}, which --overwrite would delete first; "
+                          f"copy the model elsewhere or pick another --out_dir")
+
+
+def lock_out_dir():
+    """Hold an exclusive lock on <out_dir>/.lock for the life of the process (rank 0), so a second run on
+    the same folder stops at once instead of interleaving its log and racing for final/."""
+    import fcntl
+    handle = open(os.path.join(out_dir, ".lock"), "a")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        raise ConfigError(f"another run is using {out_dir} (it holds {out_dir}/.lock); wait for it, or pick another "
+                          f"--out_dir") from None
+    return handle
 
 
 def trim_log(path, step):
@@ -481,7 +518,7 @@ def main(argv):
     distributed, master = world > 1, rank == 0
     log = print if master else (lambda *a, **k: None)
     accum = resolve_grad_accum(world)
-    if not claim_out_dir(master, distributed):
+    if not claim_out_dir(cfg, master, distributed):
         log(f"{out_dir} is a finished run ({out_dir}/final is in place): nothing to do")
         runtime.close_distributed(world)
         return

@@ -54,6 +54,17 @@ def test_cuda_without_a_gpu_is_a_config_error():
     assert RT.resolve_device("auto").type == "cpu"
 
 
+@pytest.mark.parametrize("text", ['{"preset": "tiny", "max_steps": 2}', '{"config": "other.json"}', 'preset = "tiny"\n'])
+def test_preset_and_config_in_a_config_file_are_refused(tmp_path, text):
+    # issue 24 item 5: {"preset": "tiny", "max_steps": 2} ran the defaults (LLaDA-8B, gsm8k), the preset ignored
+    import configurator
+    path = tmp_path / ("c.py" if "=" in text and "{" not in text else "c.json")
+    path.write_text(text)
+    settings = {"preset": "", "config": "", "max_steps": 0}
+    with pytest.raises(ConfigError, match="cannot be set in a config file"):
+        configurator.configure(settings, list(settings), [f"--config={path}"], presets={"tiny": {"max_steps": 9}})
+
+
 @pytest.mark.parametrize("name,text,message", [
     ("bad.py", "lr = 1e-5\nt_low = (\n", r"bad.py:\d+: "),
     ("bad.py", "lr = 1e-5\nimport os\n", r"bad.py:2: only 'key = literal' lines"),

@@ -279,6 +279,36 @@ def test_wandb_logging(tmp_path):
     assert [r["step"] for r in read_log(out)] == [1, 2] and os.path.isdir(os.path.join(out, "wandb"))
 
 
+def test_overwrite_deletes_only_a_run_of_train_py(tmp_path):
+    # issue 24 items 2-3: a folder holding the user's final/thesis.tex and a log.jsonl was "a run" and deleted;
+    # --model S/final --out_dir S --overwrite deleted its own source model, then failed
+    user = tmp_path / "user"
+    (user / "final").mkdir(parents=True)
+    (user / "final" / "thesis.tex").write_text("years of work")
+    (user / "log.jsonl").write_text("{}\n")
+    proc = run(TINY + ["--max_steps=1", "--overwrite=true", f"--out_dir={user}"], check=False)
+    assert proc.returncode == 2 and "not a run of train.py" in proc.stderr
+    assert (user / "final" / "thesis.tex").read_text() == "years of work"
+    source = str(tmp_path / "source")
+    run(TINY + ["--max_steps=1", f"--out_dir={source}"])
+    proc = run(["--preset", "tiny", "--max_steps=1", "--model", f"{source}/final", "--overwrite=true",
+                f"--out_dir={source}"], check=False)
+    assert proc.returncode == 2 and "lies inside --out_dir" in proc.stderr
+    assert os.path.exists(os.path.join(source, "final", "model.safetensors"))
+
+
+def test_a_second_run_on_a_held_folder_stops(tmp_path):
+    # issue 24 item 4: two runs on one out_dir both started; their logs interleaved and one crashed at the rename
+    import fcntl
+    out = tmp_path / "run"
+    out.mkdir()
+    with open(out / ".lock", "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a running train.py holds it
+        proc = run(TINY + ["--max_steps=1", f"--out_dir={out}"], check=False)
+    assert proc.returncode == 2 and "another run is using" in proc.stderr and not (out / "log.jsonl").exists()
+    run(TINY + ["--max_steps=1", "--overwrite=true", f"--out_dir={out}"])  # released: the folder is usable
+
+
 def test_resume_without_state_is_an_error(tmp_path):
     proc = run(TINY + ["--max_steps=2", "--resume", f"--out_dir={tmp_path}"], check=False)
     assert proc.returncode == 2 and "no resumable state" in proc.stderr
@@ -295,10 +325,10 @@ def test_a_folder_holding_a_run_is_not_reused_silently(tmp_path):
     assert proc.returncode == 2 and "already holds a run" in proc.stderr and "--overwrite=true" in proc.stderr
     # resuming it as another run: refused, naming what differs
     proc = run(TINY + ["--seed=1", "--max_steps=2", "--resume", f"--out_dir={out}"], check=False)
-    assert proc.returncode == 1 and "belongs to another run" in proc.stderr
+    assert proc.returncode == 1 and "other settings" in proc.stderr
     assert "seed: 0 -> 1" in proc.stderr and "max_steps: 4 -> 2" in proc.stderr and "Traceback" not in proc.stderr
     proc = run(TINY + ["--seed=0", "--max_steps=4", "--batch_size=8", "--resume", f"--out_dir={out}"], check=False)
-    assert proc.returncode == 1 and "batch_size: 4 -> 8" in proc.stderr
+    assert proc.returncode == 1 and "batch_size: 4 -> 8" in proc.stderr and "finished run of other settings" in proc.stderr
     # resuming the finished run itself leaves final/ alone
     final = os.path.join(out, "final", "model.safetensors")
     before = os.stat(final).st_mtime_ns
