@@ -129,6 +129,17 @@ def configure(settings, keys, argv, presets=None):
     return {k: settings[k] for k in keys}
 
 
+def check_ranges(settings, ranges):
+    """Raise ConfigError naming the first setting outside its range; ranges maps a key to (low, high),
+    both inclusive, None for no bound. Called before anything is loaded, so a nonsense value (a negative
+    step count, a rate above 1) never reaches a model."""
+    for key, (low, high) in ranges.items():
+        value = settings[key]
+        if (low is not None and value < low) or (high is not None and value > high):
+            want = f">= {low}" if high is None else f"<= {high}" if low is None else f"in [{low}, {high}]"
+            raise ConfigError(f"--{key}={value} is out of range: it must be {want}")
+
+
 def setting_keys(settings):
     """The names of a module's settings: its public int, float, bool and str constants."""
     return [k for k, v in settings.items()

@@ -26,7 +26,7 @@ import data
 import model as modellib
 from metrics import scoring
 from sampler import cut_at_stop, generate
-from configurator import configure, setting_keys
+from configurator import check_ranges, configure, setting_keys
 from harness.errors import ConfigError
 from harness.runtime import (DIST_TIMEOUT, RunError, close_distributed, disk_errors, init_distributed, prepare_output_dir,
                      resolve_dtype, run_main)
@@ -166,8 +166,9 @@ def main(argv):
         raise ConfigError(f"unknown task {task!r}; tasks: {', '.join(data.TASKS)}")
     if split not in ("eval", "val") or (split == "val") != (val_holdout > 0):
         raise ConfigError("--split is 'eval', or 'val' with --val_holdout N (the N train.py held out)")
-    if shots < 0 or batch_size < 1 or limit < 0 or temperature < 0 or cfg_scale < 0 or sql_max_steps < 1:
-        raise ConfigError("shots, limit, temperature and cfg_scale must be >= 0, batch_size and sql_max_steps >= 1")
+    check_ranges(globals(), {"shots": (0, None), "limit": (0, None), "temperature": (0, None), "cfg_scale": (0, None),
+                             "batch_size": (1, None), "sql_max_steps": (1, None), "steps": (0, None),
+                             "gen_length": (0, None), "block_length": (0, None), "val_holdout": (0, None)})
     import torch.distributed as dist
     world, rank, dev = init_distributed(device, dist_timeout)
     master = rank == 0

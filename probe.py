@@ -30,7 +30,7 @@ import torch.nn.functional as F
 import data
 import jepa
 import model as modellib
-from configurator import configure, setting_keys
+from configurator import check_ranges, configure, setting_keys
 from harness.errors import ConfigError
 from harness.runtime import (DIST_TIMEOUT, RunError, all_gather_objects, close_distributed, disk_errors,
                              init_distributed, prepare_output_dir, resolve_dtype, run_main)
@@ -245,6 +245,8 @@ def main(argv):
         raise ConfigError("need --base and --checkpoints (comma-separated)")
     if len(labels) != len(paths):
         raise ConfigError(f"{len(labels)} names for {len(paths)} checkpoints")
+    check_ranges(globals(), {"n_samples": (1, None), "sample_len": (2, None), "forgetting_rate": (0.01, 1.0),
+                             "cos_pairs": (1, None), "mmlu_questions": (0, None), "batch_size": (1, None)})
     if not (0 <= t_low <= 1 and 0 <= t_high <= 1):
         raise ConfigError(f"--t_low and --t_high must be in [0, 1] (0 = the checkpoint's own); got {t_low}, {t_high}")
     pairs = [r.split("/") for r in ratio.split(",") if r]

@@ -34,7 +34,7 @@ import lora as loralib
 import model as modellib
 from harness import run_state
 from harness import runtime
-from configurator import configure as apply_settings, setting_keys
+from configurator import check_ranges, configure as apply_settings, setting_keys
 from harness.errors import ConfigError
 
 # -----------------------------------------------------------------------------
@@ -150,6 +150,10 @@ def validate():
     for key in ("batch_size", "max_len", "log_every"):
         if globals()[key] < 1:
             raise ConfigError(f"{key} must be >= 1, got {globals()[key]}")
+    check_ranges(globals(), {"weight_decay": (0, None), "beta1": (0, 0.999999), "beta2": (0, 0.999999),
+                             "epochs": (1, None), "max_steps": (0, None), "save_every": (0, None),
+                             "snapshot_every": (0, None), "stop_step": (0, None), "val_holdout": (0, None),
+                             "total_batch": (0, None), "grad_accum": (0, None), "dist_timeout": (1, None)})
     if not total_batch and not grad_accum:
         raise ConfigError("--total_batch and --grad_accum are both 0: set the effective batch or the accumulation")
     if dist_timeout <= 0:

@@ -167,3 +167,12 @@ def test_early_stop_gives_the_same_records(tmp_path):
     run_script([*args, "--early_stop=true", f"--out_dir={tmp_path / 'early'}"])
     full = read_jsonl(tmp_path / "full" / "tiny-regex-0shot.jsonl")
     assert full == read_jsonl(tmp_path / "early" / "tiny-regex-0shot.jsonl")
+
+
+@pytest.mark.parametrize("flag", ["--steps=-4", "--batch_size=-1", "--block_length=-4", "--gen_length=-1", "--limit=-2"])
+def test_numeric_flags_are_range_checked_before_loading(flag, tmp_path):
+    # issue 24 item 15: --steps -4 crashed after the model was loaded; --block_length -4 wrote a complete
+    # results file of empty generations
+    proc = run_script(["evaluate.py", "--checkpoint=nowhere", "--task=tiny-regex", flag, f"--out_dir={tmp_path}"],
+                      check=False)
+    assert proc.returncode == 2 and f"{flag.split('=')[0]}=" in proc.stderr and "out of range" in proc.stderr

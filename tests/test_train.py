@@ -83,6 +83,10 @@ def test_config_file(tmp_path):
     (["--t_high"], "--t_high needs a value"),
     (["--task=django"], "needs --data_dir"),
     (["--ema_decay=1.0"], "ema_decay must be in"),
+    # issue 24 item 15: these exited 0 with nonsense or crashed after the model was loaded
+    (["--weight_decay=-5"], r"--weight_decay=-5.0 is out of range: it must be >= 0"),
+    (["--epochs=0"], r"--epochs=0 is out of range"),
+    (["--save_every=-1"], r"--save_every=-1 is out of range"),
 ])
 def test_bad_configurations_fail_with_the_right_message(argv, message):
     train = fresh_train()
