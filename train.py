@@ -82,7 +82,8 @@ dtype = "auto"  # compute dtype: auto = bfloat16 on GPU, float32 on CPU (master 
 activation_checkpointing = True
 out_dir = "out"
 log_every = 10
-save_every = 500  # resumable state every N optimizer steps (0 = only on SIGTERM and at the end)
+save_every = 500  # resumable state every N optimizer steps (0 = only on SIGTERM and at the end; the end's is
+#                   deleted once final/ is written whole)
 snapshot_every = 0  # > 0: also the weights every N steps, as <out_dir>/snapshots/step<N>/ (a learning curve:
 #                     evaluate.py --checkpoint <that folder> --split val scores each)
 resume = False  # continue the run in out_dir from its newest complete resumable state
@@ -626,7 +627,8 @@ def main(argv):
             check_weights(step, params, dev, distributed)
         if snapshot_every and step % snapshot_every == 0 and step < total_steps:
             save_model(online, source, distributed, master, log, os.path.join("snapshots", f"step{step}"))
-        if stop_now or (save_every and step % save_every == 0 and step < total_steps):
+        if stop_now or step == total_steps or (save_every and step % save_every == 0):
+            # at the last step too: a kill or a full disk during the final save then loses nothing
             run_state.save(out_dir, trainable, target, optimizer, step, identity, distributed)
         if stop_now:
             log(f"stopped after step {step}; resume with --resume=true")
@@ -635,6 +637,9 @@ def main(argv):
     bar.close()
     if step >= total_steps:
         save_model(online, source, distributed, master, log, "final")
+        if master:  # final/ is whole: the last state has done its job (an 8B one is large)
+            for name in run_state.NAMES:
+                run_state.remove_state(os.path.join(out_dir, name))
     if log_file:
         log_file.close()
     if wandb_run is not None:

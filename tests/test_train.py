@@ -313,6 +313,41 @@ def test_a_second_run_on_a_held_folder_stops(tmp_path):
     run(TINY + ["--max_steps=1", "--overwrite=true", f"--out_dir={out}"])  # released: the folder is usable
 
 
+def test_a_kill_during_the_final_save_loses_no_step(tmp_path, monkeypatch):
+    # issue 24 item 9: no resumable state was written at the last step, so a kill during the final save lost
+    # every step since the last periodic save (with save_every 0, the tiny preset's, the whole run)
+    import train as T
+    out, full = str(tmp_path / "run"), str(tmp_path / "full")
+    run(TINY + ["--max_steps=3", f"--out_dir={full}"])
+    assert not T.run_state.has_state(full)  # once final/ is whole the last state is deleted
+
+    class Killed(Exception):
+        pass
+    real = T.save_model
+
+    def killed_at_final(*args):
+        if args[-1] == "final":
+            raise Killed
+        return real(*args)
+    monkeypatch.setattr(T, "save_model", killed_at_final)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with pytest.raises(Killed):
+            T.main(TINY + ["--max_steps=3", f"--out_dir={out}"])
+    finally:
+        T._lock.close()  # what a killed process holds goes with it: its lock, its signal handlers
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    assert T.run_state.has_state(out) and not os.path.exists(os.path.join(out, "final"))
+    run(TINY + ["--max_steps=3", "--resume=true", f"--out_dir={out}"])
+    assert [r["step"] for r in read_log(out)] == [1, 2, 3]
+    from safetensors.torch import load_file
+    fa, fb = load_file(os.path.join(full, "final", "model.safetensors")), \
+        load_file(os.path.join(out, "final", "model.safetensors"))
+    assert all(torch.equal(fa[k], fb[k]) for k in fa)
+
+
 def test_resume_without_state_is_an_error(tmp_path):
     proc = run(TINY + ["--max_steps=2", "--resume", f"--out_dir={tmp_path}"], check=False)
     assert proc.returncode == 2 and "no resumable state" in proc.stderr
