@@ -158,6 +158,9 @@ def load_task(task, split, data_dir=None):
         anno, code = read_lines(anno_path), read_lines(code_path)
         if len(anno) != len(code):
             raise InputError(f"{anno_path} has {len(anno)} lines but {code_path} has {len(code)}")
+        if len(anno) <= DJANGO_TRAIN + DJANGO_DEV:
+            raise InputError(f"{anno_path} has {len(anno):,} lines; Django's standard split (16,000 train, 1,000 dev, "
+                             f"the rest test) needs more: is it the release's whole all.anno?")
         # One line of pseudo-code cannot tell its indentation: both sides are stripped.
         lo, hi = (0, DJANGO_TRAIN) if split == "train" else (DJANGO_TRAIN + DJANGO_DEV, len(anno))
         return [example(anno[i], code[i], f"{anno_path}:{i + 1}") for i in range(lo, hi)]

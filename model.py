@@ -372,6 +372,11 @@ def resolve_checkpoint_dir(name_or_path):
         final = os.path.join(name_or_path, "final")
         if os.path.isdir(final) and not glob.glob(os.path.join(name_or_path, "*.safetensors")):
             return final
+        run_files = ("train_config.json", "log.jsonl", "resume")
+        if any(os.path.exists(os.path.join(name_or_path, f)) for f in run_files) and \
+                not os.path.exists(os.path.join(name_or_path, "config.json")):
+            raise MissingInput(f"{name_or_path} is a train.py run that did not finish (no final/): resume it with "
+                               f"train.py --resume=true --out_dir={name_or_path}, or pass one of its snapshots/")
         return name_or_path
     if os.path.exists(name_or_path):
         raise InputError(f"{name_or_path} is a file; expected a checkpoint directory or a hub id")

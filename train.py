@@ -333,8 +333,15 @@ def check_finite(step, stats):
     bad = {k: v for k, v in stats.items() if k in WATCHED and not math.isfinite(v)}
     if bad:
         raise Diverged(f"step {step}: non-finite {', '.join(f'{k}={v}' for k, v in bad.items())}; the run stopped "
-                       f"before this update (lower --lr?). The last resumable state in {out_dir}/resume is intact; "
-                       f"no final/ was written")
+                       f"before this update and wrote no final/. {diverged_advice()}")
+
+
+def diverged_advice():
+    """What a diverged run leaves, and what to do: a resume keeps the run's settings, so a lower --lr is a
+    new run."""
+    state = "its last resumable state is in resume/" if run_state.has_state(out_dir) else "it has no resumable state"
+    return (f"In {out_dir}, {state}; to try a lower --lr, start a new run (--overwrite=true or another --out_dir): "
+            f"--resume keeps the run's settings")
 
 
 def check_weights(step, params, dev, distributed):
@@ -351,7 +358,7 @@ def check_weights(step, params, dev, distributed):
         dist.all_reduce(bad)
     if bad.item():
         raise Diverged(f"step {step}: the update made the weights non-finite (--lr={lr:g} too high?); nothing was "
-                       f"written for it. The last resumable state in {out_dir}/resume, if any, is intact")
+                       f"written for it. {diverged_advice()}")
 
 
 class StopFlag:

@@ -312,3 +312,12 @@ def test_empty_and_too_long_splits_say_which():
         D.tokenize_task("tiny-regex", [], tok, 128)
     with pytest.raises(InputError, match="all 3 examples are longer than max_len=4"):
         D.tokenize_task("tiny-regex", D.load_task("tiny-regex", "train")[:3], tok, 4)
+
+
+def test_a_short_django_file_is_named(tmp_path):
+    # issue 24 item 14: a Django file shorter than the standard split was an IndexError
+    from harness.errors import InputError
+    (tmp_path / "all.anno").write_text("call f.\n" * 20)
+    (tmp_path / "all.code").write_text("f()\n" * 20)
+    with pytest.raises(InputError, match=r"all.anno has 20 lines; Django's standard split"):
+        D.load_task("django", "train", str(tmp_path))

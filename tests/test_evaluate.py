@@ -176,3 +176,14 @@ def test_numeric_flags_are_range_checked_before_loading(flag, tmp_path):
     proc = run_script(["evaluate.py", "--checkpoint=nowhere", "--task=tiny-regex", flag, f"--out_dir={tmp_path}"],
                       check=False)
     assert proc.returncode == 2 and f"{flag.split('=')[0]}=" in proc.stderr and "out of range" in proc.stderr
+
+
+def test_an_unfinished_run_is_named_as_such(tmp_path):
+    # issue 24 item 14: evaluate on a run without final/ said "has no config.json"
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "train_config.json").write_text("{}")
+    (run / "log.jsonl").write_text("")
+    proc = run_script(["evaluate.py", f"--checkpoint={run}", "--task=tiny-regex", f"--out_dir={tmp_path / 'ev'}"],
+                      check=False)
+    assert proc.returncode == 2 and "did not finish" in proc.stderr and "--resume=true" in proc.stderr

@@ -242,6 +242,8 @@ def test_an_update_that_overflows_writes_nothing(tmp_path):
     out = str(tmp_path / "run")
     proc = run(TINY + ["--max_steps=1", "--lr=1e39", f"--out_dir={out}"], check=False)
     assert proc.returncode == 1 and "step 1: the update made the weights non-finite" in proc.stderr
+    # issue 24 item 14: the message claimed a resumable state and advised a lower --lr that resume refuses
+    assert "it has no resumable state" in proc.stderr and "start a new run" in proc.stderr
     assert "Traceback" not in proc.stderr and not os.path.exists(os.path.join(out, "final"))
 
 
