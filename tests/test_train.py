@@ -318,7 +318,10 @@ def test_a_second_run_on_a_held_folder_stops(tmp_path):
 def test_a_kill_during_the_final_save_loses_no_step(tmp_path, monkeypatch):
     # issue 24 item 9: no resumable state was written at the last step, so a kill during the final save lost
     # every step since the last periodic save (with save_every 0, the tiny preset's, the whole run)
-    import train as T
+    import importlib
+
+    import train
+    T = importlib.reload(train)  # its defaults: earlier in-process tests may have changed its settings
     out, full = str(tmp_path / "run"), str(tmp_path / "full")
     run(TINY + ["--max_steps=3", f"--out_dir={full}"])
     assert not T.run_state.has_state(full)  # once final/ is whole the last state is deleted
