@@ -28,15 +28,21 @@ def read(path):
     return parse_json(read_text(path, "result file"), path)
 
 
+def last_step(folder, name):
+    """The last step in <name>-log.jsonl: where final/ stands (its file name says 'final', not the step)."""
+    lines = read_text(os.path.join(folder, "curve", f"{name}-log.jsonl"), "training log").splitlines()
+    return parse_json(lines[-1], f"{name}-log.jsonl")["step"]
+
+
 def curves(folder):
-    """{name: [(epoch, nontrivial DFA, DFA)]} sorted by epoch; final/ is left out (it is the last snapshot's
-    step, which the file name does not say)."""
+    """{name: [(epoch, nontrivial DFA, DFA)]} sorted by epoch, final/ at its run's last step."""
     found = {}
     for path in glob.glob(os.path.join(folder, "curve", "*-step*.json")):
-        m = re.fullmatch(r"(.+)-step(\d+)\.json", os.path.basename(path))
+        m = re.fullmatch(r"(.+)-step(\d+|final)\.json", os.path.basename(path))
         if m:
             s = read(path)
-            found.setdefault(m.group(1), []).append((int(m.group(2)) / steps_per_epoch, s.get("nontrivial/dfa"), s["dfa"]))
+            step = last_step(folder, m.group(1)) if m.group(2) == "final" else int(m.group(2))
+            found.setdefault(m.group(1), []).append((step / steps_per_epoch, s.get("nontrivial/dfa"), s["dfa"]))
     return {k: sorted(v) for k, v in sorted(found.items())}
 
 
