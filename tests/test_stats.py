@@ -1,4 +1,4 @@
-"""replication/stats.py: the paired t-test against Student's critical values (and scipy where installed),
+"""replication/stats.py and figures.py: the paired t-test against Student's critical values (and scipy where installed),
 the exact sign and McNemar tests on crafted counts, the bootstrap interval's determinism and coverage."""
 
 import pytest
@@ -47,3 +47,17 @@ def test_bootstrap_interval():
     lo, hi = S.bootstrap_interval(diffs)
     assert (lo, hi) == S.bootstrap_interval(diffs) and min(diffs) <= lo < 0.14 < hi <= max(diffs)
     assert S.bootstrap_interval([0.5, 0.5, 0.5]) == (0.5, 0.5)
+
+
+def test_learning_curve_points_and_figure(tmp_path):
+    # replication/figures.py: snapshots at their step, final/ at its run's last step (from the log)
+    import json
+    from replication import figures as F
+    (tmp_path / "curve").mkdir()
+    for step, dfa in ((470, 0.1), (940, 0.3), ("final", 0.2)):
+        (tmp_path / "curve" / f"lr1e-3-step{step}.json").write_text(json.dumps({"dfa": dfa, "nontrivial/dfa": dfa / 2}))
+    (tmp_path / "curve" / "lr1e-3-log.jsonl").write_text(json.dumps({"step": 1175}) + "\n")
+    assert F.curves(str(tmp_path)) == {"lr1e-3": [(2.0, 0.05, 0.1), (4.0, 0.15, 0.3), (5.0, 0.1, 0.2)]}
+    pytest.importorskip("matplotlib")
+    F.main([f"--results={tmp_path}"])
+    assert (tmp_path / "learning_curves.png").stat().st_size > 0 and not (tmp_path / "drift_per_layer.png").exists()
