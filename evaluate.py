@@ -16,6 +16,7 @@ each step commits the most confident predictions of the block's still-masked pos
 """
 
 import glob
+import hashlib
 import json
 import os
 import sys
@@ -27,7 +28,7 @@ import model as modellib
 from metrics import scoring
 from sampler import cut_at_stop, generate
 from configurator import check_ranges, configure, setting_keys
-from harness.errors import ConfigError
+from harness.errors import ConfigError, read_json_object
 from harness.runtime import (DIST_TIMEOUT, RunError, close_distributed, disk_errors, init_distributed, prepare_output_dir,
                      resolve_dtype, run_main)
 
@@ -135,11 +136,42 @@ def score_generation(ids, item, index, prompt, tokenizer, stop_ids, use_chat, ma
     return record
 
 
+def producing_settings(ckpt_dir, n_steps, length, block, use_chat):
+    """What decides a record: the model, the items, the prompts, the sampler and the scorers. A resume under
+    other values would mix two evaluations in one summary, so records carry a digest of these and a resume
+    with other values is refused. --limit and --batch_size are not among them (greedy decoding is the same
+    in any batch; with temperature the draws follow the batches, so batch_size counts then)."""
+    return {"checkpoint": os.path.abspath(ckpt_dir), "task": task, "shots": shots, "split": split,
+            "val_holdout": val_holdout, "data_dir": os.path.abspath(data_dir) if data_dir else "", "steps": n_steps,
+            "gen_length": length, "block_length": block, "temperature": temperature, "cfg_scale": cfg_scale,
+            "chat": use_chat, "seed": seed, "sql_max_steps": sql_max_steps,
+            "batch_size": batch_size if temperature > 0 else None, "early_stop": early_stop if temperature > 0 else None}
+
+
+def settings_digest(settings):
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def check_resumable(stem, done, settings):
+    """Refuse to resume records made under other settings, naming what differs (from <stem>.settings.json)."""
+    digest = settings_digest(settings)
+    foreign = [i for i, r in done.items() if r.get("settings_digest") != digest]
+    if not foreign:
+        return
+    saved = read_json_object(stem + ".settings.json", "settings file") if os.path.exists(stem + ".settings.json") else {}
+    differ = [f"{k}: {saved.get(k)!r} -> {v!r}" for k, v in settings.items() if saved.get(k) != v] or \
+        ["records from an older evaluate.py, which did not record their settings"]
+    raise ConfigError(f"{stem}.jsonl holds {len(foreign)} records made under other settings ({'; '.join(differ)}); "
+                      f"resume with those settings, or --overwrite=true to replace them")
+
+
 def merge_and_summarize(stem, n_items, run, max_seq_len, cfg):
-    """Rank 0, after every rank is done: one .jsonl in item order, the rank parts removed, the summary."""
+    """Rank 0, after every rank is done: one .jsonl in item order (the items of this --limit), the rank
+    parts removed, the summary."""
     parts = sorted(glob.glob(stem + ".rank*.jsonl"))
     earlier = [stem + ".jsonl"] if resume and os.path.exists(stem + ".jsonl") else []
-    records = sorted(read_records(earlier + parts).values(), key=lambda r: r["index"])
+    records = sorted((r for r in read_records(earlier + parts).values() if r["index"] < n_items),
+                     key=lambda r: r["index"])
     tmp = stem + ".jsonl.tmp"
     with disk_errors(tmp), open(tmp, "w", encoding="utf-8") as f:
         for r in records:
@@ -176,10 +208,16 @@ def main(argv):
     ckpt_dir = modellib.resolve_checkpoint_dir(checkpoint)
     stem = output_stem(ckpt_dir)
     done = previous_records(stem) if resume else {}
+    use_chat = data.uses_chat(chat, checkpoint, modellib.run_config(ckpt_dir))
+    length = gen_length or data.TASKS[task]["gen_length"]
+    block = block_length or min(128, length)
+    n_steps = steps or min(128, length)
+    settings = producing_settings(ckpt_dir, n_steps, length, block, use_chat)
+    check_resumable(stem, done, settings)  # before the model is loaded
     if world > 1:
         dist.barrier()  # every rank has read the old parts before rank 0 clears them
     if master and overwrite and not resume:
-        for p in [stem + ".jsonl", stem + ".json"] + glob.glob(stem + ".rank*.jsonl"):
+        for p in [stem + ".jsonl", stem + ".json", stem + ".settings.json"] + glob.glob(stem + ".rank*.jsonl"):
             if os.path.exists(p):
                 os.remove(p)
     model = modellib.from_pretrained(ckpt_dir, dtype=resolve_dtype(dtype, dev), device=dev).eval()
@@ -187,10 +225,6 @@ def main(argv):
     if bad:
         raise RunError(f"{ckpt_dir} holds non-finite weights ({len(bad)} tensors, e.g. {bad[0]}): a diverged run")
     tokenizer = modellib.load_tokenizer(ckpt_dir, model.cfg)
-    use_chat = data.uses_chat(chat, checkpoint, modellib.run_config(ckpt_dir))
-    length = gen_length or data.TASKS[task]["gen_length"]
-    block = block_length or min(128, length)
-    n_steps = steps or min(128, length)
     if split == "val":
         items = data.holdout_split(data.load_task(task, "train", data_dir or None), val_holdout, "val")
     else:
@@ -203,6 +237,9 @@ def main(argv):
     stop_ids = {model.cfg.eos_token_id}
     if use_chat:
         stop_ids.add(data.end_of_turn_id(tokenizer))
+    if master:
+        with disk_errors(stem + ".settings.json"), open(stem + ".settings.json", "w") as f:
+            json.dump(settings, f, indent=2)
 
     mine = [i for i in range(len(items)) if i not in done][rank::world]
     if master and done:
@@ -221,7 +258,7 @@ def main(argv):
                                  stop_ids=stop_ids if early_stop else None)
             for i, prompt, ids in zip(idx, prompts, generated.tolist()):
                 record = score_generation(ids, items[i], i, prompt, tokenizer, stop_ids, use_chat,
-                                          model.cfg.mask_token_id)
+                                          model.cfg.mask_token_id) | {"settings_digest": settings_digest(settings)}
                 with disk_errors(out.name):
                     out.write(json.dumps(record) + "\n")
                     out.flush()

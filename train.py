@@ -233,7 +233,8 @@ def load_full_state(module, full_state):
 # the run's folder
 
 _lock = None  # rank 0's lock on <out_dir>/.lock, held for the life of the process (lock_out_dir)
-RUN_ENTRIES = ("final", "final.tmp", "adapter", "base", "snapshots", "log.jsonl", "train_config.json") + run_state.NAMES
+RUN_ENTRIES = ("final", "final.tmp", "adapter", "base", "snapshots", "eval", "log.jsonl",
+               "train_config.json") + run_state.NAMES  # eval/: evaluate.py's results of this run
 
 
 def claim_out_dir(cfg, master, distributed):

@@ -187,3 +187,21 @@ def test_an_unfinished_run_is_named_as_such(tmp_path):
     proc = run_script(["evaluate.py", f"--checkpoint={run}", "--task=tiny-regex", f"--out_dir={tmp_path / 'ev'}"],
                       check=False)
     assert proc.returncode == 2 and "did not finish" in proc.stderr and "--resume=true" in proc.stderr
+
+
+def test_resume_refuses_records_of_other_settings(tmp_path):
+    # issue 24 item 1: --resume merged records made under another gen_length (or seed, temperature, steps,
+    # checkpoint) and stated only the new settings; a smaller --limit gave "items": 4 beside "n": 8
+    ckpt = tiny_checkpoint(tmp_path / "ckpt")
+    out = str(tmp_path / "ev")
+    base = [f"--checkpoint={ckpt}", "--task=tiny-regex", "--batch_size=4", f"--out_dir={out}"]
+    run_script(["evaluate.py", *base, "--limit=8", "--gen_length=16", "--steps=8"])
+    for other in (["--gen_length=32", "--steps=8"], ["--gen_length=16", "--steps=4"], ["--gen_length=16", "--steps=8", "--seed=3"]):
+        proc = run_script(["evaluate.py", *base, "--limit=16", *other, "--resume=true"], check=False)
+        assert proc.returncode == 2 and "made under other settings" in proc.stderr, other
+        assert "Traceback" not in proc.stderr
+    assert "gen_length: 16 -> 32" in run_script(["evaluate.py", *base, "--limit=16", "--gen_length=32", "--steps=8",
+                                                 "--resume=true"], check=False).stderr
+    run_script(["evaluate.py", *base, "--limit=4", "--gen_length=16", "--steps=8", "--resume=true"])
+    summary = json.load(open(tmp_path / "ev" / "tiny-regex-0shot.json"))
+    assert summary["items"] == summary["n"] == 4 and len(read_jsonl(tmp_path / "ev" / "tiny-regex-0shot.jsonl")) == 4
