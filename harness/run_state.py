@@ -198,9 +198,20 @@ def has_state(out_dir):
 # save and load
 
 
+def check_not_linked(out_dir):
+    """The swap renames folders inside out_dir; a resume/ (or .tmp/.old) that is a symlink to another disk
+    cannot be renamed over, and every later save would crash: refuse it in one line instead."""
+    for name in NAMES:
+        if os.path.islink(os.path.join(out_dir, name)):
+            raise RunError(f"{os.path.join(out_dir, name)} is a symlink: the crash-safe swap renames folders "
+                           f"inside --out_dir and cannot follow one to another disk; put the whole --out_dir "
+                           f"on that disk instead")
+
+
 def save(out_dir, trainable, target, optimizer, step, run_identity, distributed):
     """Write the state beside the current one, then swap it in (see the top of this file)."""
     import torch.distributed.checkpoint as dcp
+    check_not_linked(out_dir)
     rank, _ = _rank_world(distributed)
     tmp = os.path.join(out_dir, "resume.tmp")
     if rank == 0 and os.path.exists(tmp):
@@ -227,6 +238,7 @@ def load(out_dir, trainable, target, optimizer, run_identity, distributed, log=p
     RunError when there is none or when it belongs to another run."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_state_dict
+    check_not_linked(out_dir)
     found = newest_complete(out_dir, distributed, log)
     if found is None:
         raise RunError(f"--resume=true but {out_dir} holds no complete resumable state "

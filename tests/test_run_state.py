@@ -117,6 +117,20 @@ def test_an_empty_or_cut_meta_is_an_incomplete_state(tmp_path, meta):
         load(tmp_path)
 
 
+def test_a_symlinked_state_is_refused_in_one_line(tmp_path):
+    # issue 24 item 12: a resume/ kept on another disk through a symlink crashed every later save
+    other = tmp_path / "other_disk"
+    run = tmp_path / "run"
+    run.mkdir()
+    save(other, seed=1, step=1)
+    os.symlink(other / "resume", run / "resume")
+    with pytest.raises(RunError, match="is a symlink"):
+        load(run)
+    with pytest.raises(RunError, match="is a symlink"):
+        save(run, seed=2, step=2)
+    assert load(other)[0] == 1  # the linked state is untouched
+
+
 def test_a_state_from_another_run_is_refused(tmp_path):
     save(tmp_path, seed=1, step=1)
     with pytest.raises(RunError, match=r"seed: 0 -> 7; lr: 0.001 -> 0.002"):
