@@ -74,7 +74,7 @@ PRESETS = {
         norm_eps=1e-5, rope_theta=10000.0, qkv_bias=False, max_seq_len=512,
         mask_token_id=1, eos_token_id=0, bos_token_id=2, shift_logits=False),
     # ~9M parameters: the small-scale replication's pretrained base (LLaDA layout, the tiny preset's special
-    # ids, a byte-level BPE of 8,192 tokens trained on the replication corpus; see corpus.py)
+    # ids, a byte-level BPE of 8,192 tokens trained on the replication corpus; see replication/corpus.py)
     "small": ModelConfig(
         arch="llada", vocab_size=8192, n_layers=6, d_model=256, n_heads=8, n_kv_heads=8, mlp_hidden=704,
         norm_eps=1e-5, rope_theta=10000.0, qkv_bias=False, max_seq_len=512,
