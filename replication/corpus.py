@@ -2,7 +2,7 @@
 The replication's pretraining corpus, written as one JSONL file of documents for train.py's text task
 (`--task text --text_files corpus.jsonl`, data.read_documents; a row's "text" is one document):
 
-  python -m replication.corpus --data_dir ../shared/data --out out-replication/corpus.jsonl
+  python -m replication.corpus --data_dir $DATA --out out-replication/corpus.jsonl
 
 The replication corpus (fixed here, so that every machine builds the same one from the same files):
   English  WikiText-103 test, one document per article (" = Title = " lines start them); WikiText-103

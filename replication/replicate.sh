@@ -13,7 +13,7 @@
 #   bash replication/replicate.sh aggregate     # over the seeds, with the paired tests
 #   bash replication/replicate.sh all           # all of it in order: base, curves (LRS), arms (SEEDS), aggregate
 # Two steps may run side by side (each process is single-threaded): e.g. `curve 1e-3` and `curve 3e-4`.
-#   DATA=/path/to/release/files   the folder holding wikitext/, gsm8k/ and nl_rx/llm_jepa/ (default ../shared/data)
+#   DATA=/path/to/release/files   the folder holding wikitext/, gsm8k/ and nl_rx/llm_jepa/ (required)
 #   SMOKE=1                       every step for a few optimizer steps and items (minutes; results in /tmp)
 #
 # The protocol, and why (replication/README.md has the numbers):
@@ -26,7 +26,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} MKL_NUM_THREADS=${MKL_NUM_THREADS:-1}
-DATA=${DATA:-../shared/data}
+DATA=${DATA:?set DATA to the folder of the release files: wikitext/, gsm8k/ and nl_rx/llm_jepa/ in their release layouts}
 NLRX=$DATA/nl_rx/llm_jepa
 R=replication/results
 BASE=replication/base
