@@ -7,6 +7,7 @@
 #   bash replication/replicate.sh base          # the committed base checked against its SHA256SUMS (or pretrained)
 #   bash replication/replicate.sh pilot         # lever: the same fine-tuning from an (almost) random base
 #   bash replication/replicate.sh curve 1e-3    # learning curve of the baseline arm at one lr, on the holdout
+#   bash replication/replicate.sh curve 3e-4 16 # the same over a 16-epoch schedule (name lr3e-4-e16)
 #   bash replication/replicate.sh chosen        # the lr and epochs with the best holdout curve point
 #   bash replication/replicate.sh decode lr1e-3 8   # lever: a curve's final model decoded with another block length
 #   bash replication/replicate.sh arms 42 123   # both arms at the chosen lr and epochs, these seeds, test split
@@ -117,7 +118,7 @@ chosen() {  # "lr epochs": the best holdout point (non-trivial DFA, then DFA, th
 import glob, json, os, re, sys
 best = None
 for path in glob.glob(os.path.join(sys.argv[1], "lr*-step*.json")):
-    m = re.fullmatch(r"lr(.+)-step(\d+)\.json", os.path.basename(path))
+    m = re.fullmatch(r"lr(.+?)(?:-e\d+)?-step(\d+)\.json", os.path.basename(path))  # lr1e-3[-e16]-step470
     if not m:
         continue  # final/ is the last snapshot's step; only numbered steps say how many epochs
     s = json.load(open(path))
@@ -174,12 +175,16 @@ step=${1:-}; shift || true
 case "$step" in
   base) base ;;
   pilot) pilot ;;
-  curve) [ $# = 1 ] || { echo "usage: replicate.sh curve <lr>" >&2; exit 2; }; finetune_curve "lr$1" "$BASE" --lr "$1" ;;
+  curve) case $# in  # the 10-epoch schedule keeps its first name; another length is named by its epochs
+           1) finetune_curve "lr$1" "$BASE" --lr "$1" ;;
+           2) finetune_curve "lr$1-e$2" "$BASE" --lr "$1" --epochs "$2" ;;
+           *) echo "usage: replicate.sh curve <lr> [<epochs>]" >&2; exit 2 ;;
+         esac ;;
   chosen) chosen ;;
   decode) [ $# = 2 ] || { echo "usage: replicate.sh decode <curve name> <block length>" >&2; exit 2; }; decode "$@" ;;
   arms) [ $# -ge 1 ] || { echo "usage: replicate.sh arms <seed> [<seed> ...]" >&2; exit 2; }; arms "$@" ;;
   aggregate) aggregate ;;
   all) base; for lr in "${LRS[@]}"; do finetune_curve "lr$lr" "$BASE" --lr "$lr"; done; arms "${SEEDS[@]}"; aggregate ;;
-  *) echo "usage: replicate.sh base | pilot | curve <lr> | decode <curve> <block> | chosen | arms <seed>... | aggregate | all" >&2
+  *) echo "usage: replicate.sh base | pilot | curve <lr> [<epochs>] | decode <curve> <block> | chosen | arms <seed>... | aggregate | all" >&2
      exit 2 ;;
 esac
