@@ -37,6 +37,7 @@ import model as modellib
 from configurator import configure, setting_keys
 from harness.errors import ConfigError
 from harness import runtime
+from harness.outputs import disk_errors, prepare_output_dir
 from harness.runtime import flops_per_token, init_distributed, peak_flops, resolve_dtype, run_main
 
 # -----------------------------------------------------------------------------
@@ -211,7 +212,7 @@ def run_early_stop(dev):
     is identical."""
     import data
     ckpt_dir = modellib.resolve_checkpoint_dir(early_stop_checkpoint)
-    net = modellib.from_pretrained(ckpt_dir, dtype=resolve_dtype(dtype, dev), device=dev).eval()
+    net = modellib.load_for_inference(ckpt_dir, dtype=resolve_dtype(dtype, dev), device=dev)
     tokenizer = modellib.load_tokenizer(ckpt_dir, net.cfg)
     items = data.load_task(early_stop_task, "eval", early_stop_data_dir or None)[:early_stop_items or None]
     prompts = sorted((data.format_example(early_stop_task, x, tokenizer)[0] for x in items), key=len)
@@ -259,7 +260,7 @@ def main(argv):
     _, _, dev = init_distributed(device)
     use_cuda, compute_dtype = dev.type == "cuda", resolve_dtype(dtype, dev)  # a bad --dtype fails here
     if not only:
-        runtime.prepare_output_dir(os.path.dirname(os.path.abspath(out)), "--out")  # before minutes of timing
+        prepare_output_dir(os.path.dirname(os.path.abspath(out)), "--out")  # before minutes of timing
     if only:
         print(json.dumps(run_variant(only, dev)))
         return
@@ -306,7 +307,7 @@ def main(argv):
               f"{e['steps']} steps): {e['full_s']:.1f} s -> {e['early_stop_s']:.1f} s, speed-up "
               f"{e['early_stop_speedup']:.2f}x (target >= 2.5: {'met' if result['targets_met']['early_stop_speedup'] else 'MISSED'}), "
               f"{e['blocks_skipped']:.0%} of row-blocks skipped, identical cut outputs: {e['identical_cut_outputs']}")
-    with runtime.disk_errors(out), open(out, "w") as f:
+    with disk_errors(out), open(out, "w") as f:
         json.dump(result, f, indent=2)
     print(f"wrote {out}")
 

@@ -29,8 +29,9 @@ from metrics import scoring
 from sampler import cut_at_stop, generate
 from configurator import check_ranges, configure, setting_keys
 from harness.errors import ConfigError, read_json_object
-from harness.runtime import (DIST_TIMEOUT, RunError, close_distributed, disk_errors, init_distributed, prepare_output_dir,
-                     resolve_dtype, run_main)
+from harness.outputs import disk_errors, prepare_output_dir, refuse_used, write_json, write_jsonl
+from harness.run_folder import run_config
+from harness.runtime import DIST_TIMEOUT, close_distributed, init_distributed, resolve_dtype, run_main
 
 # -----------------------------------------------------------------------------
 # settings
@@ -81,9 +82,7 @@ def output_stem(ckpt_dir):
     stem = os.path.join(target, f"{task}-{shots}shot" + ("-val" if split == "val" else ""))
     held = [os.path.basename(p) for p in [stem + ".jsonl", stem + ".json"] + glob.glob(stem + ".rank*.jsonl")
             if os.path.exists(p)]
-    if held and not resume and not overwrite:
-        raise ConfigError(f"{target} already holds results of this evaluation ({', '.join(held)}); pass "
-                          f"--resume=true to finish them, --overwrite=true to replace them, or another --out_dir")
+    refuse_used(target, held, "results of this evaluation", resume, overwrite)
     return stem
 
 
@@ -172,11 +171,7 @@ def merge_and_summarize(stem, n_items, run, max_seq_len, cfg):
     earlier = [stem + ".jsonl"] if resume and os.path.exists(stem + ".jsonl") else []
     records = sorted((r for r in read_records(earlier + parts).values() if r["index"] < n_items),
                      key=lambda r: r["index"])
-    tmp = stem + ".jsonl.tmp"
-    with disk_errors(tmp), open(tmp, "w", encoding="utf-8") as f:
-        for r in records:
-            f.write(json.dumps(r) + "\n")
-    os.replace(tmp, stem + ".jsonl")
+    write_jsonl(stem + ".jsonl", records)
     for p in parts:
         os.remove(p)
     # past the trained context the positions are extrapolated: run anyway, but say how often
@@ -186,8 +181,7 @@ def merge_and_summarize(stem, n_items, run, max_seq_len, cfg):
               f"context window of {max_seq_len} tokens")
     summary = {"task": task, "shots": shots, "checkpoint": checkpoint, "items": n_items, **run,
                "over_context_window": over, **scoring.summarize(records), "config": cfg}
-    with disk_errors(stem + ".json"), open(stem + ".json", "w") as f:
-        json.dump(summary, f, indent=2)
+    write_json(stem + ".json", summary)
     print(json.dumps({k: v for k, v in summary.items() if k != "config"}, indent=2))
     print(f"wrote {stem}.jsonl and {stem}.json")
 
@@ -208,7 +202,7 @@ def main(argv):
     ckpt_dir = modellib.resolve_checkpoint_dir(checkpoint)
     stem = output_stem(ckpt_dir)
     done = previous_records(stem) if resume else {}
-    use_chat = data.uses_chat(chat, checkpoint, modellib.run_config(ckpt_dir))
+    use_chat = data.uses_chat(chat, checkpoint, run_config(ckpt_dir))
     length = gen_length or data.TASKS[task]["gen_length"]
     block = block_length or min(128, length)
     n_steps = steps or min(128, length)
@@ -220,10 +214,7 @@ def main(argv):
         for p in [stem + ".jsonl", stem + ".json", stem + ".settings.json"] + glob.glob(stem + ".rank*.jsonl"):
             if os.path.exists(p):
                 os.remove(p)
-    model = modellib.from_pretrained(ckpt_dir, dtype=resolve_dtype(dtype, dev), device=dev).eval()
-    bad = modellib.non_finite_parameters(model)
-    if bad:
-        raise RunError(f"{ckpt_dir} holds non-finite weights ({len(bad)} tensors, e.g. {bad[0]}): a diverged run")
+    model = modellib.load_for_inference(ckpt_dir, dtype=resolve_dtype(dtype, dev), device=dev)
     tokenizer = modellib.load_tokenizer(ckpt_dir, model.cfg)
     if split == "val":
         items = data.holdout_split(data.load_task(task, "train", data_dir or None), val_holdout, "val")
@@ -238,8 +229,7 @@ def main(argv):
     if use_chat:
         stop_ids.add(data.end_of_turn_id(tokenizer))
     if master:
-        with disk_errors(stem + ".settings.json"), open(stem + ".settings.json", "w") as f:
-            json.dump(settings, f, indent=2)
+        write_json(stem + ".settings.json", settings)
 
     mine = [i for i in range(len(items)) if i not in done][rank::world]
     if master and done:
@@ -249,7 +239,8 @@ def main(argv):
     mine.sort(key=lambda i: (len(prompt_of[i]), i))  # batches of like lengths: less padding (records keep their index)
     generator = torch.Generator(device=dev).manual_seed(seed + rank)
     from tqdm import tqdm
-    with open_for_append(f"{stem}.rank{rank}.jsonl") as out:
+    # disk_errors outside the file too: a full disk fails the write, and then the close's own flush
+    with disk_errors(f"{stem}.rank{rank}.jsonl"), open_for_append(f"{stem}.rank{rank}.jsonl") as out:
         for start in tqdm(range(0, len(mine), batch_size), disable=not master, desc=f"{task} {shots}-shot"):
             idx = mine[start:start + batch_size]
             prompts = [prompt_of[i] for i in idx]
@@ -259,9 +250,8 @@ def main(argv):
             for i, prompt, ids in zip(idx, prompts, generated.tolist()):
                 record = score_generation(ids, items[i], i, prompt, tokenizer, stop_ids, use_chat,
                                           model.cfg.mask_token_id) | {"settings_digest": settings_digest(settings)}
-                with disk_errors(out.name):
-                    out.write(json.dumps(record) + "\n")
-                    out.flush()
+                out.write(json.dumps(record) + "\n")
+                out.flush()
     if world > 1:
         dist.barrier()
     if master:

@@ -59,13 +59,19 @@ def draw_view_noise(batch_shape, generator=None):
                      torch.rand(B, 1, generator=generator))
 
 
-def view_noise(example_ids, length, seed, max_len):
-    """ViewNoise for the examples, a pure function of (seed, example id): an example gets the same views
+def epoch_stream(seed, epoch):
+    """The noise stream of one training epoch: each epoch draws new views of every example."""
+    return seed * 1000 + epoch
+
+
+def view_noise(example_ids, length, stream, max_len):
+    """ViewNoise for the examples, a pure function of (stream, example id): an example gets the same views
     whatever batch, rank, padding length or resume point it lands in, so a 2-process run reproduces a
-    1-process run and a resumed run needs no generator state."""
+    1-process run and a resumed run needs no generator state. stream: epoch_stream(seed, epoch) in
+    training; a probe uses its own."""
     context, target, rate = [], [], []
     for i in example_ids:
-        g = torch.Generator().manual_seed(seed * 1_000_003 + int(i))
+        g = torch.Generator().manual_seed(stream * 1_000_003 + int(i))
         both = torch.rand(2, max_len, generator=g)[:, :length]
         context.append(both[0]), target.append(both[1]), rate.append(torch.rand(1, generator=g))
     return ViewNoise(torch.stack(context), torch.stack(target), torch.stack(rate))

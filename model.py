@@ -25,7 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from harness.errors import InputError, MismatchedInput, MissingInput, read_json_object
+from harness.errors import InputError, MismatchedInput, MissingInput, RunError, read_json_object
 from lora import merge_lora
 
 # -----------------------------------------------------------------------------
@@ -388,15 +388,6 @@ def resolve_checkpoint_dir(name_or_path):
                                                            "*.model", "*.tiktoken"])
 
 
-def run_config(ckpt_dir):
-    """The train_config.json of the train.py run a checkpoint belongs to (in the folder, or beside its
-    final/ or base/), as a dict; {} for a checkpoint that did not come from train.py."""
-    for path in (os.path.join(ckpt_dir, "train_config.json"), os.path.join(ckpt_dir, "..", "train_config.json")):
-        if os.path.exists(path):
-            return read_json_object(path, "train_config.json")
-    return {}
-
-
 def checkpoint_files(ckpt_dir):
     """{release key: safetensors file} from the index file, or from the single model.safetensors."""
     index = os.path.join(ckpt_dir, "model.safetensors.index.json")
@@ -468,6 +459,18 @@ def from_pretrained(name_or_path, dtype=torch.float32, device="cpu"):
 def non_finite_parameters(model):
     """The names of the parameters holding a NaN or an inf (a diverged run's weights), in order."""
     return [name for name, p in model.named_parameters() if not torch.isfinite(p).all()]
+
+
+def load_for_inference(name_or_path, dtype=torch.float32, device="cpu"):
+    """The model of a checkpoint in eval mode, as evaluate.py, probe.py, sample.py and bench.py use it. A
+    diverged run's non-finite weights are refused here, once for every script: they would score and sample
+    NaNs without a word."""
+    model = from_pretrained(name_or_path, dtype=dtype, device=device).eval()
+    bad = non_finite_parameters(model)
+    if bad:
+        raise RunError(f"{name_or_path} holds non-finite weights ({len(bad)} tensors, e.g. {bad[0]}): a diverged "
+                       f"run, which cannot be evaluated; use an earlier snapshot or train again with a lower --lr")
+    return model
 
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")

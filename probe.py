@@ -19,7 +19,6 @@ Writes <out_dir>/probe.json, prints a table, and plots per-layer drift to <out_d
 matplotlib is installed. Each rank takes its share of samples and questions; rank 0 gathers and writes.
 """
 
-import json
 import os
 import random
 import sys
@@ -32,8 +31,10 @@ import jepa
 import model as modellib
 from configurator import check_ranges, configure, setting_keys
 from harness.errors import ConfigError
-from harness.runtime import (DIST_TIMEOUT, RunError, all_gather_objects, close_distributed, disk_errors,
-                             init_distributed, prepare_output_dir, resolve_dtype, run_main)
+from harness.outputs import prepare_output_dir, refuse_used, write_json
+from harness.run_folder import run_config
+from harness.runtime import (DIST_TIMEOUT, all_gather_objects, close_distributed, init_distributed, resolve_dtype,
+                             run_main)
 
 # -----------------------------------------------------------------------------
 # settings
@@ -182,7 +183,7 @@ def pad_batch(samples, pad_id, dev):
 def view_rates(ckpt_dir):
     """(t_L, t_H) for a checkpoint's collapse probe: the flags when given, else the rates it was trained with
     (train_config.json of its run), else the paper's aggressive 0.2 / 0.7."""
-    config = modellib.run_config(ckpt_dir)
+    config = run_config(ckpt_dir)
     return (t_low or config.get("t_low", jepa.T_LOW)), (t_high or config.get("t_high", jepa.T_HIGH))
 
 
@@ -271,11 +272,7 @@ def main(argv):
     from tqdm import tqdm
     for label, path in tqdm([("base", base)] + list(zip(labels, paths)), disable=not master, desc="checkpoints"):
         ckpt_dir = modellib.resolve_checkpoint_dir(path)
-        model = modellib.from_pretrained(ckpt_dir, dtype=model_dtype, device=dev).eval()
-        bad = modellib.non_finite_parameters(model)
-        if bad:
-            raise RunError(f"checkpoint {path} holds non-finite weights ({len(bad)} tensors, e.g. {bad[0]}): "
-                           f"a diverged run; leave it out of --checkpoints")
+        model = modellib.load_for_inference(ckpt_dir, dtype=model_dtype, device=dev)
         rates = view_rates(ckpt_dir)
         wt = wikitext_pass(model, [samples[i] for i in my_samples], my_samples, batch_size, rates)
         mm = mmlu_pass(model, tokenizer, [questions[i] for i in my_questions], batch_size)
@@ -331,18 +328,14 @@ def build_report(head, results, pairs, complete):
 
 
 def write_report(report):
-    path = os.path.join(out_dir, "probe.json")
-    with disk_errors(path), open(path + ".tmp", "w") as f:
-        json.dump(report, f, indent=2)
-    os.replace(path + ".tmp", path)
+    write_json(os.path.join(out_dir, "probe.json"), report)
 
 
 def check_out_dir():
     """Before any pass: out_dir is writable and holds no probe.json, unless --overwrite=true."""
     prepare_output_dir(out_dir)
-    if os.path.exists(os.path.join(out_dir, "probe.json")) and not overwrite:
-        raise ConfigError(f"{out_dir} already holds a probe.json; pass --overwrite=true to replace it, or another "
-                          f"--out_dir")
+    held = ["probe.json"] if os.path.exists(os.path.join(out_dir, "probe.json")) else []
+    refuse_used(out_dir, held, "a probe", resume=False, overwrite=overwrite, can_resume=False)
 
 
 def print_table(report):

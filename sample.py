@@ -36,7 +36,7 @@ def main(argv):
     configure(globals(), KEYS, argv)
     _, _, dev = init_distributed(device)
     ckpt_dir = modellib.resolve_checkpoint_dir(checkpoint)
-    net = modellib.from_pretrained(ckpt_dir, dtype=resolve_dtype(dtype, dev), device=dev).eval()
+    net = modellib.load_for_inference(ckpt_dir, dtype=resolve_dtype(dtype, dev), device=dev)
     tokenizer = modellib.load_tokenizer(ckpt_dir, net.cfg)
     prompt_ids = data.encode_plain(tokenizer, prompt)
     generator = torch.Generator(device=dev).manual_seed(seed)

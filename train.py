@@ -32,10 +32,11 @@ import data
 import jepa
 import lora as loralib
 import model as modellib
-from harness import run_state
+from harness import run_folder, run_state
 from harness import runtime
 from configurator import check_ranges, configure as apply_settings, setting_keys
 from harness.errors import ConfigError
+from harness.outputs import disk_errors
 
 # -----------------------------------------------------------------------------
 # configuration (the paper's aggressive setting, §4.1 and A.10)
@@ -204,120 +205,6 @@ def lr_at(step, total_steps):
     return lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-def shard(module, mesh, mp_policy):
-    """FSDP2: each block, then the root (embeddings, final norm, LM head)."""
-    from torch.distributed.fsdp import fully_shard
-    for block in module.blocks:
-        fully_shard(block, mesh=mesh, mp_policy=mp_policy)
-    fully_shard(module, mesh=mesh, mp_policy=mp_policy)
-
-
-def full_state_dict(module, distributed):
-    """The full state dict on rank 0 (CPU), None elsewhere."""
-    if not distributed:
-        return {k: v.detach().cpu() for k, v in module.state_dict().items()}
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-    sd = get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    return sd if dist.get_rank() == 0 else None
-
-
-def load_full_state(module, full_state):
-    """Fill a sharded module (materialised with to_empty) from the full state dict rank 0 holds."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
-    # a shallow copy: set_model_state_dict writes the loaded (sharded) tensors back into the dict it is given
-    set_model_state_dict(module, dict(full_state) if dist.get_rank() == 0 else {},
-                         options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
-
-
-# -----------------------------------------------------------------------------
-# the run's folder
-
-_lock = None  # rank 0's lock on <out_dir>/.lock, held for the life of the process (lock_out_dir)
-RUN_ENTRIES = ("final", "final.tmp", "adapter", "base", "snapshots", "eval", "log.jsonl",
-               "train_config.json") + run_state.NAMES  # eval/: evaluate.py's results of this run
-
-
-def claim_out_dir(cfg, master, distributed):
-    """Check out_dir before anything expensive: it must be writable, and a folder that already holds a run
-    is continued only with --resume=true and replaced only with --overwrite=true (which deletes the old
-    run's files first). Never silently mixed. Returns False when --resume=true finds a finished run (final/
-    appears whole, only at the end: save_model) of these settings: there is nothing to do, and nothing was
-    loaded; a finished run of other settings is refused, naming them (from its train_config.json)."""
-    if resume and not overwrite and os.path.isdir(os.path.join(out_dir, "final")):
-        saved = modellib.run_config(os.path.join(out_dir, "final"))
-        mine = {k: v for k, v in cfg.items() if k not in NOT_IDENTITY and k != "chat"}  # saved: chat resolved
-        differ = run_state.identity_differences(saved, mine)
-        if differ:
-            raise runtime.RunError(f"{out_dir} holds a finished run of other settings (saved -> now): "
-                                   f"{'; '.join(differ)}. Pick another --out_dir, or --overwrite=true to replace it")
-        return False
-    held = [e for e in RUN_ENTRIES if os.path.exists(os.path.join(out_dir, e))]
-    if held and not resume and not overwrite:
-        raise ConfigError(f"{out_dir} already holds a run ({', '.join(held)}); pass --resume=true to continue it, "
-                          f"--overwrite=true to replace it, or another --out_dir")
-    if held and overwrite and not resume:
-        check_replaceable(held)
-    if resume and not run_state.has_state(out_dir):
-        raise ConfigError(f"--resume=true but {out_dir} holds no resumable state (resume/)")
-    if distributed:
-        dist.barrier()  # every rank has looked before rank 0 deletes
-    if master:
-        runtime.prepare_output_dir(out_dir)
-        global _lock
-        _lock = lock_out_dir()
-        if overwrite and not resume:
-            for entry in held:
-                path = os.path.join(out_dir, entry)
-                shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
-    if distributed:
-        dist.barrier()
-    return True
-
-
-def check_replaceable(held):
-    """--overwrite deletes only a run this project wrote (its marker: train_config.json, written before any
-    other file of a run), and never the folder that holds the run's own source model."""
-    if not os.path.exists(os.path.join(out_dir, "train_config.json")):
-        raise ConfigError(f"{out_dir} holds {', '.join(held)} but no train_config.json: not a run of train.py, so "
-                          f"--overwrite will not delete it; move those files away or pick another --out_dir")
-    source, folder = os.path.realpath(model), os.path.realpath(out_dir)
-    if os.path.exists(model) and (source == folder or source.startswith(folder + os.sep)):
-        raise ConfigError(f"--model={model} lies inside --out_dir={out_dir}, which --overwrite would delete first; "
-                          f"copy the model elsewhere or pick another --out_dir")
-
-
-def lock_out_dir():
-    """Hold an exclusive lock on <out_dir>/.lock for the life of the process (rank 0), so a second run on
-    the same folder stops at once instead of interleaving its log and racing for final/."""
-    import fcntl
-    handle = open(os.path.join(out_dir, ".lock"), "a")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        raise ConfigError(f"another run is using {out_dir} (it holds {out_dir}/.lock); wait for it, or pick another "
-                          f"--out_dir") from None
-    return handle
-
-
-def trim_log(path, step):
-    """A resumed run logs steps after `step` again: drop the records the interrupted run wrote past it, and a
-    line a kill or a full disk cut short (it is no JSON record). Rewritten through a .tmp rename."""
-    if not os.path.exists(path):
-        return
-    kept = []
-    with open(path) as f:
-        for line in f:
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(record, dict) and record.get("step", 0) <= step:
-                kept.append(line if line.endswith("\n") else line + "\n")
-    with runtime.disk_errors(path), open(path + ".tmp", "w") as f:
-        f.writelines(kept)
-    os.replace(path + ".tmp", path)
-
-
 # -----------------------------------------------------------------------------
 # training
 
@@ -478,14 +365,14 @@ def build_models(source, dev, compute_dtype, mesh, master):
         mp_policy = MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32)
         for module in (online, target, predictor):
             if module is not None and len(module.blocks) > 0:
-                shard(module, mesh, mp_policy)
+                runtime.shard(module, mesh, mp_policy)
         if source.ckpt_dir is not None:
             full_init = with_lora(modellib.from_pretrained(source.ckpt_dir, dtype=torch.float32)).state_dict() \
                 if master else None
             for module in (online, target):
                 if module is not None:
                     module.to_empty(device=dev)
-                    load_full_state(module, full_init)
+                    runtime.load_full_state(module, full_init)
             del full_init
             if target is not None:
                 target.requires_grad_(False)
@@ -513,7 +400,7 @@ def accumulate(models, trainable, group, examples, source, epoch, dev, autocast)
                 m.set_requires_gradient_sync(i == len(group) - 1)
         batch = {k: v.to(dev) for k, v in data.collate([examples[j] for j in indices],
                                                        source.tokenizer.eos_token_id).items()}
-        noise = jepa.view_noise(indices, batch["input_ids"].shape[1], seed * 1000 + epoch, max_len)
+        noise = jepa.view_noise(indices, batch["input_ids"].shape[1], jepa.epoch_stream(seed, epoch), max_len)
         with autocast:
             res = jepa.objective(models.online, batch, source.model_cfg.mask_token_id, t_low=t_low, t_high=t_high,
                                  jepa_weight=jepa_weight, predictor=models.predictor,
@@ -531,7 +418,7 @@ def main(argv):
     distributed, master = world > 1, rank == 0
     log = print if master else (lambda *a, **k: None)
     accum = resolve_grad_accum(world)
-    if not claim_out_dir(cfg, master, distributed):
+    if not run_folder.claim(cfg, NOT_IDENTITY, master, distributed):
         log(f"{out_dir} is a finished run ({out_dir}/final is in place): nothing to do")
         runtime.close_distributed(world)
         return
@@ -576,7 +463,7 @@ def main(argv):
     identity = run_state.identity(cfg | {"grad_accum": accum}, world, NOT_IDENTITY)
     step = run_state.load(out_dir, trainable, target, optimizer, identity, distributed, log) if resume else 0
     if master:
-        trim_log(os.path.join(out_dir, "log.jsonl"), step)
+        run_folder.trim_log(os.path.join(out_dir, "log.jsonl"), step)
         with open(os.path.join(out_dir, "train_config.json"), "w") as f:  # 'chat' resolved, for evaluate.py
             json.dump(cfg | {"chat": "true" if use_chat else "false", "world_size": world, "grad_accum": accum},
                       f, indent=2)
@@ -621,7 +508,7 @@ def main(argv):
             record = {"step": step, "epoch": epoch, "lr": current_lr, "tokens_per_s": tps,
                       "mfu": (tps * model_flops / (peak * world)) if peak else None, **stats}
             if master:
-                with runtime.disk_errors(log_file.name):
+                with disk_errors(log_file.name):
                     log_file.write(json.dumps(record) + "\n")
                     log_file.flush()
                 if wandb_run is not None:
@@ -668,10 +555,10 @@ def save_model(online, source, distributed, master, log, name):
     """<out_dir>/<name>/ in the release's own layout: 'final' at the end (with LoRA also adapter/, and final/
     is the merge), 'snapshots/step<N>' along the way. Written as <name>.tmp/ and renamed, so the folder on
     disk is always whole: final/ marks a finished run."""
-    state = full_state_dict(online, distributed)
+    state = runtime.full_state_dict(online, distributed)
     if master:
         folder = os.path.join(out_dir, name)
-        with runtime.disk_errors(folder):
+        with disk_errors(folder):
             if lora_rank:
                 if name == "final":
                     loralib.save_adapters(state, online.lora, os.path.join(out_dir, "adapter"))

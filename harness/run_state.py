@@ -31,7 +31,8 @@ import torch
 import torch.distributed as dist
 
 from harness.errors import RunError
-from harness.runtime import all_gather_objects, disk_errors
+from harness.outputs import disk_errors
+from harness.runtime import all_gather_objects
 
 NAMES = ("resume", "resume.tmp", "resume.old")
 

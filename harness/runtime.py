@@ -4,16 +4,13 @@ What every script shares about the machine it runs on, so that no script imports
   init_distributed / close_distributed   the torchrun process group (NCCL on GPUs, gloo on the CPU), with a
                                          timeout that names itself when a rank stalls
   resolve_device / resolve_dtype         what --device and --dtype mean on this machine
-  prepare_output_dir / disk_errors       an output folder checked before expensive work; a full disk named
+  shard / full_state_dict / load_full_state   FSDP2 per block; the full weights on rank 0 (save, load)
   flops_per_token / peak_flops           the model-FLOPs accounting behind MFU (train.py and bench.py)
   RunError, run_main                     a failure of the run (not of the flags) reported in one line
 """
 
-import errno
 import os
-import shutil
 import sys
-from contextlib import contextmanager
 from datetime import timedelta
 
 import torch
@@ -109,43 +106,32 @@ def run_main(script, main_fn, argv, timeout):
 
 
 # -----------------------------------------------------------------------------
-# output folders and disks
+# FSDP2: the model sharded over the ranks, and whole again on rank 0 for saving
 
 
-def prepare_output_dir(path, flag="--out_dir"):
-    """Create the folder and write a file in it now, before any expensive work, so that a read-only or
-    missing place fails in the first second, not after the last pass."""
-    if not path:
-        raise ConfigError(f"{flag} is empty; name a folder for the results")
-    probe = os.path.join(path, f".write-test-{os.getpid()}")
-    try:
-        os.makedirs(path, exist_ok=True)
-        with open(probe, "w") as f:
-            f.write("ok")
-        os.remove(probe)
-    except OSError as e:
-        raise ConfigError(f"cannot write into {path} ({e.strerror}); pass {flag}=<a writable folder>") from None
+def shard(module, mesh, mp_policy):
+    """FSDP2: each block, then the root (embeddings, final norm, LM head)."""
+    from torch.distributed.fsdp import fully_shard
+    for block in module.blocks:
+        fully_shard(block, mesh=mesh, mp_policy=mp_policy)
+    fully_shard(module, mesh=mesh, mp_policy=mp_policy)
 
 
-LOW_DISK_BYTES = 64 << 20
+def full_state_dict(module, distributed):
+    """The full state dict on rank 0 (CPU), None elsewhere."""
+    if not distributed:
+        return {k: v.detach().cpu() for k, v in module.state_dict().items()}
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    sd = get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return sd if dist.get_rank() == 0 else None
 
 
-@contextmanager
-def disk_errors(path):
-    """Re-raise a write that failed because the disk is full as a RunError that says so. torch's own
-    writer reports it as 'unexpected pos ...' (inline_container.cc), so the free space is checked too."""
-    try:
-        yield
-    except (OSError, RuntimeError) as e:
-        full = isinstance(e, OSError) and e.errno == errno.ENOSPC
-        try:
-            free = shutil.disk_usage(os.path.dirname(os.path.abspath(path)) or ".").free
-        except OSError:
-            free = None
-        if full or (free is not None and free < LOW_DISK_BYTES):
-            raise RunError(f"no space left on the device while writing {path} "
-                           f"({free if free is not None else '?'} bytes free); free some space and resume") from e
-        raise
+def load_full_state(module, full_state):
+    """Fill a sharded module (materialised with to_empty) from the full state dict rank 0 holds."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+    # a shallow copy: set_model_state_dict writes the loaded (sharded) tensors back into the dict it is given
+    set_model_state_dict(module, dict(full_state) if dist.get_rank() == 0 else {},
+                         options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
 
 
 # -----------------------------------------------------------------------------

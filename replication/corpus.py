@@ -15,14 +15,14 @@ The replication corpus (fixed here, so that every machine builds the same one fr
 Nothing of NL-RX (the fine-tuning task) is in it.
 """
 
-import json
 import os
 import sys
 import sysconfig
 
 from configurator import configure, setting_keys
 from harness.errors import ConfigError, MissingInput, parse_json, read_text
-from harness.runtime import disk_errors, run_main
+from harness.outputs import write_jsonl
+from harness.runtime import run_main
 
 data_dir = ""  # the folder holding wikitext/wikitext-103-raw/ and gsm8k/openai/ in their release layouts
 out = ""  # the JSONL file to write
@@ -73,13 +73,10 @@ def replication_documents(data_root):
     return [d for d in documents if d.strip()]
 
 
-def write_jsonl(documents, path):
-    """One {"text": document} row per line, written whole (a .tmp renamed)."""
+def write_corpus(documents, path):
+    """One {"text": document} row per line (train.py --task text reads it), written whole."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with disk_errors(path), open(path + ".tmp", "w", encoding="utf-8") as f:
-        for d in documents:
-            f.write(json.dumps({"text": d}) + "\n")
-    os.replace(path + ".tmp", path)
+    write_jsonl(path, ({"text": d} for d in documents))
 
 
 def main(argv):
@@ -87,7 +84,7 @@ def main(argv):
     if not data_dir or not out:
         raise ConfigError("pass --data_dir (the release files) and --out (the JSONL file to write)")
     documents = replication_documents(data_dir)
-    write_jsonl(documents, out)
+    write_corpus(documents, out)
     print(f"replication corpus: WikiText-103 test + GSM8K train + the Python {sys.version.split()[0]} standard "
           f"library, {len(documents)} documents -> {out}")
 

@@ -107,7 +107,7 @@ def test_generated_tables_are_left_out_of_the_stdlib():
 def test_the_corpus_file_round_trips(tmp_path):
     docs = ["first document\nwith two lines", 'a "quoted" one', "ünïcode"]
     path = str(tmp_path / "sub" / "corpus.jsonl")
-    C.write_jsonl(docs, path)
+    C.write_corpus(docs, path)
     assert D.read_documents([path]) == docs and not os.path.exists(path + ".tmp")
 
 

@@ -293,7 +293,7 @@ def test_malformed_spider_and_run_config_files_are_named(tmp_path):
     """Regression: Spider's dev.json went through json.load (a raw traceback) and a malformed
     train_config.json was reported without its line."""
     from harness.errors import InputError
-    import model as M
+    from harness import run_folder
     (tmp_path / "dev.json").write_text('[{"question": "q",\n "query": }]')
     with pytest.raises(InputError, match=r"dev.json:2: malformed JSON"):
         D.load_task("spider", "eval", str(tmp_path))
@@ -302,7 +302,7 @@ def test_malformed_spider_and_run_config_files_are_named(tmp_path):
         D.load_task("spider", "eval", str(tmp_path))
     (tmp_path / "train_config.json").write_text('{"t_low": 0.2,\n"t_high": }')
     with pytest.raises(InputError, match=r"train_config.json:2: malformed JSON"):
-        M.run_config(str(tmp_path))
+        run_folder.run_config(str(tmp_path))
 
 
 def test_empty_and_too_long_splits_say_which():

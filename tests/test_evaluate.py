@@ -50,9 +50,10 @@ def test_two_process_evaluation_equals_one_process(tmp_path):
 
 
 def test_chat_auto_follows_training(tmp_path):
+    from harness import run_folder
     run = tmp_path / "run"
     (run / "final").mkdir(parents=True)
-    chat = lambda name, ckpt: D.uses_chat("auto", name, M.run_config(ckpt))  # noqa: E731 (evaluate.py's rule)
+    chat = lambda name, ckpt: D.uses_chat("auto", name, run_folder.run_config(ckpt))  # noqa: E731 (evaluate.py's rule)
     assert chat("GSAI-ML/LLaDA-8B-Instruct", str(tmp_path / "nowhere"))
     assert not chat(str(run), str(run / "final"))
     (run / "train_config.json").write_text(json.dumps({"chat": "true"}))
@@ -124,6 +125,9 @@ def test_a_diverged_checkpoint_and_an_empty_split_are_named(tmp_path):
     net.save_pretrained(str(tmp_path / "nan"), tokenizer=tok)
     proc = run_script(["evaluate.py", f"--checkpoint={tmp_path / 'nan'}", "--task=tiny-regex",
                        f"--out_dir={tmp_path / 'out'}"], check=False)
+    assert proc.returncode == 1 and "non-finite weights" in proc.stderr and "Traceback" not in proc.stderr
+    # issue 23: sample.py (and bench.py, through the same load) sampled the NaN weights without a word
+    proc = run_script(["sample.py", f"--checkpoint={tmp_path / 'nan'}", "--n=1"], check=False)
     assert proc.returncode == 1 and "non-finite weights" in proc.stderr and "Traceback" not in proc.stderr
     ckpt = tiny_checkpoint(tmp_path / "ckpt")
     data_dir = tmp_path / "spider"

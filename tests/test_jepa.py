@@ -52,19 +52,19 @@ def test_masking_rate_and_prompt_never_masked(t):
     assert torch.equal(noisy[~masked], ids[~masked])
 
 
-def test_view_noise_depends_only_on_seed_and_example():
-    a = J.view_noise([5, 9], 30, seed=3, max_len=64)
+def test_view_noise_depends_only_on_stream_and_example():
+    a = J.view_noise([5, 9], 30, stream=3, max_len=64)
     assert a.context.shape == a.target.shape == (2, 30) and a.rate.shape == (2, 1)  # one rate draw per example
     assert all((x >= 0).all() and (x < 1).all() for x in a)
     # the same example in another batch, at another position, with another padding length
-    b = J.view_noise([9, 1, 5], 40, seed=3, max_len=64)
+    b = J.view_noise([9, 1, 5], 40, stream=3, max_len=64)
     for field in ("context", "target"):
         assert torch.equal(getattr(a, field)[0], getattr(b, field)[2, :30])
         assert torch.equal(getattr(a, field)[1], getattr(b, field)[0, :30])
     assert torch.equal(a.rate[0], b.rate[2])
     assert not torch.equal(a.context, a.target)  # context and target noise are independent
-    assert torch.equal(a.context[0], J.view_noise([5], 30, seed=3, max_len=64).context[0])
-    assert not torch.equal(J.view_noise([5], 30, seed=4, max_len=64).context[0], a.context[0])
+    assert torch.equal(a.context[0], J.view_noise([5], 30, stream=3, max_len=64).context[0])
+    assert not torch.equal(J.view_noise([5], 30, stream=4, max_len=64).context[0], a.context[0])
     # the values of the earlier (3, B, T) layout: rows 0-1 from one rand(2, max_len), then the rate
     g = torch.Generator().manual_seed(3 * 1_000_003 + 9)
     both, rate = torch.rand(2, 64, generator=g), torch.rand(1, 1, generator=g)

@@ -198,7 +198,7 @@ def test_probe_command_on_tiny_checkpoints(tmp_path, tok):
     # a second run does not replace the results unless asked to
     args = proc.args[1:]
     again = run_script(args, check=False)
-    assert again.returncode == 2 and "already holds a probe.json" in again.stderr
+    assert again.returncode == 2 and "already holds a probe (probe.json)" in again.stderr
     # a checkpoint with a NaN weight (a diverged run) is named, not probed; what was measured before it is kept
     with torch.no_grad():
         ft.blocks[0].attn.q_proj.weight[0, 0] = float("nan")

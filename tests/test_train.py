@@ -249,12 +249,12 @@ def test_an_update_that_overflows_writes_nothing(tmp_path):
 
 def test_a_cut_log_line_does_not_block_resume(tmp_path):
     # issue 24 item 10: a disk that filled during a log write left half a line; --resume was a JSONDecodeError
-    import train as T
+    from harness import run_folder
     path = tmp_path / "log.jsonl"
     path.write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.5}\n{"step": 3, "lo')
-    T.trim_log(str(path), 2)
+    run_folder.trim_log(str(path), 2)
     assert path.read_text() == '{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.5}\n'
-    T.trim_log(str(path), 1)
+    run_folder.trim_log(str(path), 1)
     assert path.read_text() == '{"step": 1, "loss": 2.0}\n'
 
 
@@ -341,7 +341,7 @@ def test_a_kill_during_the_final_save_loses_no_step(tmp_path, monkeypatch):
         with pytest.raises(Killed):
             T.main(TINY + ["--max_steps=3", f"--out_dir={out}"])
     finally:
-        T._lock.close()  # what a killed process holds goes with it: its lock, its signal handlers
+        T.run_folder._lock.close()  # what a killed process holds goes with it: its lock, its signal handlers
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
     assert T.run_state.has_state(out) and not os.path.exists(os.path.join(out, "final"))

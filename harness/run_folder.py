@@ -1,0 +1,121 @@
+"""
+A training run's folder (train.py's --out_dir), and the rules that keep one run in it:
+
+  <out_dir>/train_config.json   the run's settings, written before any other file: the marker that a
+                                folder holds a run of train.py (what --overwrite may delete)
+  <out_dir>/.lock               held by rank 0 for the life of the run: a second run on the folder stops
+  <out_dir>/log.jsonl           one record per logged step; a resume trims it back to its state's step
+  <out_dir>/final/              written whole at the end (a .tmp renamed): its presence means finished
+
+  claim(cfg, not_identity, master, distributed)   before anything is loaded: a folder that holds a run is
+      continued only with --resume=true (a finished run of these settings: nothing to do) and replaced
+      only with --overwrite=true, which deletes only what train.py wrote, never the run's own --model
+  run_config(ckpt_dir)   the train_config.json a checkpoint came with ({} for a release)
+  trim_log(path, step)   a resumed run's log without the records past the state's step
+"""
+
+import json
+import os
+import shutil
+
+import torch.distributed as dist
+
+from harness import run_state
+from harness.errors import ConfigError, RunError, read_json_object
+from harness.outputs import prepare_output_dir, refuse_used, write_whole
+
+# every entry a run of train.py writes (eval/: evaluate.py's results of the run)
+RUN_ENTRIES = ("final", "final.tmp", "adapter", "base", "snapshots", "eval", "log.jsonl",
+               "train_config.json") + run_state.NAMES
+_lock = None  # rank 0's lock on <out_dir>/.lock, held for the life of the process
+
+
+def run_config(ckpt_dir):
+    """The train_config.json of the train.py run a checkpoint belongs to (in the folder, or beside its
+    final/ or base/), as a dict; {} for a checkpoint that did not come from train.py."""
+    for path in (os.path.join(ckpt_dir, "train_config.json"), os.path.join(ckpt_dir, "..", "train_config.json")):
+        if os.path.exists(path):
+            return read_json_object(path, "train_config.json")
+    return {}
+
+
+def claim(cfg, not_identity, master, distributed):
+    """Check cfg['out_dir'] before anything expensive and take it (rank 0: the lock; with --overwrite the
+    old run's files deleted). Returns False when --resume=true finds a finished run of these settings:
+    there is nothing to do, and nothing was loaded."""
+    out_dir, resume, overwrite = cfg["out_dir"], cfg["resume"], cfg["overwrite"]
+    if resume and not overwrite and os.path.isdir(os.path.join(out_dir, "final")):
+        check_same_run(cfg, not_identity)
+        return False
+    held = [e for e in RUN_ENTRIES if os.path.exists(os.path.join(out_dir, e))]
+    refuse_used(out_dir, held, "a run", resume, overwrite)
+    if held and overwrite and not resume:
+        check_replaceable(out_dir, cfg["model"], held)
+    if resume and not run_state.has_state(out_dir):
+        raise ConfigError(f"--resume=true but {out_dir} holds no resumable state (resume/)")
+    if distributed:
+        dist.barrier()  # every rank has looked before rank 0 deletes
+    if master:
+        prepare_output_dir(out_dir)
+        global _lock
+        _lock = lock(out_dir)
+        if overwrite and not resume:
+            for entry in held:
+                path = os.path.join(out_dir, entry)
+                shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+    if distributed:
+        dist.barrier()
+    return True
+
+
+def check_same_run(cfg, not_identity):
+    """A finished run (final/ appears whole, only at the end) may only be 'resumed' with its own settings:
+    otherwise the user meant another run, and is told which settings differ."""
+    saved = run_config(os.path.join(cfg["out_dir"], "final"))
+    mine = {k: v for k, v in cfg.items() if k not in not_identity and k != "chat"}  # saved: chat resolved
+    differ = run_state.identity_differences(saved, mine)
+    if differ:
+        raise RunError(f"{cfg['out_dir']} holds a finished run of other settings (saved -> now): {'; '.join(differ)}. "
+                       f"Pick another --out_dir, or --overwrite=true to replace it")
+
+
+def check_replaceable(out_dir, model, held):
+    """--overwrite deletes only a run this project wrote (its marker: train_config.json), and never the
+    folder that holds the run's own source model."""
+    if not os.path.exists(os.path.join(out_dir, "train_config.json")):
+        raise ConfigError(f"{out_dir} holds {', '.join(held)} but no train_config.json: not a run of train.py, so "
+                          f"--overwrite will not delete it; move those files away or pick another --out_dir")
+    source, folder = os.path.realpath(model), os.path.realpath(out_dir)
+    if os.path.exists(model) and (source == folder or source.startswith(folder + os.sep)):
+        raise ConfigError(f"--model={model} lies inside --out_dir={out_dir}, which --overwrite would delete first; "
+                          f"copy the model elsewhere or pick another --out_dir")
+
+
+def lock(out_dir):
+    """An exclusive lock on <out_dir>/.lock (released when the process ends, however it ends), so a second
+    run on the same folder stops at once instead of interleaving its log and racing for final/."""
+    import fcntl
+    handle = open(os.path.join(out_dir, ".lock"), "a")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        raise ConfigError(f"another run is using {out_dir} (it holds {out_dir}/.lock); wait for it, or pick another "
+                          f"--out_dir") from None
+    return handle
+
+
+def trim_log(path, step):
+    """A resumed run logs steps after `step` again: drop the records the interrupted run wrote past it, and a
+    line a kill or a full disk cut short (it is no JSON record)."""
+    if not os.path.exists(path):
+        return
+    kept = []
+    with open(path) as f:
+        for line in f:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict) and record.get("step", 0) <= step:
+                kept.append(line if line.endswith("\n") else line + "\n")
+    write_whole(path, "".join(kept))
