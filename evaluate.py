@@ -16,7 +16,6 @@ each step commits the most confident predictions of the block's still-masked pos
 """
 
 import glob
-import hashlib
 import json
 import os
 import sys
@@ -31,7 +30,8 @@ from configurator import check_ranges, configure, setting_keys
 from harness.errors import ConfigError, read_json_object
 from harness.outputs import disk_errors, prepare_output_dir, refuse_used, write_json, write_jsonl
 from harness.run_folder import run_config
-from harness.runtime import DIST_TIMEOUT, close_distributed, init_distributed, resolve_dtype, run_main
+from harness.runtime import (DIST_TIMEOUT, check_ranks_agree, close_distributed, digest, init_distributed,
+                             resolve_dtype, run_main)
 
 # -----------------------------------------------------------------------------
 # settings
@@ -138,23 +138,27 @@ def score_generation(ids, item, index, prompt, tokenizer, stop_ids, use_chat, ma
 def producing_settings(ckpt_dir, n_steps, length, block, use_chat):
     """What decides a record: the model, the items, the prompts, the sampler and the scorers. A resume under
     other values would mix two evaluations in one summary, so records carry a digest of these and a resume
-    with other values is refused. --limit and --batch_size are not among them (greedy decoding is the same
-    in any batch; with temperature the draws follow the batches, so batch_size counts then)."""
+    with other values is refused. --limit, --batch_size and --early_stop are not among them: greedy decoding
+    is the same in any batch, and with temperature each item draws from its own generator (item_generators)."""
     return {"checkpoint": os.path.abspath(ckpt_dir), "task": task, "shots": shots, "split": split,
             "val_holdout": val_holdout, "data_dir": os.path.abspath(data_dir) if data_dir else "", "steps": n_steps,
             "gen_length": length, "block_length": block, "temperature": temperature, "cfg_scale": cfg_scale,
-            "chat": use_chat, "seed": seed, "sql_max_steps": sql_max_steps,
-            "batch_size": batch_size if temperature > 0 else None, "early_stop": early_stop if temperature > 0 else None}
+            "chat": use_chat, "seed": seed, "sql_max_steps": sql_max_steps}
 
 
-def settings_digest(settings):
-    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+def item_generators(indices, dev):
+    """With temperature, one generator per item, seeded by (seed, item index): an item's draws are the same
+    in any batch, on any rank, with or without the early stop, and after a resume (sampler.generate). None
+    for greedy decoding, which draws nothing."""
+    if temperature == 0:
+        return None
+    return [torch.Generator(device=dev).manual_seed(seed * 1_000_003 + i) for i in indices]
 
 
 def check_resumable(stem, done, settings):
     """Refuse to resume records made under other settings, naming what differs (from <stem>.settings.json)."""
-    digest = settings_digest(settings)
-    foreign = [i for i, r in done.items() if r.get("settings_digest") != digest]
+    expected = digest(settings)
+    foreign = [i for i, r in done.items() if r.get("settings_digest") != expected]
     if not foreign:
         return
     saved = read_json_object(stem + ".settings.json", "settings file") if os.path.exists(stem + ".settings.json") else {}
@@ -225,6 +229,7 @@ def main(argv):
         items = items[:limit]
     if not items:
         raise ConfigError(f"no {task} evaluation items to score (data_dir={data_dir!r}, limit={limit})")
+    check_ranks_agree({"settings": digest(settings | {"limit": limit}), "items": digest(items)}, world > 1)
     stop_ids = {model.cfg.eos_token_id}
     if use_chat:
         stop_ids.add(data.end_of_turn_id(tokenizer))
@@ -237,7 +242,6 @@ def main(argv):
     prompt_of = {i: data.format_example(task, items[i], tokenizer, data.choose_shots(train_items, shots, items[i]),
                                         chat=use_chat)[0] for i in mine}
     mine.sort(key=lambda i: (len(prompt_of[i]), i))  # batches of like lengths: less padding (records keep their index)
-    generator = torch.Generator(device=dev).manual_seed(seed + rank)
     from tqdm import tqdm
     # disk_errors outside the file too: a full disk fails the write, and then the close's own flush
     with disk_errors(f"{stem}.rank{rank}.jsonl"), open_for_append(f"{stem}.rank{rank}.jsonl") as out:
@@ -245,11 +249,11 @@ def main(argv):
             idx = mine[start:start + batch_size]
             prompts = [prompt_of[i] for i in idx]
             generated = generate(model, prompts, steps=n_steps, gen_length=length, block_length=block,
-                                 temperature=temperature, cfg_scale=cfg_scale, generator=generator,
+                                 temperature=temperature, cfg_scale=cfg_scale, generator=item_generators(idx, dev),
                                  stop_ids=stop_ids if early_stop else None)
             for i, prompt, ids in zip(idx, prompts, generated.tolist()):
                 record = score_generation(ids, items[i], i, prompt, tokenizer, stop_ids, use_chat,
-                                          model.cfg.mask_token_id) | {"settings_digest": settings_digest(settings)}
+                                          model.cfg.mask_token_id) | {"settings_digest": digest(settings)}
                 out.write(json.dumps(record) + "\n")
                 out.flush()
     if world > 1:

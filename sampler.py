@@ -17,11 +17,17 @@ import torch.nn.functional as F
 
 def add_gumbel_noise(logits, temperature, generator=None):
     """LLaDA's Gumbel-max in float64 (low precision Gumbel noise degrades quality): argmax of
-    exp(logits) / (-log u)^temperature samples from softmax(logits / temperature)."""
+    exp(logits) / (-log u)^temperature samples from softmax(logits / temperature). generator: one for the
+    batch (LLaDA's way: the draws depend on the batch), or a list, one per row of logits (each row's
+    draws its own: the same in any batch)."""
     if temperature == 0:
         return logits
     logits = logits.to(torch.float64)
-    noise = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=torch.float64)
+    if isinstance(generator, (list, tuple)):
+        noise = torch.stack([torch.rand(logits.shape[1:], generator=g, device=logits.device, dtype=torch.float64)
+                             for g in generator])
+    else:
+        noise = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=torch.float64)
     return logits.exp() / (-torch.log(noise)) ** temperature
 
 
@@ -46,8 +52,13 @@ def generate(model, prompts, *, steps, gen_length, block_length, temperature=0.0
     once a finished block holds a row's first stop token (EOS, end-of-turn), every token up to it is final;
     the row leaves the batch and its positions after that token are returned as that token. Greedy outputs
     up to the first stop token are those of the full run (the rows never interact); with temperature the
-    distribution is the same, the draws are not (fewer rows draw noise). stats, a dict if given, receives
-    rows_blocks_run and rows_blocks_total."""
+    distribution is the same; the draws are too when each row has its own generator.
+
+    generator: None, one torch.Generator for the batch, or a list of one per prompt. With one per prompt
+    a row draws its noise from its own generator only, and draws the same amount whatever else is in the
+    batch (every active row runs every step of a block), so with temperature a prompt's output does not
+    depend on the batch it is in, on the early stop, or on where an interrupted evaluation resumed.
+    stats, a dict if given, receives rows_blocks_run and rows_blocks_total."""
     cfg = model.cfg
     if gen_length % block_length:
         raise ValueError(f"gen_length {gen_length} must be a multiple of block_length {block_length}")
@@ -57,6 +68,8 @@ def generate(model, prompts, *, steps, gen_length, block_length, temperature=0.0
     steps_per_block = steps // n_blocks
     dev = next(model.parameters()).device
     B, lengths = len(prompts), [len(p) for p in prompts]
+    if isinstance(generator, (list, tuple)) and len(generator) != B:
+        raise ValueError(f"{len(generator)} generators for {B} prompts: pass one per prompt, or one for the batch")
     T = max(lengths) + gen_length
     x = torch.full((B, T), cfg.pad_token_id, dtype=torch.long, device=dev)
     for b, p in enumerate(prompts):
@@ -75,7 +88,8 @@ def generate(model, prompts, *, steps, gen_length, block_length, temperature=0.0
             x[rows, :width] = c
             on_step(x.clone())
         fill_block(model, canvas, torch.tensor([lengths[b] for b in active], device=dev), block * block_length,
-                   block_length, steps_per_block, gen_length, temperature, cfg_scale, generator,
+                   block_length, steps_per_block, gen_length, temperature, cfg_scale,
+                   [generator[b] for b in active] if isinstance(generator, (list, tuple)) else generator,
                    show if on_step is not None else None)
         x[rows, :width] = canvas
         run += len(active)

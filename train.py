@@ -441,6 +441,7 @@ def main(argv):
         if val_holdout:  # the rest of the training split; the held-out items are evaluate.py's --split=val
             items = data.holdout_split(items, val_holdout, "train")
         examples = data.tokenize_task(task, items, source.tokenizer, max_len, chat=use_chat, log=log)
+    runtime.check_ranks_agree({"settings": runtime.digest(cfg), "data": runtime.digest(examples)}, distributed)
     micro, micro_epoch = data.epoch_batches(len(examples), batch_size, world, rank, seed, 0), 0
     steps_per_epoch = math.ceil(len(micro) / accum)
     total_steps = max_steps or epochs * steps_per_epoch

@@ -45,8 +45,8 @@ def refuse_used(folder, held, what, resume, overwrite, can_resume=True):
     what to do with them: --resume continues them, --overwrite replaces them."""
     if not held or resume or overwrite:
         return
-    choices = "pass --resume=true to continue them, --overwrite=true to replace them" if can_resume \
-        else "pass --overwrite=true to replace them"
+    choices = "pass --resume=true to continue, --overwrite=true to replace" if can_resume \
+        else "pass --overwrite=true to replace"
     raise ConfigError(f"{folder} already holds {what} ({', '.join(held)}); {choices}, or another --out_dir")
 
 

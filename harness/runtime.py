@@ -6,9 +6,12 @@ What every script shares about the machine it runs on, so that no script imports
   resolve_device / resolve_dtype         what --device and --dtype mean on this machine
   shard / full_state_dict / load_full_state   FSDP2 per block; the full weights on rank 0 (save, load)
   flops_per_token / peak_flops           the model-FLOPs accounting behind MFU (train.py and bench.py)
+  digest / check_ranks_agree             every rank checked to run the same settings on the same data
   RunError, run_main                     a failure of the run (not of the flags) reported in one line
 """
 
+import hashlib
+import json
 import os
 import sys
 from datetime import timedelta
@@ -84,6 +87,26 @@ def all_gather_objects(obj, distributed):
     out = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
     return out
+
+
+def digest(obj):
+    """A short sha256 of a JSON-able value (settings, token ids): equal values, equal digests."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def check_ranks_agree(digests, distributed):
+    """Every rank must run the same job: {what: digest} gathered from all ranks and compared with rank 0's
+    at start. A node that reads other files at the same path (another copy of the data, an older checkout's
+    settings) would otherwise train on its own data to the end, with rc 0."""
+    if not distributed:
+        return
+    gathered = all_gather_objects(digests, distributed)
+    for what, mine in gathered[0].items():
+        others = [rank for rank, d in enumerate(gathered) if d.get(what) != mine]
+        if others:
+            raise RunError(f"rank(s) {', '.join(map(str, others))} have other {what} than rank 0 (digest "
+                           f"{gathered[others[0]].get(what)} vs {mine}): every rank must be given the same flags and "
+                           f"the same files; check the copies of the data each node reads")
 
 
 def run_main(script, main_fn, argv, timeout):

@@ -10,6 +10,7 @@
 #   bash replication/replicate.sh curve 3e-4 16 # the same over a 16-epoch schedule (name lr3e-4-e16)
 #   bash replication/replicate.sh chosen        # the lr and epochs with the best holdout curve point
 #   bash replication/replicate.sh decode lr1e-3 8   # lever: a curve's final model decoded with another block length
+#   bash replication/replicate.sh forgetting lr1e-3 # a curve's snapshots probed against the base (WikiText loss)
 #   bash replication/replicate.sh arms 42 123   # both arms at the chosen lr and epochs, these seeds, test split
 #   bash replication/replicate.sh aggregate     # over the seeds, with the paired tests
 #   bash replication/replicate.sh all           # all of it in order: base, curves (LRS), arms (SEEDS), aggregate
@@ -113,6 +114,19 @@ decode() {  # $1 curve name, $2 block length: its final/ on the holdout, generat
   keep "$out/eval-final-block$2/nlrx-0shot-val.json" "$R/levers/$name.json"
 }
 
+forgetting() {  # $1 curve name: every snapshot and final/ probed against the base (drift, WikiText-103 loss)
+  local out=$RUNS/curve-$1 ckpts="" names="" ckpt step
+  have "$R/levers/probe-curve-$1.json" && return
+  for ckpt in "$out"/snapshots/step* "$out/final"; do
+    [ -d "$ckpt" ] || continue
+    step=${ckpt##*step}; [ "$ckpt" = "$out/final" ] && step=final
+    ckpts+="$ckpt,"; names+="step$step,"
+  done
+  python probe.py --base "$BASE" --checkpoints "${ckpts%,}" --names "${names%,}" --n_samples $SAMPLES --sample_len 256 \
+      --wikitext_dir "$DATA/wikitext/wikitext-103-raw" --mmlu_dir none --out_dir "$RUNS/probe-curve-$1" --overwrite true
+  keep "$RUNS/probe-curve-$1/probe.json" "$R/levers/probe-curve-$1.json"
+}
+
 chosen() {  # "lr epochs": the best holdout point (non-trivial DFA, then DFA, then functional) of the base's curves
   python - "$R/curve" <<'PY'
 import glob, json, os, re, sys
@@ -181,10 +195,11 @@ case "$step" in
            *) echo "usage: replicate.sh curve <lr> [<epochs>]" >&2; exit 2 ;;
          esac ;;
   chosen) chosen ;;
+  forgetting) [ $# = 1 ] || { echo "usage: replicate.sh forgetting <curve name>" >&2; exit 2; }; forgetting "$1" ;;
   decode) [ $# = 2 ] || { echo "usage: replicate.sh decode <curve name> <block length>" >&2; exit 2; }; decode "$@" ;;
   arms) [ $# -ge 1 ] || { echo "usage: replicate.sh arms <seed> [<seed> ...]" >&2; exit 2; }; arms "$@" ;;
   aggregate) aggregate ;;
   all) base; for lr in "${LRS[@]}"; do finetune_curve "lr$lr" "$BASE" --lr "$lr"; done; arms "${SEEDS[@]}"; aggregate ;;
-  *) echo "usage: replicate.sh base | pilot | curve <lr> [<epochs>] | decode <curve> <block> | chosen | arms <seed>... | aggregate | all" >&2
+  *) echo "usage: replicate.sh base | pilot | curve <lr> [<epochs>] | decode <curve> <block> | forgetting <curve> | chosen | arms <seed>... | aggregate | all" >&2
      exit 2 ;;
 esac

@@ -2,6 +2,7 @@
 named failures). The sampler's tests are in test_sampler.py, the scorers' in test_scoring.py and
 test_spider.py."""
 
+import contextlib
 import json
 from dataclasses import replace
 
@@ -75,22 +76,31 @@ def read_jsonl(path):
     return [json.loads(line) for line in open(path)]
 
 
+@contextlib.contextmanager
+def killed_at_item(monkeypatch, n):
+    """evaluate.py in this process, killed (KeyboardInterrupt) as it scores its n-th item."""
+    from metrics import scoring
+    real_score, calls = scoring.score, []
+
+    def dies(*a, **kw):
+        calls.append(1)
+        if len(calls) == n:
+            raise KeyboardInterrupt
+        return real_score(*a, **kw)
+    monkeypatch.setattr(scoring, "score", dies)
+    try:
+        yield
+    finally:
+        monkeypatch.setattr(scoring, "score", real_score)
+
+
 def test_records_are_kept_as_scored_and_resume_skips_them(tmp_path, monkeypatch):
     ckpt = tiny_checkpoint(tmp_path / "ckpt")
     args = [f"--checkpoint={ckpt}", "--task=tiny-regex", "--limit=6", "--batch_size=2", "--gen_length=16", "--steps=8"]
     # a run killed at its fourth item keeps the three scored before it
-    from metrics import scoring
-    real_score, calls = scoring.score, []
-
-    def dies_at_fourth(*a, **kw):
-        calls.append(1)
-        if len(calls) == 4:
-            raise KeyboardInterrupt
-        return real_score(*a, **kw)
-    monkeypatch.setattr(scoring, "score", dies_at_fourth)
     with pytest.raises(KeyboardInterrupt):
-        E.main([*args, f"--out_dir={tmp_path / 'killed'}"])
-    monkeypatch.setattr(scoring, "score", real_score)
+        with killed_at_item(monkeypatch, 4):
+            E.main([*args, f"--out_dir={tmp_path / 'killed'}"])
     part = tmp_path / "killed" / "tiny-regex-0shot.rank0.jsonl"
     assert len(read_jsonl(part)) == 3  # (items go in order of prompt length, not of index)
 
@@ -209,3 +219,22 @@ def test_resume_refuses_records_of_other_settings(tmp_path):
     run_script(["evaluate.py", *base, "--limit=4", "--gen_length=16", "--steps=8", "--resume=true"])
     summary = json.load(open(tmp_path / "ev" / "tiny-regex-0shot.json"))
     assert summary["items"] == summary["n"] == 4 and len(read_jsonl(tmp_path / "ev" / "tiny-regex-0shot.jsonl")) == 4
+
+
+def test_sampled_records_do_not_depend_on_batch_or_resume(tmp_path, monkeypatch):
+    """Issue 24 item 13: with temperature > 0 one generator drew for the whole batch (seeded by rank), so a
+    resumed evaluation drew other noise for its remaining items than an uninterrupted one, and another
+    --batch_size other outputs. Each item now draws from its own generator, seeded by (seed, item)."""
+    ckpt = tiny_checkpoint(tmp_path / "ckpt")
+    args = [f"--checkpoint={ckpt}", "--task=tiny-regex", "--limit=6", "--gen_length=16", "--steps=8",
+            "--temperature=1.0", "--seed=5"]
+    run_script(["evaluate.py", *args, "--batch_size=4", f"--out_dir={tmp_path / 'full'}"])
+    full = read_jsonl(tmp_path / "full" / "tiny-regex-0shot.jsonl")
+    run_script(["evaluate.py", *args, "--batch_size=1", "--early_stop=false", f"--out_dir={tmp_path / 'ones'}"])
+    assert read_jsonl(tmp_path / "ones" / "tiny-regex-0shot.jsonl") == full
+    with pytest.raises(KeyboardInterrupt):
+        with killed_at_item(monkeypatch, 3):
+            E.main([*args, "--batch_size=2", f"--out_dir={tmp_path / 'killed'}"])
+    run_script(["evaluate.py", *args, "--batch_size=3", f"--out_dir={tmp_path / 'killed'}", "--resume=true"])
+    assert read_jsonl(tmp_path / "killed" / "tiny-regex-0shot.jsonl") == full
+    assert len({r["generation"] for r in full}) > 1  # sampled, not one constant answer

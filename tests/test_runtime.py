@@ -76,3 +76,37 @@ def test_a_stalled_rank_ends_the_run_with_a_named_timeout(tmp_path):
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode != 0
     assert "waited more than --dist_timeout=10 s" in err, err[-3000:]
+
+
+RANKS_SCRIPT = """
+import sys
+sys.path.insert(0, {root!r})
+from harness import runtime
+world, rank, dev = runtime.init_distributed("cpu", 60)
+data = [[1, 2, 3], [4, 5]] if rank == 0 or {same} else [[1, 2, 3], [4, 6]]  # same size, other tokens
+runtime.run_main("ranks.py", lambda argv: runtime.check_ranks_agree(
+    {{"settings": runtime.digest({{"lr": 1e-5}}), "data": runtime.digest(data)}}, world > 1), [], lambda: 60)
+print("agreed")
+runtime.close_distributed(world)
+"""
+
+
+@pytest.mark.parametrize("same", [True, False])
+def test_ranks_given_other_data_are_stopped_at_start(tmp_path, same):
+    """Issue 24 item 6: rank 1 given other data of the same size trained to the end with rc 0."""
+    script = tmp_path / "ranks.py"
+    script.write_text(RANKS_SCRIPT.format(root=ROOT, same=same))
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                           f"--master_port={29681 + same}", str(script)], env=env, capture_output=True, text=True,
+                          timeout=120)
+    if same:
+        assert proc.returncode == 0 and proc.stdout.count("agreed") == 2
+    else:
+        assert proc.returncode != 0 and "rank(s) 1 have other data than rank 0" in proc.stderr
+
+
+def test_digest_is_of_the_value():
+    assert RT.digest({"a": [1, 2], "b": 0.5}) == RT.digest({"b": 0.5, "a": [1, 2]})
+    assert RT.digest([[1, 2, 3], [4, 5]]) != RT.digest([[1, 2, 3], [4, 6]])
+    assert RT.digest([[1, 2], [3]]) != RT.digest([[1], [2, 3]])

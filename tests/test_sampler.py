@@ -154,3 +154,41 @@ def test_no_stop_tokens_is_the_plain_sampler():
     model = tiny_model()
     kwargs = dict(steps=8, gen_length=16, block_length=8)
     assert torch.equal(S.generate(model, PROMPTS, **kwargs), S.generate(model, PROMPTS, stop_ids=set(), **kwargs))
+
+
+# --- per-row generators (issue 24 item 13): with temperature, a prompt's output is its own ---
+
+
+def row_generators(seeds):
+    return [torch.Generator().manual_seed(s) for s in seeds]
+
+
+@pytest.mark.parametrize("layout", ["llada", "dream"])
+@pytest.mark.parametrize("cfg_scale", [0.0, 1.5])
+def test_with_one_generator_per_row_temperature_sampling_is_batch_independent(layout, cfg_scale):
+    model = tiny_model(layout)
+    kwargs = dict(steps=8, gen_length=16, block_length=4, temperature=1.0, cfg_scale=cfg_scale)
+    seeds = [11, 22, 33]
+    batched = S.generate(model, PROMPTS, generator=row_generators(seeds), **kwargs)
+    for b, p in enumerate(PROMPTS):  # alone, and in another batch order beside another prompt
+        assert torch.equal(batched[b], S.generate(model, [p], generator=row_generators([seeds[b]]), **kwargs)[0])
+    other = S.generate(model, [PROMPTS[2], PROMPTS[0]], generator=row_generators([33, 11]), **kwargs)
+    assert torch.equal(other[0], batched[2]) and torch.equal(other[1], batched[0])
+    # the early stop leaves the draws of the rows that stay alone: every cut output as in the full run
+    stops = {int(batched[0, 0])}
+    early = S.generate(model, PROMPTS, generator=row_generators(seeds), stop_ids=stops, **kwargs)
+    for b in range(len(PROMPTS)):
+        assert S.cut_at_stop(early[b].tolist(), stops) == S.cut_at_stop(batched[b].tolist(), stops)
+    # and the draws are draws: other seeds give other outputs, one shared generator differs from LLaDA's none
+    assert not torch.equal(batched, S.generate(model, PROMPTS, generator=row_generators([1, 2, 3]), **kwargs))
+
+
+def test_per_row_noise_is_each_generators_own_stream():
+    logits = torch.zeros(2, 3, 5)
+    a, b = S.add_gumbel_noise(logits, 1.0, row_generators([7, 8])), S.add_gumbel_noise(logits, 1.0, row_generators([8]))
+    assert torch.equal(a[1], b[0])  # row 1 drew from seed 8 exactly what seed 8 draws alone
+    u = torch.rand((3, 5), generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    assert torch.equal(a[0], 1.0 / (-torch.log(u)))  # exp(0) / (-log u)^1
+    with pytest.raises(ValueError, match="2 generators for 3 prompts"):
+        S.generate(tiny_model(), PROMPTS, steps=8, gen_length=16, block_length=8, temperature=1.0,
+                   generator=row_generators([1, 2]))
