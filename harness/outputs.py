@@ -69,11 +69,18 @@ def write_jsonl(path, rows):
 def is_disk_full(error, path):
     """ENOSPC anywhere in the error's chain, or under LOW_DISK_BYTES free beside `path`: torch's own writer
     reports a full disk as 'unexpected pos ...' (inline_container.cc), so the free space is checked too."""
-    e = error
-    while e is not None:
+    seen, todo = set(), [error]
+    while todo:  # the chain of causes, and a CheckpointException's failures (rank -> the error it caught)
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
         if isinstance(e, OSError) and e.errno == errno.ENOSPC:
             return True
-        e = e.__cause__ or e.__context__
+        failures = getattr(e, "failures", None)  # {rank: (exception, traceback)}
+        caught = [x for v in failures.values() for x in (v if isinstance(v, tuple) else (v,))] \
+            if isinstance(failures, dict) else []
+        todo += [x for x in [e.__cause__, e.__context__] + caught if isinstance(x, BaseException)]
     try:
         free = shutil.disk_usage(os.path.dirname(os.path.abspath(path)) or ".").free
     except OSError:

@@ -37,7 +37,7 @@ def test_the_checkpoint_writers_own_errors_are_named_when_the_disk_is_full(monke
     from torch.distributed.checkpoint.api import CheckpointException
     target = str(tmp_path / "resume.tmp")
     monkeypatch.setattr(O.shutil, "disk_usage", lambda path: Usage(10 << 30, 10 << 30, 4096))
-    for error in (CheckpointException("write failed", {0: "unexpected pos 704 vs 598"}),
+    for error in (CheckpointException("write failed", {0: (RuntimeError("unexpected pos 704 vs 598"), None)}),
                   SafetensorError("Error while serializing: IoError")):
         with pytest.raises(RunError, match="no space left"):
             with O.disk_errors(target):
@@ -49,6 +49,9 @@ def test_the_checkpoint_writers_own_errors_are_named_when_the_disk_is_full(monke
     with pytest.raises(CheckpointException):  # room on the disk: the writer's error as it was
         with O.disk_errors(target):
             raise CheckpointException("write failed", {})
+    with pytest.raises(RunError, match="no space left"):  # a rank's ENOSPC inside the exception, room now
+        with O.disk_errors(target):
+            raise CheckpointException("write failed", {1: (OSError(errno.ENOSPC, "No space left"), None)})
 
 
 def test_a_full_disk_at_close_is_named_not_masked(tmp_path):
