@@ -25,7 +25,7 @@ import torch
 import data
 import model as modellib
 from metrics import scoring
-from sampler import cut_at_stop, generate
+from sampler import REMASKING, cut_at_stop, generate
 from configurator import check_ranges, configure, setting_keys
 from harness.errors import ConfigError, read_json_object
 from harness.outputs import disk_errors, prepare_output_dir, refuse_used, write_json, write_jsonl
@@ -50,6 +50,11 @@ gen_length = 0  # 0 = the task's (256 GSM8K, 512 Django / NL-RX / Spider)
 block_length = 0  # 0 = min(128, gen_length)
 temperature = 0.0  # 0 = greedy (the paper)
 cfg_scale = 0.0  # classifier-free guidance scale; 0 = off
+# decoding options, all off by default (the paper's numbers): sampler.Decoding says what each does
+threshold = 0.0  # > 0: Fast-dLLM's parallel decoding (every token at least this confident per step)
+remasking = "low_confidence"  # or 'random' (LLaDA's other remasking)
+logits_eos_inf = False  # LLaDA's generate.py option: never draw EOS
+confidence_eos_eot_inf = False  # LLaDA's generate.py option: a drawn end-of-turn is committed last
 chat = "auto"  # 'auto' (instruct checkpoints), 'true', 'false'
 dtype = "auto"  # the weights' dtype: auto = bfloat16 on GPU, float32 on CPU
 device = "auto"
@@ -143,14 +148,16 @@ def producing_settings(ckpt_dir, n_steps, length, block, use_chat):
     return {"checkpoint": os.path.abspath(ckpt_dir), "task": task, "shots": shots, "split": split,
             "val_holdout": val_holdout, "data_dir": os.path.abspath(data_dir) if data_dir else "", "steps": n_steps,
             "gen_length": length, "block_length": block, "temperature": temperature, "cfg_scale": cfg_scale,
+            "threshold": threshold, "remasking": remasking, "logits_eos_inf": logits_eos_inf,
+            "confidence_eos_eot_inf": confidence_eos_eot_inf,
             "chat": use_chat, "seed": seed, "sql_max_steps": sql_max_steps}
 
 
 def item_generators(indices, dev):
-    """With temperature, one generator per item, seeded by (seed, item index): an item's draws are the same
+    """With temperature or random remasking, one generator per item, seeded by (seed, item index): an item's draws are the same
     in any batch, on any rank, with or without the early stop, and after a resume (sampler.generate). None
     for greedy decoding, which draws nothing."""
-    if temperature == 0:
+    if temperature == 0 and remasking != "random":
         return None
     return [torch.Generator(device=dev).manual_seed(seed * 1_000_003 + i) for i in indices]
 
@@ -184,10 +191,16 @@ def merge_and_summarize(stem, n_items, run, max_seq_len, cfg):
         print(f"warning: {over} of {len(records)} prompts + gen_length={run['gen_length']} exceed the model's "
               f"context window of {max_seq_len} tokens")
     summary = {"task": task, "shots": shots, "checkpoint": checkpoint, "items": n_items, **run,
-               "over_context_window": over, **scoring.summarize(records), "config": cfg}
+               "over_context_window": over, **scoring.summarize(records), **forward_passes(records), "config": cfg}
     write_json(stem + ".json", summary)
     print(json.dumps({k: v for k, v in summary.items() if k != "config"}, indent=2))
     print(f"wrote {stem}.jsonl and {stem}.json")
+
+
+def forward_passes(records):
+    """The mean forward passes per item (NFE, as if each ran alone), over the records that counted them."""
+    counted = [r["nfe"] for r in records if "nfe" in r]
+    return {"nfe": sum(counted) / len(counted)} if counted else {}
 
 
 def main(argv):
@@ -198,7 +211,10 @@ def main(argv):
         raise ConfigError("--split is 'eval', or 'val' with --val_holdout N (the N train.py held out)")
     check_ranges(globals(), {"shots": (0, None), "limit": (0, None), "temperature": (0, None), "cfg_scale": (0, None),
                              "batch_size": (1, None), "sql_max_steps": (1, None), "steps": (0, None),
-                             "gen_length": (0, None), "block_length": (0, None), "val_holdout": (0, None)})
+                             "gen_length": (0, None), "block_length": (0, None), "val_holdout": (0, None),
+                             "threshold": (0, 1)})
+    if remasking not in REMASKING:
+        raise ConfigError(f"--remasking={remasking!r} is not one of {', '.join(REMASKING)}")
     import torch.distributed as dist
     world, rank, dev = init_distributed(device, dist_timeout)
     master = rank == 0
@@ -231,8 +247,9 @@ def main(argv):
         raise ConfigError(f"no {task} evaluation items to score (data_dir={data_dir!r}, limit={limit})")
     check_ranks_agree({"settings": digest(settings | {"limit": limit}), "items": digest(items)}, world > 1)
     stop_ids = {model.cfg.eos_token_id}
+    eot_id = data.end_of_turn_id(tokenizer) if use_chat or confidence_eos_eot_inf else None
     if use_chat:
-        stop_ids.add(data.end_of_turn_id(tokenizer))
+        stop_ids.add(eot_id)
     if master:
         write_json(stem + ".settings.json", settings)
 
@@ -248,12 +265,15 @@ def main(argv):
         for start in tqdm(range(0, len(mine), batch_size), disable=not master, desc=f"{task} {shots}-shot"):
             idx = mine[start:start + batch_size]
             prompts = [prompt_of[i] for i in idx]
+            stats = {}
             generated = generate(model, prompts, steps=n_steps, gen_length=length, block_length=block,
                                  temperature=temperature, cfg_scale=cfg_scale, generator=item_generators(idx, dev),
-                                 stop_ids=stop_ids if early_stop else None)
-            for i, prompt, ids in zip(idx, prompts, generated.tolist()):
+                                 stop_ids=stop_ids if early_stop else None, stats=stats, threshold=threshold,
+                                 remasking=remasking, logits_eos_inf=logits_eos_inf,
+                                 confidence_eos_eot_inf=confidence_eos_eot_inf, eot_id=eot_id)
+            for i, prompt, ids, nfe in zip(idx, prompts, generated.tolist(), stats["nfe"]):
                 record = score_generation(ids, items[i], i, prompt, tokenizer, stop_ids, use_chat,
-                                          model.cfg.mask_token_id) | {"settings_digest": digest(settings)}
+                                          model.cfg.mask_token_id) | {"nfe": nfe, "settings_digest": digest(settings)}
                 out.write(json.dumps(record) + "\n")
                 out.flush()
     if world > 1:

@@ -10,6 +10,7 @@ Used by evaluate.py (the paper's evaluation) and bench.py (its speed).
 """
 
 import math
+from typing import NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
@@ -40,13 +41,42 @@ def num_transfer_tokens(masked_count, steps):
     return schedule
 
 
+class Decoding(NamedTuple):
+    """How each step picks and commits tokens. The defaults are LLaDA's generate.py as the paper ran it.
+
+    threshold   0: commit as many tokens per step as the step schedule says (LLaDA). > 0: commit every
+                masked token of the block whose confidence is at least the threshold, and at least the
+                most confident one, until the block is full (Fast-dLLM's parallel decoding,
+                NVlabs/Fast-dLLM llada/generate.py, arXiv:2505.22618): fewer steps, not the same outputs
+    remasking   'low_confidence' (LLaDA's default: confidence = the softmax probability of the token drawn)
+                or 'random' (confidence drawn uniformly: LLaDA's other option)
+    logits_eos_inf          LLaDA's generate.py option: EOS can never be drawn (its logit is -inf)
+    confidence_eos_eot_inf  LLaDA's generate.py option: after the draw, the end-of-turn logit is set to
+                -inf before the softmax, so a drawn end-of-turn has confidence 0 and is committed last.
+                (LLaDA's line also sets EOS to -inf in the noisy logits, which nothing reads after the
+                draw; equal to the file, that part changes nothing here either.)
+    """
+    temperature: float = 0.0
+    cfg_scale: float = 0.0
+    threshold: float = 0.0
+    remasking: str = "low_confidence"
+    logits_eos_inf: bool = False
+    confidence_eos_eot_inf: bool = False
+    eot_id: Optional[int] = None  # needed by confidence_eos_eot_inf
+
+
+REMASKING = ("low_confidence", "random")
+
+
 @torch.no_grad()
 def generate(model, prompts, *, steps, gen_length, block_length, temperature=0.0, cfg_scale=0.0,
-             generator=None, on_step=None, stop_ids=None, stats=None):
+             generator=None, on_step=None, stop_ids=None, stats=None, threshold=0.0, remasking="low_confidence",
+             logits_eos_inf=False, confidence_eos_eot_inf=False, eot_id=None):
     """Generate gen_length tokens after each prompt (lists of token ids of any lengths), batched.
     Rows are laid out prompt + canvas and right-padded to the longest, with the padding hidden from
     attention, so every row sees the positions and keys it would see alone. Logits are computed only for
     the current block. Returns a (B, gen_length) tensor. on_step(canvas), if given, sees every step.
+    The decoding options (threshold, remasking, EOS suppression) are Decoding's; all off by default.
 
     Early stop (stop_ids given): blocks are filled left to right and a committed token never changes, so
     once a finished block holds a row's first stop token (EOS, end-of-turn), every token up to it is final;
@@ -56,9 +86,16 @@ def generate(model, prompts, *, steps, gen_length, block_length, temperature=0.0
 
     generator: None, one torch.Generator for the batch, or a list of one per prompt. With one per prompt
     a row draws its noise from its own generator only, and draws the same amount whatever else is in the
-    batch (every active row runs every step of a block), so with temperature a prompt's output does not
-    depend on the batch it is in, on the early stop, or on where an interrupted evaluation resumed.
-    stats, a dict if given, receives rows_blocks_run and rows_blocks_total."""
+    batch (a row takes part in a step exactly when it would alone), so with temperature or random
+    remasking a prompt's output does not depend on the batch it is in, on the early stop, or on where an
+    interrupted evaluation resumed.
+    stats, a dict if given, receives rows_blocks_run and rows_blocks_total, and nfe: per row, the forward
+    passes it took part in (its number of function evaluations, as if it ran alone)."""
+    opts = Decoding(temperature, cfg_scale, threshold, remasking, logits_eos_inf, confidence_eos_eot_inf, eot_id)
+    if remasking not in REMASKING:
+        raise ValueError(f"remasking must be one of {REMASKING}, got {remasking!r}")
+    if confidence_eos_eot_inf and eot_id is None:
+        raise ValueError("confidence_eos_eot_inf needs eot_id, the end-of-turn token")
     cfg = model.cfg
     if gen_length % block_length:
         raise ValueError(f"gen_length {gen_length} must be a multiple of block_length {block_length}")
@@ -76,7 +113,7 @@ def generate(model, prompts, *, steps, gen_length, block_length, temperature=0.0
         x[b, :len(p)] = torch.tensor(p, dtype=torch.long, device=dev)
         x[b, len(p):len(p) + gen_length] = cfg.mask_token_id
     stops = torch.tensor(sorted(stop_ids or ()), dtype=torch.long, device=dev)
-    active, run = list(range(B)), 0
+    active, run, nfe = list(range(B)), 0, [0] * B
     for block in range(n_blocks):
         if not active:
             break
@@ -87,60 +124,120 @@ def generate(model, prompts, *, steps, gen_length, block_length, temperature=0.0
         def show(c):  # on_step sees the whole canvas, with this block's rows as they are now
             x[rows, :width] = c
             on_step(x.clone())
-        fill_block(model, canvas, torch.tensor([lengths[b] for b in active], device=dev), block * block_length,
-                   block_length, steps_per_block, gen_length, temperature, cfg_scale,
-                   [generator[b] for b in active] if isinstance(generator, (list, tuple)) else generator,
-                   show if on_step is not None else None)
+        taken = fill_block(model, canvas, torch.tensor([lengths[b] for b in active], device=dev),
+                           block * block_length, block_length, steps_per_block, gen_length, opts,
+                           [generator[b] for b in active] if isinstance(generator, (list, tuple)) else generator,
+                           show if on_step is not None else None)
+        for b, n in zip(active, taken):
+            nfe[b] += n
         x[rows, :width] = canvas
         run += len(active)
         if len(stops):
             done = finished_rows(canvas, [lengths[b] for b in active], (block + 1) * block_length, stops)
             active = [b for b, d in zip(active, done) if not d]
     if stats is not None:
-        stats.update(rows_blocks_run=run, rows_blocks_total=B * n_blocks)
+        stats.update(rows_blocks_run=run, rows_blocks_total=B * n_blocks, nfe=nfe)
     out = torch.stack([x[b, n:n + gen_length] for b, n in enumerate(lengths)])
     return fill_after_stop(out, stops, cfg.mask_token_id) if len(stops) else out
 
 
-def fill_block(model, x, prompt_len, offset, block_length, steps_per_block, gen_length, temperature, cfg_scale,
-               generator, on_step):
+def fill_block(model, x, prompt_len, offset, block_length, steps_per_block, gen_length, opts, generator, on_step):
     """Run one block's steps on the canvas x (B, T) in place: the block starts `offset` tokens after each
-    row's prompt. Each step commits each row's most confident masked positions, as many as its schedule
-    says."""
+    row's prompt. Each step commits each row's most confident masked positions: as many as its schedule
+    says, or (threshold) every one at least that confident and at least one. Returns, per row, the steps
+    (forward passes) it took part in: with a threshold a row whose block is full leaves the step."""
     cfg, dev = model.cfg, x.device
     B, T = x.shape
     positions = torch.arange(T, device=dev)[None, :]
     real = positions < (prompt_len + gen_length)[:, None]  # False on the right padding
     is_prompt = positions < prompt_len[:, None]
-    rows = torch.arange(B, device=dev)[:, None]
     block_pos = (prompt_len + offset)[:, None] + torch.arange(block_length, device=dev)[None, :]  # (B, L)
     in_block = torch.zeros(B, T, dtype=torch.bool, device=dev)
-    in_block[rows, block_pos] = True
-    schedule = num_transfer_tokens((x[rows, block_pos] == cfg.mask_token_id).sum(1), steps_per_block)
+    in_block[torch.arange(B, device=dev)[:, None], block_pos] = True
+    schedule = num_transfer_tokens((gather_rows(x, block_pos) == cfg.mask_token_id).sum(1), steps_per_block)
     most = schedule.max(dim=0).values.tolist()  # per step, the largest k of any row (one sync per block)
-    for step in range(steps_per_block):
-        if cfg_scale > 0:  # unconditional copy: the prompt masked
-            x_uncond = torch.where(is_prompt, cfg.mask_token_id, x)
-            both = model(torch.cat([x, x_uncond]), padding_mask=torch.cat([real, real]),
-                         logits_at=torch.cat([in_block, in_block])).logits.view(2, B, block_length, -1)
-            logits = both[1] + (cfg_scale + 1) * (both[0] - both[1])
+    taken, step = [0] * B, 0
+    while step < (block_length if opts.threshold else steps_per_block):
+        live = torch.arange(B, device=dev)
+        if opts.threshold:  # only the rows with masks left in the block (one sync per step)
+            live = live[(gather_rows(x, block_pos) == cfg.mask_token_id).any(1)]
+            if not len(live):
+                break
+        for b in live.tolist():
+            taken[b] += 1
+        rows = live[:, None]
+        logits = block_logits(model, x[live], real[live], in_block[live], is_prompt[live], opts.cfg_scale)
+        gens = [generator[b] for b in live.tolist()] if isinstance(generator, (list, tuple)) else generator
+        current = x[rows, block_pos[live]]
+        x0, confidence = draw(logits, current == cfg.mask_token_id, opts, gens, cfg.eos_token_id)
+        if opts.threshold:
+            commit = threshold_commit(confidence, opts.threshold)
         else:
-            logits = model(x, padding_mask=real, logits_at=in_block).logits.view(B, block_length, -1)
-        x0 = add_gumbel_noise(logits, temperature, generator).argmax(dim=-1)  # (B, L)
+            commit = torch.zeros_like(confidence, dtype=torch.bool)
+            if most[step]:  # top-k per row with k from its schedule: one top-k at the largest k, each row's first k
+                top = top_positions(confidence, most[step])
+                commit.scatter_(1, top, torch.arange(most[step], device=dev)[None, :] < schedule[live, step, None])
+        x[rows, block_pos[live]] = torch.where(commit, x0, current)
+        step += 1
+        if on_step is not None:
+            on_step(x)
+    return taken
+
+
+def gather_rows(x, pos):
+    """x[b, pos[b, j]] as a (B, L) tensor."""
+    return x.gather(1, pos)
+
+
+def block_logits(model, x, real, in_block, is_prompt, cfg_scale):
+    """(B, L, V) logits at the block's positions; with guidance, also run with the prompt masked."""
+    B, L = x.shape[0], int(in_block[0].sum())
+    if cfg_scale > 0:  # unconditional copy: the prompt masked
+        x_uncond = torch.where(is_prompt, model.cfg.mask_token_id, x)
+        both = model(torch.cat([x, x_uncond]), padding_mask=torch.cat([real, real]),
+                     logits_at=torch.cat([in_block, in_block])).logits.view(2, B, L, -1)
+        return both[1] + (cfg_scale + 1) * (both[0] - both[1])
+    return model(x, padding_mask=real, logits_at=in_block).logits.view(B, L, -1)
+
+
+def draw(logits, masked, opts, generator, eos_id):
+    """(x0, confidence), both (B, L): the token drawn at each position (argmax, Gumbel-max with
+    temperature) and how sure the step is of it, -inf where the position is already committed."""
+    if opts.logits_eos_inf:
+        logits[..., eos_id] = -math.inf
+    x0 = add_gumbel_noise(logits, opts.temperature, generator).argmax(dim=-1)
+    if opts.confidence_eos_eot_inf:
+        logits[..., opts.eot_id] = -math.inf
+    if opts.remasking == "random":
+        confidence = uniform(x0.shape, generator, logits.device)
+    else:
         # confidence in float32 whatever the model's dtype (LLaDA's generate.py now takes the logits' dtype:
         # in bf16 many confidences tie at 1.0 and the tie-break decides)
         confidence = F.softmax(logits.float(), dim=-1).gather(-1, x0[..., None]).squeeze(-1)
-        current = x[rows, block_pos]
-        still_masked = current == cfg.mask_token_id
-        confidence = torch.where(still_masked, confidence, -math.inf)
-        # top-k per row with k from the row's schedule: one top-k at the largest k, keeping each row's first k
-        commit = torch.zeros_like(still_masked)
-        if most[step]:
-            top = torch.topk(confidence, most[step], dim=1).indices
-            commit.scatter_(1, top, torch.arange(most[step], device=dev)[None, :] < schedule[:, step, None])
-        x[rows, block_pos] = torch.where(commit, x0, current)
-        if on_step is not None:
-            on_step(x)
+    return x0, torch.where(masked, confidence, -math.inf)
+
+
+def uniform(shape, generator, device):
+    """U(0, 1) float32 of shape (B, L): from one generator (or torch's global one), or a row per generator."""
+    if isinstance(generator, (list, tuple)):
+        return torch.stack([torch.rand(shape[1:], generator=g, device=device) for g in generator])
+    return torch.rand(shape, generator=generator, device=device)
+
+
+def top_positions(confidence, k):
+    """Each row's k most confident positions, (B, k), ties to the earlier position. LLaDA's torch.topk
+    leaves the order of ties to the implementation (they occur: confidence_eos_eot_inf gives every drawn
+    end-of-turn confidence 0); a stable sort makes them one rule, the same in a batch and alone."""
+    return torch.sort(confidence, dim=1, descending=True, stable=True).indices[:, :k]
+
+
+def threshold_commit(confidence, threshold):
+    """Fast-dLLM's rule: every position at least `threshold` confident, and each row's most confident one
+    (so a step always commits). Committed positions carry -inf and are never chosen."""
+    top = top_positions(confidence, 1)
+    commit = confidence >= threshold
+    commit.scatter_(1, top, torch.isfinite(confidence.gather(1, top)))
+    return commit
 
 
 def finished_rows(canvas, prompt_lengths, filled, stops):

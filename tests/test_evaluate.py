@@ -238,3 +238,23 @@ def test_sampled_records_do_not_depend_on_batch_or_resume(tmp_path, monkeypatch)
     run_script(["evaluate.py", *args, "--batch_size=3", f"--out_dir={tmp_path / 'killed'}", "--resume=true"])
     assert read_jsonl(tmp_path / "killed" / "tiny-regex-0shot.jsonl") == full
     assert len({r["generation"] for r in full}) > 1  # sampled, not one constant answer
+
+
+def test_decoding_options_are_recorded_with_their_forward_passes(tmp_path):
+    """Issue 25: the decoding options are flags, part of the settings a resume compares, and the summary
+    says how many forward passes an item took (NFE)."""
+    ckpt = tiny_checkpoint(tmp_path / "ckpt")
+    args = [f"--checkpoint={ckpt}", "--task=tiny-regex", "--limit=4", "--gen_length=16", "--steps=8",
+            "--early_stop=false"]
+    run_script(["evaluate.py", *args, f"--out_dir={tmp_path / 'exact'}"])
+    exact = json.load(open(tmp_path / "exact" / "tiny-regex-0shot.json"))
+    assert exact["nfe"] == 8 and exact["config"]["threshold"] == 0.0
+    run_script(["evaluate.py", *args, "--threshold=0.0001", f"--out_dir={tmp_path / 'fast'}"])
+    fast = json.load(open(tmp_path / "fast" / "tiny-regex-0shot.json"))
+    assert fast["nfe"] < 8 and all(r["nfe"] >= 1 for r in read_jsonl(tmp_path / "fast" / "tiny-regex-0shot.jsonl"))
+    proc = run_script(["evaluate.py", *args, "--threshold=0.5", f"--out_dir={tmp_path / 'exact'}", "--resume=true"],
+                      check=False)
+    assert proc.returncode == 2 and "threshold: 0.0 -> 0.5" in proc.stderr
+    for bad, message in (("--remasking=high", "is not one of"), ("--threshold=1.5", "out of range")):
+        proc = run_script(["evaluate.py", *args, bad, f"--out_dir={tmp_path / 'bad'}"], check=False)
+        assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr

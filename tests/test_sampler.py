@@ -1,6 +1,7 @@
 """sampler.py: LLaDA's low-confidence remasking sampler on a tiny model: the schedule, frozen tokens,
 batched = one prompt at a time (both layouts, with and without guidance), temperature."""
 
+import math
 from dataclasses import replace
 
 import pytest
@@ -192,3 +193,90 @@ def test_per_row_noise_is_each_generators_own_stream():
     with pytest.raises(ValueError, match="2 generators for 3 prompts"):
         S.generate(tiny_model(), PROMPTS, steps=8, gen_length=16, block_length=8, temperature=1.0,
                    generator=row_generators([1, 2]))
+
+
+# --- decoding options (issue 25): Fast-dLLM's threshold, LLaDA's random remasking and EOS/EOT options ---
+
+
+def reference_generate(model, prompt, steps, gen_length, block_length, threshold=0.0, remasking="low_confidence",
+                       logits_eos_inf=False, confidence_eos_eot_inf=False, eot_id=None, generator=None):
+    """The published algorithms, one prompt at a time, whole-sequence logits at every step, written from
+    their descriptions: LLaDA's generate.py (schedule, remasking, logits_eos_inf, confidence_eos_eot_inf)
+    and Fast-dLLM's generate(threshold=...) (every masked token of the block at least `threshold`
+    confident, and the most confident one, until the block is full). Random remasking draws one uniform per
+    position of the block from `generator` (LLaDA draws one for every position of the sequence and keeps
+    the block's, from torch's global stream). Returns (generated ids, forward passes)."""
+    x = torch.tensor([prompt + [MASK] * gen_length])
+    n_blocks, nfe = gen_length // block_length, 0
+    for block in range(n_blocks):
+        lo, hi = len(prompt) + block * block_length, len(prompt) + (block + 1) * block_length
+        schedule = S.num_transfer_tokens((x[:, lo:hi] == MASK).sum(1), steps // n_blocks)[0]
+        i = 0
+        while (x[0, lo:hi] == MASK).any() if threshold else i < steps // n_blocks:
+            logits = model(x).logits[0].clone()
+            nfe += 1
+            if logits_eos_inf:
+                logits[:, model.cfg.eos_token_id] = -float("inf")
+            x0 = logits.argmax(-1)
+            if confidence_eos_eot_inf:
+                logits[:, eot_id] = -float("inf")
+            p = torch.softmax(logits.float(), -1).gather(-1, x0[:, None])[:, 0]
+            if remasking == "random":
+                p = torch.full_like(p, -1.0)
+                p[lo:hi] = torch.rand(hi - lo, generator=generator)
+            confidence = torch.full_like(p, -float("inf"))
+            open_ = (x[0] == MASK) & (torch.arange(x.shape[1]) < hi)
+            confidence[open_] = p[open_]
+            order = sorted(range(len(confidence)), key=lambda j: -confidence[j])  # ties: the earlier position
+            if threshold:
+                chosen = [order[0]] + [j for j in order[1:int(open_.sum())] if confidence[j] >= threshold]
+            else:
+                chosen = order[:int(schedule[i])]
+            for j in chosen:
+                x[0, j] = x0[j]
+            i += 1
+    return x[0, len(prompt):], nfe
+
+
+OPTIONS = [dict(threshold=0.9), dict(threshold=0.3), dict(threshold=1.0), dict(remasking="random"),
+           dict(logits_eos_inf=True), dict(confidence_eos_eot_inf=True, eot_id=None),
+           dict(threshold=0.5, logits_eos_inf=True, remasking="random")]
+
+
+@pytest.mark.parametrize("layout", ["llada", "dream"])
+@pytest.mark.parametrize("options", OPTIONS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()))
+def test_decoding_options_equal_the_reference_batched_and_one_by_one(layout, options):
+    model = tiny_model(layout)
+    kwargs = dict(steps=8, gen_length=16, block_length=4)
+    seeds = [5, 6, 7]
+    default = S.generate(model, PROMPTS, **kwargs)
+    if "eot_id" in options:  # a token the default run commits whose suppression changes the outputs
+        eot = next(int(t) for t in default.flatten().unique()
+                   if not torch.equal(default, S.generate(model, PROMPTS, **kwargs, confidence_eos_eot_inf=True,
+                                                          eot_id=int(t))))
+        options = dict(options, eot_id=eot)
+    stats = {}
+    batched = S.generate(model, PROMPTS, generator=row_generators(seeds), stats=stats, **kwargs, **options)
+    for b, p in enumerate(PROMPTS):
+        ref, nfe = reference_generate(model, p, **kwargs, generator=torch.Generator().manual_seed(seeds[b]), **options)
+        assert torch.equal(batched[b], ref), (b, batched[b].tolist(), ref.tolist())
+        assert stats["nfe"][b] == nfe
+    if options.get("logits_eos_inf"):
+        assert not (batched == model.cfg.eos_token_id).any()
+    if not options.get("logits_eos_inf") or (default == model.cfg.eos_token_id).any():
+        assert not torch.equal(batched, default)  # the option changed something, so the equality says something
+
+
+def test_threshold_commits_what_is_sure_and_at_least_one():
+    conf = torch.tensor([[0.95, 0.2, -math.inf, 0.91], [0.3, 0.1, 0.2, -math.inf], [-math.inf] * 4])
+    assert S.threshold_commit(conf, 0.9).tolist() == [[True, False, False, True], [True, False, False, False],
+                                                      [False] * 4]
+    model = tiny_model()
+    few, many = {}, {}
+    S.generate(model, PROMPTS, steps=16, gen_length=16, block_length=4, threshold=0.01, stats=few)
+    S.generate(model, PROMPTS, steps=16, gen_length=16, block_length=4, stats=many)
+    assert many["nfe"] == [16, 16, 16] and all(n < 16 for n in few["nfe"])  # a low threshold: fewer steps
+    with pytest.raises(ValueError, match="remasking must be one of"):
+        S.generate(model, PROMPTS, steps=8, gen_length=16, block_length=8, remasking="high")
+    with pytest.raises(ValueError, match="needs eot_id"):
+        S.generate(model, PROMPTS, steps=8, gen_length=16, block_length=8, confidence_eos_eot_inf=True)
