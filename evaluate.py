@@ -25,7 +25,7 @@ import torch
 import data
 import model as modellib
 from metrics import scoring
-from sampler import REMASKING, cut_at_stop, generate
+from sampler import CACHES, REMASKING, cut_at_stop, generate
 from configurator import check_ranges, configure, setting_keys
 from harness.errors import ConfigError, read_json_object
 from harness.outputs import disk_errors, prepare_output_dir, refuse_used, write_json, write_jsonl
@@ -55,6 +55,7 @@ threshold = 0.0  # > 0: Fast-dLLM's parallel decoding (every token at least this
 remasking = "low_confidence"  # or 'random' (LLaDA's other remasking)
 logits_eos_inf = False  # LLaDA's generate.py option: never draw EOS
 confidence_eos_eot_inf = False  # LLaDA's generate.py option: a drawn end-of-turn is committed last
+cache = "none"  # 'prefix' | 'dual': Fast-dLLM's approximate KV cache, refreshed once per block
 chat = "auto"  # 'auto' (instruct checkpoints), 'true', 'false'
 dtype = "auto"  # the weights' dtype: auto = bfloat16 on GPU, float32 on CPU
 device = "auto"
@@ -149,7 +150,7 @@ def producing_settings(ckpt_dir, n_steps, length, block, use_chat):
             "val_holdout": val_holdout, "data_dir": os.path.abspath(data_dir) if data_dir else "", "steps": n_steps,
             "gen_length": length, "block_length": block, "temperature": temperature, "cfg_scale": cfg_scale,
             "threshold": threshold, "remasking": remasking, "logits_eos_inf": logits_eos_inf,
-            "confidence_eos_eot_inf": confidence_eos_eot_inf,
+            "confidence_eos_eot_inf": confidence_eos_eot_inf, "cache": cache,
             "chat": use_chat, "seed": seed, "sql_max_steps": sql_max_steps}
 
 
@@ -215,6 +216,10 @@ def main(argv):
                              "threshold": (0, 1)})
     if remasking not in REMASKING:
         raise ConfigError(f"--remasking={remasking!r} is not one of {', '.join(REMASKING)}")
+    if cache not in CACHES:
+        raise ConfigError(f"--cache={cache!r} is not one of {', '.join(CACHES)}")
+    if cache != "none" and cfg_scale > 0:
+        raise ConfigError("--cache runs without classifier-free guidance: set --cfg_scale 0 or --cache none")
     import torch.distributed as dist
     world, rank, dev = init_distributed(device, dist_timeout)
     master = rank == 0
@@ -270,7 +275,7 @@ def main(argv):
                                  temperature=temperature, cfg_scale=cfg_scale, generator=item_generators(idx, dev),
                                  stop_ids=stop_ids if early_stop else None, stats=stats, threshold=threshold,
                                  remasking=remasking, logits_eos_inf=logits_eos_inf,
-                                 confidence_eos_eot_inf=confidence_eos_eot_inf, eot_id=eot_id)
+                                 confidence_eos_eot_inf=confidence_eos_eot_inf, eot_id=eot_id, cache=cache)
             for i, prompt, ids, nfe in zip(idx, prompts, generated.tolist(), stats["nfe"]):
                 record = score_generation(ids, items[i], i, prompt, tokenizer, stop_ids, use_chat,
                                           model.cfg.mask_token_id) | {"nfe": nfe, "settings_digest": digest(settings)}

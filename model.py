@@ -127,13 +127,19 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(cfg.d_model, cfg.n_kv_heads * cfg.head_dim, bias=cfg.qkv_bias)
         self.o_proj = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.d_model, bias=False)
 
-    def forward(self, x, cos, sin, attn_mask):
+    def forward(self, x, cos, sin, attn_mask, cached=None, kept=None):
+        """cached: (k, v) of other positions, already rotated, attended to before this call's own keys
+        (the sampler's KV cache); kept: a list that receives this call's own (k, v)."""
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        # bidirectional: no causal mask; attn_mask (B,1,1,T) only hides padding keys
+        if kept is not None:
+            kept.append((k, v))
+        if cached is not None:
+            k, v = torch.cat([cached[0], k], dim=2), torch.cat([cached[1], v], dim=2)
+        # bidirectional: no causal mask; attn_mask (B,1,1,S) only hides padding (and uncached) keys
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=False,
                                            enable_gqa=self.n_kv_heads != self.n_heads)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
@@ -160,8 +166,8 @@ class Block(nn.Module):
         self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, cos, sin, attn_mask=None):
-        x = x + self.attn(self.attn_norm(x), cos, sin, attn_mask)
+    def forward(self, x, cos, sin, attn_mask=None, cached=None, kept=None):
+        x = x + self.attn(self.attn_norm(x), cos, sin, attn_mask, cached, kept)
         return x + self.mlp(self.mlp_norm(x))
 
 
@@ -180,6 +186,15 @@ class Output(NamedTuple):
     logits: torch.Tensor  # (B, T, V), or (N, V) when logits_at selects N positions
     hidden: torch.Tensor  # (B, T, D): final hidden state after the final norm (the LM head's input)
     hidden_states: Optional[tuple]  # n_layers+1 tensors (HF convention: [0] embeddings, last = hidden)
+    kv: Optional[list] = None  # with return_kv: per layer, this call's (k, v), rotated, (B, H_kv, T, head_dim)
+
+
+class KVCache(NamedTuple):
+    """Keys and values of positions a forward does not recompute (the sampler's approximate cache, as in
+    Fast-dLLM): per layer (k, v), rotated at their own positions, (B, H_kv, S, head_dim), and which of the
+    S keys each row may attend to (B, S) bool."""
+    layers: list
+    visible: torch.Tensor
 
 
 class Transformer(nn.Module):
@@ -199,7 +214,8 @@ class Transformer(nn.Module):
     def num_params(self):
         return sum(p.numel() for p in self.parameters())
 
-    def forward(self, input_ids, padding_mask=None, logits_at=None, output_hidden_states=False):
+    def forward(self, input_ids, padding_mask=None, logits_at=None, output_hidden_states=False, positions=None,
+                cache=None, return_kv=False):
         """
         input_ids: (B, T) token ids.
         padding_mask: optional (B, T) bool, True at real tokens; padding keys are hidden from attention.
@@ -208,15 +224,29 @@ class Transformer(nn.Module):
             needs the masked 20% does not pay for the whole LM head. With shift_logits (Dream) the logits
             for position i come from hidden state i-1 (position 0 from itself), so logits[..., i, :]
             always scores token i whatever the release.
+        Inference with a KV cache (sampler.py's fast paths; training never passes these):
+        positions: optional (B, T) long, each token's position (default 0..T-1), for a slice of a sequence.
+        cache: optional KVCache of other positions of the same sequences, attended to before these tokens.
+        return_kv: also return each layer's (k, v) of these tokens (Output.kv), to build a cache.
         """
         B, T = input_ids.shape
         x = self.embed(input_ids)
-        cos, sin = rope_cos_sin(self.cfg, T, input_ids.device)
+        if positions is None:
+            cos, sin = rope_cos_sin(self.cfg, T, input_ids.device)
+        else:  # per row: (B, 1, T, head_dim), broadcast over the heads
+            cos, sin = (t[positions][:, None] for t in rope_cos_sin(self.cfg, int(positions.max()) + 1,
+                                                                      input_ids.device))
         attn_mask = None if padding_mask is None else padding_mask[:, None, None, :].to(torch.bool)
+        if cache is not None:
+            mine = padding_mask if padding_mask is not None else torch.ones(B, T, dtype=torch.bool, device=x.device)
+            attn_mask = torch.cat([cache.visible, mine.to(torch.bool)], dim=1)[:, None, None, :]
+        kept = [] if return_kv else None
         all_hidden = [x] if output_hidden_states else None
-        for block in self.blocks:
+        for i, block in enumerate(self.blocks):
             if self.activation_checkpointing and torch.is_grad_enabled():
                 x = checkpoint(block, x, cos, sin, attn_mask, use_reentrant=False)
+            elif cache is not None or kept is not None:
+                x = block(x, cos, sin, attn_mask, cache.layers[i] if cache is not None else None, kept)
             else:
                 x = block(x, cos, sin, attn_mask)
             if output_hidden_states:
@@ -228,7 +258,7 @@ class Transformer(nn.Module):
         if logits_at is not None:
             head_input = head_input[logits_at]
         logits = self.lm_head(head_input)
-        return Output(logits, hidden, tuple(all_hidden) if output_hidden_states else None)
+        return Output(logits, hidden, tuple(all_hidden) if output_hidden_states else None, kept)
 
     def save_pretrained(self, out_dir, tokenizer=None, shard_bytes=5 * 2**30):
         """Write safetensors in the source release's own key names, its config.json and the tokenizer,

@@ -55,6 +55,12 @@ class Decoding(NamedTuple):
                 -inf before the softmax, so a drawn end-of-turn has confidence 0 and is committed last.
                 (LLaDA's line also sets EOS to -inf in the noisy logits, which nothing reads after the
                 draw; equal to the file, that part changes nothing here either.)
+    cache       'none' (every step runs the whole canvas). 'prefix' | 'dual': Fast-dLLM's approximate KV
+                cache, refreshed once per block: the block's first step runs the whole canvas and keeps every
+                layer's keys and values; its later steps run only the block and what follows it ('prefix',
+                attending to the cached keys before the block) or only the block ('dual', attending to the
+                cached keys before and after it). With the Dream logit shift the token before the block is
+                run too, so the block's first logits come from its hidden state as in a full forward.
     """
     temperature: float = 0.0
     cfg_scale: float = 0.0
@@ -63,15 +69,17 @@ class Decoding(NamedTuple):
     logits_eos_inf: bool = False
     confidence_eos_eot_inf: bool = False
     eot_id: Optional[int] = None  # needed by confidence_eos_eot_inf
+    cache: str = "none"
 
 
 REMASKING = ("low_confidence", "random")
+CACHES = ("none", "prefix", "dual")
 
 
 @torch.no_grad()
 def generate(model, prompts, *, steps, gen_length, block_length, temperature=0.0, cfg_scale=0.0,
              generator=None, on_step=None, stop_ids=None, stats=None, threshold=0.0, remasking="low_confidence",
-             logits_eos_inf=False, confidence_eos_eot_inf=False, eot_id=None):
+             logits_eos_inf=False, confidence_eos_eot_inf=False, eot_id=None, cache="none"):
     """Generate gen_length tokens after each prompt (lists of token ids of any lengths), batched.
     Rows are laid out prompt + canvas and right-padded to the longest, with the padding hidden from
     attention, so every row sees the positions and keys it would see alone. Logits are computed only for
@@ -91,7 +99,11 @@ def generate(model, prompts, *, steps, gen_length, block_length, temperature=0.0
     interrupted evaluation resumed.
     stats, a dict if given, receives rows_blocks_run and rows_blocks_total, and nfe: per row, the forward
     passes it took part in (its number of function evaluations, as if it ran alone)."""
-    opts = Decoding(temperature, cfg_scale, threshold, remasking, logits_eos_inf, confidence_eos_eot_inf, eot_id)
+    opts = Decoding(temperature, cfg_scale, threshold, remasking, logits_eos_inf, confidence_eos_eot_inf, eot_id, cache)
+    if cache not in CACHES:
+        raise ValueError(f"cache must be one of {CACHES}, got {cache!r}")
+    if cache != "none" and cfg_scale > 0:
+        raise ValueError("the KV cache runs without classifier-free guidance (as Fast-dLLM's): set cfg_scale 0")
     if remasking not in REMASKING:
         raise ValueError(f"remasking must be one of {REMASKING}, got {remasking!r}")
     if confidence_eos_eot_inf and eot_id is None:
@@ -166,7 +178,13 @@ def fill_block(model, x, prompt_len, offset, block_length, steps_per_block, gen_
         for b in live.tolist():
             taken[b] += 1
         rows = live[:, None]
-        logits = block_logits(model, x[live], real[live], in_block[live], is_prompt[live], opts.cfg_scale)
+        if opts.cache == "none":
+            logits = block_logits(model, x[live], real[live], in_block[live], is_prompt[live], opts.cfg_scale)
+        elif step == 0:  # the block's first step: the whole canvas, its keys and values kept for the rest
+            logits, kv = cached_block_logits(model, x, real, in_block, prompt_len + offset, block_length, opts.cache)
+        else:
+            logits = cached_block_logits(model, x[live], None, None, (prompt_len + offset)[live], block_length,
+                                         opts.cache, kv.select(live))
         gens = [generator[b] for b in live.tolist()] if isinstance(generator, (list, tuple)) else generator
         current = x[rows, block_pos[live]]
         x0, confidence = draw(logits, current == cfg.mask_token_id, opts, gens, cfg.eos_token_id)
@@ -198,6 +216,43 @@ def block_logits(model, x, real, in_block, is_prompt, cfg_scale):
                      logits_at=torch.cat([in_block, in_block])).logits.view(2, B, L, -1)
         return both[1] + (cfg_scale + 1) * (both[0] - both[1])
     return model(x, padding_mask=real, logits_at=in_block).logits.view(B, L, -1)
+
+
+class BlockCache(NamedTuple):
+    """What the block's first step keeps: model.KVCache over the whole canvas (B rows), and for each row
+    the first position the later steps run (`first`, the block start, or the token before it with the
+    Dream shift) and how many they run (`width`)."""
+    kv: object
+    first: torch.Tensor
+    width: int
+
+    def select(self, rows):
+        from model import KVCache
+        return BlockCache(KVCache([(k[rows], v[rows]) for k, v in self.kv.layers], self.kv.visible[rows]),
+                          self.first[rows], self.width)
+
+
+def cached_block_logits(model, x, real, in_block, block_start, block_length, mode, cache=None):
+    """(B, L, V) logits at the block with Fast-dLLM's cache. Without `cache` (the block's first step): the
+    whole canvas runs and (logits, BlockCache) is returned. With it: only the rows' slices
+    [first, first + width) run, at their own positions, attending to the cached keys the mode leaves
+    visible: for 'prefix' those before `first`, for 'dual' every real one outside the slice."""
+    from model import KVCache
+    lead = 1 if model.cfg.shift_logits else 0  # Dream: logits at i come from hidden state i - 1
+    B = x.shape[0]
+    if cache is None:
+        out = model(x, padding_mask=real, logits_at=in_block, return_kv=True)
+        first = block_start - lead
+        width = int((real.sum(1) - first).max()) if mode == "prefix" else block_length + lead
+        positions = torch.arange(x.shape[1], device=x.device)[None, :]
+        visible = positions < first[:, None] if mode == "prefix" else \
+            real & ((positions < first[:, None]) | (positions >= (first + width)[:, None]))
+        return out.logits.view(B, block_length, -1), BlockCache(KVCache(out.kv, visible), first, width)
+    cols = cache.first[:, None] + torch.arange(cache.width, device=x.device)[None, :]
+    at = torch.zeros(B, cache.width, dtype=torch.bool, device=x.device)
+    at[:, lead:lead + block_length] = True
+    out = model(x.gather(1, cols), positions=cols, cache=cache.kv, logits_at=at)
+    return out.logits.view(B, block_length, -1)
 
 
 def draw(logits, masked, opts, generator, eos_id):

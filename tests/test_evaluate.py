@@ -255,6 +255,9 @@ def test_decoding_options_are_recorded_with_their_forward_passes(tmp_path):
     proc = run_script(["evaluate.py", *args, "--threshold=0.5", f"--out_dir={tmp_path / 'exact'}", "--resume=true"],
                       check=False)
     assert proc.returncode == 2 and "threshold: 0.0 -> 0.5" in proc.stderr
-    for bad, message in (("--remasking=high", "is not one of"), ("--threshold=1.5", "out of range")):
-        proc = run_script(["evaluate.py", *args, bad, f"--out_dir={tmp_path / 'bad'}"], check=False)
+    run_script(["evaluate.py", *args, "--cache=dual", "--threshold=0.9", f"--out_dir={tmp_path / 'dual'}"])
+    assert json.load(open(tmp_path / "dual" / "tiny-regex-0shot.json"))["config"]["cache"] == "dual"
+    for bad, message in (("--remasking=high", "is not one of"), ("--threshold=1.5", "out of range"),
+                         ("--cache=kv", "is not one of"), ("--cache=dual --cfg_scale=1", "without classifier-free")):
+        proc = run_script(["evaluate.py", *args, *bad.split(), f"--out_dir={tmp_path / 'bad'}"], check=False)
         assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr

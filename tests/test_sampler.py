@@ -199,22 +199,35 @@ def test_per_row_noise_is_each_generators_own_stream():
 
 
 def reference_generate(model, prompt, steps, gen_length, block_length, threshold=0.0, remasking="low_confidence",
-                       logits_eos_inf=False, confidence_eos_eot_inf=False, eot_id=None, generator=None):
-    """The published algorithms, one prompt at a time, whole-sequence logits at every step, written from
-    their descriptions: LLaDA's generate.py (schedule, remasking, logits_eos_inf, confidence_eos_eot_inf)
-    and Fast-dLLM's generate(threshold=...) (every masked token of the block at least `threshold`
-    confident, and the most confident one, until the block is full). Random remasking draws one uniform per
-    position of the block from `generator` (LLaDA draws one for every position of the sequence and keeps
-    the block's, from torch's global stream). Returns (generated ids, forward passes)."""
-    x = torch.tensor([prompt + [MASK] * gen_length])
-    n_blocks, nfe = gen_length // block_length, 0
+                       logits_eos_inf=False, confidence_eos_eot_inf=False, eot_id=None, generator=None, cache="none"):
+    """The published algorithms, one prompt at a time, written from their descriptions: LLaDA's generate.py
+    (schedule, remasking, logits_eos_inf, confidence_eos_eot_inf), Fast-dLLM's generate(threshold=...)
+    (every masked token of the block at least `threshold` confident, and the most confident one, until
+    the block is full) and its generate_with_prefix_cache / generate_with_dual_cache (the block's first
+    step runs the whole sequence and keeps every layer's keys and values; later steps run the block and
+    everything after it against the cached prefix, or the block alone against the cached prefix and
+    suffix), with the Dream shift kept exact (the token before the block runs too). Random remasking
+    draws one uniform per position of the block from `generator` (LLaDA draws one for every position of
+    the sequence and keeps the block's, from torch's global stream). Returns (generated ids, forward
+    passes)."""
+    x = torch.tensor(prompt + [MASK] * gen_length)
+    n_blocks, nfe, lead = gen_length // block_length, 0, int(model.cfg.shift_logits)
     for block in range(n_blocks):
         lo, hi = len(prompt) + block * block_length, len(prompt) + (block + 1) * block_length
-        schedule = S.num_transfer_tokens((x[:, lo:hi] == MASK).sum(1), steps // n_blocks)[0]
-        i = 0
-        while (x[0, lo:hi] == MASK).any() if threshold else i < steps // n_blocks:
-            logits = model(x).logits[0].clone()
+        schedule = S.num_transfer_tokens((x[None, lo:hi] == MASK).sum(1), steps // n_blocks)[0]
+        i, kept = 0, None
+        while (x[lo:hi] == MASK).any() if threshold else i < steps // n_blocks:
+            if cache == "none" or i == 0:
+                logits, kept = by_hand(model, x, torch.arange(len(x)))
+                logits = logits[lo:hi]
+            else:  # the cached keys: before the run slice, and (dual) after it
+                end = len(x) if cache == "prefix" else hi
+                cached = [(k[:, :, :lo - lead], v[:, :, :lo - lead]) if cache == "prefix" else
+                          (torch.cat([k[:, :, :lo - lead], k[:, :, hi:]], 2), torch.cat([v[:, :, :lo - lead], v[:, :, hi:]], 2))
+                          for k, v in kept]
+                logits = by_hand(model, x[lo - lead:end], torch.arange(lo - lead, end), cached)[0][lead:lead + hi - lo]
             nfe += 1
+            logits = logits.clone()
             if logits_eos_inf:
                 logits[:, model.cfg.eos_token_id] = -float("inf")
             x0 = logits.argmax(-1)
@@ -222,25 +235,46 @@ def reference_generate(model, prompt, steps, gen_length, block_length, threshold
                 logits[:, eot_id] = -float("inf")
             p = torch.softmax(logits.float(), -1).gather(-1, x0[:, None])[:, 0]
             if remasking == "random":
-                p = torch.full_like(p, -1.0)
-                p[lo:hi] = torch.rand(hi - lo, generator=generator)
-            confidence = torch.full_like(p, -float("inf"))
-            open_ = (x[0] == MASK) & (torch.arange(x.shape[1]) < hi)
-            confidence[open_] = p[open_]
-            order = sorted(range(len(confidence)), key=lambda j: -confidence[j])  # ties: the earlier position
+                p = torch.rand(hi - lo, generator=generator)
+            masked = x[lo:hi] == MASK
+            confidence = torch.where(masked, p, -float("inf"))
+            order = sorted(range(hi - lo), key=lambda j: -confidence[j])  # ties: the earlier position
             if threshold:
-                chosen = [order[0]] + [j for j in order[1:int(open_.sum())] if confidence[j] >= threshold]
+                chosen = [order[0]] + [j for j in order[1:int(masked.sum())] if confidence[j] >= threshold]
             else:
                 chosen = order[:int(schedule[i])]
             for j in chosen:
-                x[0, j] = x0[j]
+                x[lo + j] = x0[j]
             i += 1
-    return x[0, len(prompt):], nfe
+    return x[len(prompt):], nfe
+
+
+def by_hand(model, ids, positions, cached=None):
+    """The model's layers spelt out for one sequence: (logits of every token, each layer's rotated (k, v)),
+    the tokens at `positions`, each layer attending first to its `cached` (k, v), then to these tokens."""
+    h = model.embed(ids[None])
+    cos, sin = (t[positions] for t in M.rope_cos_sin(model.cfg, int(positions.max()) + 1, h.device))
+    kept = []
+    for i, layer in enumerate(model.blocks):
+        a, xn = layer.attn, layer.attn_norm(h)
+        q, k, v = (proj(xn).view(1, len(ids), -1, a.head_dim).transpose(1, 2) for proj in (a.q_proj, a.k_proj, a.v_proj))
+        q, k = M.apply_rope(q, cos, sin), M.apply_rope(k, cos, sin)
+        kept.append((k, v))
+        if cached is not None:
+            k, v = torch.cat([cached[i][0], k], 2), torch.cat([cached[i][1], v], 2)
+        y = torch.nn.functional.scaled_dot_product_attention(q, k, v, enable_gqa=a.n_kv_heads != a.n_heads)
+        h = h + a.o_proj(y.transpose(1, 2).reshape(1, len(ids), -1))
+        h = h + layer.mlp(layer.mlp_norm(h))
+    hidden = model.norm(h)[0]
+    head = torch.cat([hidden[:1], hidden[:-1]]) if model.cfg.shift_logits else hidden
+    return model.lm_head(head), kept
 
 
 OPTIONS = [dict(threshold=0.9), dict(threshold=0.3), dict(threshold=1.0), dict(remasking="random"),
            dict(logits_eos_inf=True), dict(confidence_eos_eot_inf=True, eot_id=None),
-           dict(threshold=0.5, logits_eos_inf=True, remasking="random")]
+           dict(threshold=0.5, logits_eos_inf=True, remasking="random"),
+           dict(cache="prefix"), dict(cache="dual"), dict(cache="dual", threshold=0.9),
+           dict(cache="prefix", threshold=0.3, remasking="random")]
 
 
 @pytest.mark.parametrize("layout", ["llada", "dream"])
@@ -263,8 +297,21 @@ def test_decoding_options_equal_the_reference_batched_and_one_by_one(layout, opt
         assert stats["nfe"][b] == nfe
     if options.get("logits_eos_inf"):
         assert not (batched == model.cfg.eos_token_id).any()
-    if not options.get("logits_eos_inf") or (default == model.cfg.eos_token_id).any():
+    if "cache" in options:  # the cache ran fewer tokens through the model (its outputs may equal the exact ones)
+        assert tokens_run(model, **kwargs, **options) < tokens_run(model, **kwargs, **dict(options, cache="none"))
+    elif not options.get("logits_eos_inf") or (default == model.cfg.eos_token_id).any():
         assert not torch.equal(batched, default)  # the option changed something, so the equality says something
+
+
+def tokens_run(model, **kwargs):
+    """How many token positions the sampler ran through the model's embedding on PROMPTS."""
+    seen = []
+    hook = model.embed.register_forward_hook(lambda module, args, out: seen.append(args[0].numel()))
+    try:
+        S.generate(model, PROMPTS, generator=row_generators([5, 6, 7]), **kwargs)
+    finally:
+        hook.remove()
+    return sum(seen)
 
 
 def test_threshold_commits_what_is_sure_and_at_least_one():
@@ -280,3 +327,19 @@ def test_threshold_commits_what_is_sure_and_at_least_one():
         S.generate(model, PROMPTS, steps=8, gen_length=16, block_length=8, remasking="high")
     with pytest.raises(ValueError, match="needs eot_id"):
         S.generate(model, PROMPTS, steps=8, gen_length=16, block_length=8, confidence_eos_eot_inf=True)
+
+
+@pytest.mark.parametrize("layout", ["llada", "dream"])
+@pytest.mark.parametrize("cache", ["prefix", "dual"])
+def test_the_cache_works_with_the_early_stop_and_temperature(layout, cache):
+    model = tiny_model(layout)
+    kwargs = dict(steps=8, gen_length=16, block_length=4, temperature=1.0, cache=cache, threshold=0.5)
+    full = S.generate(model, PROMPTS, generator=row_generators([1, 2, 3]), **kwargs)
+    stops = {int(full[0, 0])}
+    early = S.generate(model, PROMPTS, generator=row_generators([1, 2, 3]), stop_ids=stops, **kwargs)
+    for b in range(len(PROMPTS)):
+        assert S.cut_at_stop(early[b].tolist(), stops) == S.cut_at_stop(full[b].tolist(), stops)
+    with pytest.raises(ValueError, match="without classifier-free guidance"):
+        S.generate(model, PROMPTS, steps=8, gen_length=16, block_length=8, cache=cache, cfg_scale=1.0)
+    with pytest.raises(ValueError, match="cache must be one of"):
+        S.generate(model, PROMPTS, steps=8, gen_length=16, block_length=8, cache="kv")
