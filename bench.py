@@ -4,14 +4,20 @@ Speed and memory of the training step and of the sampler, side by side.
   python bench.py                                   # tiny preset, CPU
   python bench.py --model=1b --device=cuda --dtype=bfloat16 --batch_size=4 --seq_len=1024
 
-Training step, same model, batch and sequence length, each variant in its own process (clean peak memory):
+Training step, same model, batch and sequence length; the times with the variants taking turns step by step in
+one process (shared modules: a slow moment of the machine hits them alike), the peak memory of each variant in a
+process of its own:
   baseline   the diffusion loss alone (lambda = 0): 1 forward + 1 backward            = 3F (Table 1)
   jepa       DLLM-JEPA: the context view with gradient, the target view no-grad (EMA) = 4F
   two_grad   both views through the online model with gradient (LLM-JEPA's cost)    = 6F
   jepa_lora  DLLM-JEPA with LoRA adapters of --lora_rank (one-GPU mode), for its peak memory: ask for it
              with --variants=baseline,jepa,two_grad,jepa_lora (or --variants=jepa_lora at 8B on one GPU)
-Reported: seconds per optimizer step (median), peak memory, tokens/s, MFU (GPU), and the ratios jepa/baseline and
-two_grad/jepa beside the FLOP bookkeeping 4F/3F = 1.33 and 6F/4F = 1.5.
+Reported: seconds per optimizer step (median and range), peak memory, tokens/s, MFU (GPU), and the ratios
+jepa/baseline and two_grad/jepa (the median of the step-by-step ratios, and their range) beside the FLOP
+bookkeeping 4F/3F = 1.33 and 6F/4F = 1.5.
+Decoding (--decoding_checkpoint): the exact sampler against Fast-dLLM's threshold, prefix and dual cache and
+threshold + dual cache on a trained checkpoint's evaluation items: tokens/s up to the stop cut, forward passes,
+scores, agreement with the exact outputs; variants interleaved over repeats.
 Sampler: sampler.py's generate (batched, logits for the current block only) against a plain one-prompt-at-a-time
 implementation of the same algorithm (whole-sequence logits every step), outputs checked identical.
 Prints a table and writes bench.json. Targets: jepa <= 1.40 x baseline, two_grad >= 1.4 x jepa,
@@ -67,6 +73,16 @@ early_stop_items = 0  # 0 = the whole evaluation split
 early_stop_gen_length = 512
 early_stop_block_length = 128
 early_stop_steps = 128
+# the decoding options (sampler.Decoding) against the exact sampler on a trained checkpoint (empty: skipped):
+# speed (tokens/s up to the stop cut, Fast-dLLM's definition), forward passes and scores, variants interleaved
+decoding_checkpoint = ""  # the replication's fine-tuned model, or out-tiny (python train.py --preset tiny)
+decoding_task = "tiny-regex"
+decoding_data_dir = ""
+decoding_items = 200  # the first N items of the evaluation split (never trained on)
+decoding_settings = "256/32/256,512/128/128"  # gen/block/steps: Fast-dLLM's GSM8K setting, the paper's NL-RX one
+decoding_variants = "exact,threshold,prefix,dual,threshold+dual"
+decoding_threshold = 0.9  # Fast-dLLM's
+decoding_repeats = 3  # timed passes over the items per variant, interleaved (median and range reported)
 out = "bench.json"
 only = ""  # internal: run one training variant and print its JSON
 KEYS = setting_keys(globals())
@@ -115,27 +131,28 @@ def peak_memory_bytes(dev):
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
-def run_variant(variant, dev):
+def training_steps(names, dev):
+    """({variant: one optimizer step}, parameters of the online model). baseline, jepa and two_grad share one
+    online model, predictor, EMA target and optimizer (the memory of the jepa variant alone), so they can
+    take turns in one process; jepa_lora builds its own LoRA model."""
     cfg = MODELS[model]
     torch.manual_seed(0)
     with torch.device(dev):  # initialised where it runs: an 8B random init on the host takes minutes
         online = modellib.Transformer(cfg)
     online.activation_checkpointing = activation_checkpointing
-    if variant == "jepa_lora":  # as train.py's one-process LoRA: the frozen base in the compute dtype
+    if names == ["jepa_lora"]:  # as train.py's one-process LoRA: the frozen base in the compute dtype
         loralib.add_lora(online.to(resolve_dtype(dtype, dev)), lora_rank)
     with torch.device(dev):
-        predictor = jepa.Predictor(cfg, predictor_layers) if variant != "baseline" else None
-    target = jepa.make_target_encoder(online) if variant in ("jepa", "jepa_lora") else None
+        predictor = jepa.Predictor(cfg, predictor_layers) if names != ["baseline"] else None
+    target = jepa.make_target_encoder(online) if {"jepa", "jepa_lora"} & set(names) else None
     params = [p for p in online.parameters() if p.requires_grad] + \
         (list(predictor.parameters()) if predictor is not None else [])
     optimizer = torch.optim.AdamW(params, lr=1e-5, fused=True)  # as train.py
     batch = synthetic_batch(cfg, dev)
     noise = jepa.draw_view_noise((batch_size, seq_len), torch.Generator().manual_seed(1))
     use_autocast = resolve_dtype(dtype, dev) == torch.bfloat16
-    if dev.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(dev)
 
-    def step():
+    def step(variant):
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_autocast):
             if variant == "two_grad":
                 loss = two_grad_objective(online, batch, cfg.mask_token_id, predictor, noise, jepa.T_LOW, jepa.T_HIGH)
@@ -145,30 +162,44 @@ def run_variant(variant, dev):
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        if target is not None:
+        if target is not None and variant != "baseline" and variant != "two_grad":
             jepa.ema_update(target, online)
+    return {name: (lambda name=name: step(name)) for name in names}, online.num_params()
 
+
+def time_steps(steps, dev):
+    """{variant: [seconds of each timed step]}: the variants take turns, step by step, after the warm-up
+    steps, so a slow moment of the machine hits them alike."""
     for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(iters):  # the median step: robust to a noisy neighbour on a shared machine
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-        t0 = time.perf_counter()
-        step()
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-        times.append(time.perf_counter() - t0)
+        for step in steps.values():
+            step()
+    times = {name: [] for name in steps}
+    for _ in range(iters):
+        for name, step in steps.items():
+            times[name].append(timed(dev, step)[1])
+    return times
+
+
+def variant_row(variant, times, n_params, dev, memory=None):
+    """The table's row: median step time and its range, tokens/s, MFU, peak memory (its own process)."""
     seconds = sorted(times)[len(times) // 2]
     tokens = batch_size * seq_len
-    n_params = online.num_params()
     # two_grad: forward and backward of both views, 2 x 6N
     flops = tokens * (12 * n_params if variant == "two_grad" else
                       flops_per_token(n_params, jepa=variant != "baseline", lora=variant == "jepa_lora"))
     peak = peak_flops(dev)
-    return {"variant": variant, "step_s": seconds, "tokens_per_s": tokens / seconds,
-            "peak_memory_gb": peak_memory_bytes(dev) / 2**30, "params": n_params,
+    return {"variant": variant, "step_s": seconds, "step_s_range": [min(times), max(times)],
+            "tokens_per_s": tokens / seconds, "peak_memory_gb": memory, "params": n_params,
             "mfu": flops / seconds / peak if peak else None}
+
+
+def run_variant(variant, dev):
+    """One variant alone in this process (bench.py --only): its peak memory is its own."""
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    steps, n_params = training_steps([variant], dev)
+    times = time_steps(steps, dev)[variant]
+    return variant_row(variant, times, n_params, dev, peak_memory_bytes(dev) / 2**30)
 
 
 @torch.no_grad()
@@ -231,6 +262,58 @@ def run_early_stop(dev):
             "blocks_skipped": 1 - run / total, "identical_cut_outputs": cut(full) == cut(early)}
 
 
+DECODING = {"exact": {}, "threshold": {"threshold": None}, "prefix": {"cache": "prefix"}, "dual": {"cache": "dual"},
+            "threshold+dual": {"threshold": None, "cache": "dual"}}  # None: --decoding_threshold
+
+
+def run_decoding(dev):
+    """Each decoding variant on the same items at each setting: the variants take turns over the repeats in
+    one process (a slow moment of the machine hits them alike), the median and range of the wall time,
+    tokens/s up to the stop cut, mean forward passes per item, the task's scores, and how many outputs equal
+    the exact sampler's. The first repeat's outputs are scored."""
+    import data
+    from metrics import scoring
+    net = modellib.load_for_inference(decoding_checkpoint, dtype=resolve_dtype(dtype, dev), device=dev)
+    tokenizer = modellib.load_tokenizer(modellib.resolve_checkpoint_dir(decoding_checkpoint), net.cfg)
+    items = data.load_task(decoding_task, "eval", decoding_data_dir or None)[:decoding_items]
+    prompts = [data.format_example(decoding_task, x, tokenizer)[0] for x in items]
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # as evaluate.py batches them
+    batches = [order[i:i + sampler_prompts] for i in range(0, len(order), sampler_prompts)]
+    stops, chosen = {net.cfg.eos_token_id}, [v for v in decoding_variants.split(",") if v]
+    results = []
+    for setting in decoding_settings.split(","):
+        length, block, steps = (int(n) for n in setting.split("/"))
+        outputs, times, nfe = {}, {v: [] for v in chosen}, {}
+        for repeat in range(decoding_repeats):
+            for v in chosen:
+                options = {k: decoding_threshold if x is None else x for k, x in DECODING[v].items()}
+                stats = [{} for _ in batches]
+                out, seconds = timed(dev, lambda: [generate(net, [prompts[i] for i in b], steps=steps, gen_length=length,
+                                                            block_length=block, stop_ids=stops, stats=st, **options)
+                                                   for b, st in zip(batches, stats)])
+                times[v].append(seconds)
+                if repeat == 0:
+                    rows = [row for part in out for row in part.tolist()]
+                    outputs[v] = {i: cut_at_stop(row, stops) for i, row in zip([i for b in batches for i in b], rows)}
+                    nfe[v] = sum(n for st in stats for n in st["nfe"]) / len(items)
+        for v in chosen:
+            records = []
+            for i, ids in outputs[v].items():
+                text = tokenizer.decode(ids, skip_special_tokens=True)
+                prediction, _ = scoring.read_prediction(decoding_task, text, data.TASKS[decoding_task]["input_label"],
+                                                        False)
+                records.append({"scores": scoring.score(decoding_task, prediction, items[i])})
+            tokens = sum(len(ids) for ids in outputs[v].values())
+            median = sorted(times[v])[len(times[v]) // 2]
+            results.append({"setting": setting, "variant": v, "seconds_median": median,
+                            "seconds_range": [min(times[v]), max(times[v])], "tokens_per_s": tokens / median,
+                            "nfe": nfe[v], "same_as_exact": sum(outputs[v][i] == outputs["exact"][i] for i in outputs[v])
+                            / len(items) if "exact" in outputs else None,
+                            "scores": {k: x for k, x in scoring.summarize(records).items() if isinstance(x, float)}})
+    return {"checkpoint": decoding_checkpoint, "task": decoding_task, "items": len(items),
+            "repeats": decoding_repeats, "threshold": decoding_threshold, "rows": results}
+
+
 def run_sampler(dev):
     cfg = MODELS[model]
     torch.manual_seed(0)
@@ -257,6 +340,12 @@ def main(argv):
         raise ConfigError(f"variants must be among {VARIANTS}")
     if not 0 < prompt_len < seq_len:
         raise ConfigError("need 0 < prompt_len < seq_len")
+    if set(v for v in decoding_variants.split(",") if v) - set(DECODING):
+        raise ConfigError(f"--decoding_variants must be among {', '.join(DECODING)}")
+    for setting in decoding_settings.split(","):
+        parts = setting.split("/")
+        if len(parts) != 3 or not all(p.isdigit() and int(p) > 0 for p in parts):
+            raise ConfigError(f"--decoding_settings: {setting!r} is not gen/block/steps (e.g. 256/32/256)")
     _, _, dev = init_distributed(device)
     use_cuda, compute_dtype = dev.type == "cuda", resolve_dtype(dtype, dev)  # a bad --dtype fails here
     if not only:
@@ -271,16 +360,29 @@ def main(argv):
         if proc.returncode != 0:
             raise runtime.RunError(f"variant {variant} failed:\n{proc.stderr[-3000:]}")
         rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-    by = {r["variant"]: r for r in rows}
-    ratios = {f"{a}/{b}": by[a]["step_s"] / by[b]["step_s"] for a, b in (("jepa", "baseline"), ("two_grad", "jepa"))
-              if a in by and b in by}
+    shared = [v for v in chosen if v != "jepa_lora"]
+    times = {}
+    if shared:  # the times: the shared variants taking turns in this process
+        steps, n_params = training_steps(shared, dev)
+        times = time_steps(steps, dev)
+        rows = [variant_row(r["variant"], times[r["variant"]], n_params, dev, r["peak_memory_gb"])
+                if r["variant"] in times else r for r in rows]
+    ratios = {}
+    for a, b in (("jepa", "baseline"), ("two_grad", "jepa")):
+        if a in times and b in times:  # step by step (the two steps of a turn saw the same machine)
+            each = sorted(x / y for x, y in zip(times[a], times[b]))
+            ratios[f"{a}/{b}"] = each[len(each) // 2]
+            ratios[f"{a}/{b}_range"] = [each[0], each[-1]]
     result = {"config": cfg, "device": torch.cuda.get_device_name(dev) if use_cuda else "cpu",
               "train": rows, "ratios": ratios, "flop_ratios": FLOP_RATIOS}
     if sampler:
         result["sampler"] = run_sampler(dev)
     if early_stop_checkpoint:
         result["early_stop"] = run_early_stop(dev)
-    checks = {**ratios, **({"sampler_speedup": result["sampler"]["sampler_speedup"]} if sampler else {}),
+    if decoding_checkpoint:
+        result["decoding"] = run_decoding(dev)
+    checks = {**{k: v for k, v in ratios.items() if k in TARGETS},
+              **({"sampler_speedup": result["sampler"]["sampler_speedup"]} if sampler else {}),
               **({"early_stop_speedup": result["early_stop"]["early_stop_speedup"]} if early_stop_checkpoint else {})}
     result["targets_met"] = {k: (v <= TARGETS[k][1] if TARGETS[k][0] == "<=" else v >= TARGETS[k][1])
                              for k, v in checks.items()}
@@ -288,13 +390,17 @@ def main(argv):
     if rows:
         print(f"model {model} ({rows[0]['params'] / 1e6:.1f}M), batch {batch_size} x {seq_len} tokens, "
               f"activation checkpointing {activation_checkpointing}")
-        print(f"{'variant':10} {'s/step':>9} {'tokens/s':>10} {'peak GB':>8} {'MFU':>6}")
+        print(f"{'variant':10} {'s/step':>9} {'range':>17} {'tokens/s':>10} {'peak GB':>8} {'MFU':>6}")
     for r in rows:
         mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "-"
-        print(f"{r['variant']:10} {r['step_s']:9.4f} {r['tokens_per_s']:10.0f} {r['peak_memory_gb']:8.2f} {mfu:>6}")
-    for k, v in ratios.items():
-        print(f"{k:14} {v:.2f}  (FLOPs {FLOP_RATIOS[k]:.2f}; target {TARGETS[k][0]} {TARGETS[k][1]}: "
-              f"{'met' if result['targets_met'][k] else 'MISSED'})")
+        low, high = r["step_s_range"]
+        print(f"{r['variant']:10} {r['step_s']:9.4f} {low:8.4f}-{high:<8.4f} {r['tokens_per_s']:10.0f} "
+              f"{r['peak_memory_gb']:8.2f} {mfu:>6}")
+    for k in TARGETS:
+        if k in ratios:
+            low, high = ratios[k + "_range"]
+            print(f"{k:14} {ratios[k]:.2f} (step by step {low:.2f}-{high:.2f}; FLOPs {FLOP_RATIOS[k]:.2f}; target "
+                  f"{TARGETS[k][0]} {TARGETS[k][1]}: {'met' if result['targets_met'][k] else 'MISSED'})")
     if sampler:
         s = result["sampler"]
         print(f"sampler: batched {s['batched_tokens_per_s']:.0f} tokens/s, plain {s['plain_tokens_per_s']:.0f} "
@@ -307,9 +413,23 @@ def main(argv):
               f"{e['steps']} steps): {e['full_s']:.1f} s -> {e['early_stop_s']:.1f} s, speed-up "
               f"{e['early_stop_speedup']:.2f}x (target >= 2.5: {'met' if result['targets_met']['early_stop_speedup'] else 'MISSED'}), "
               f"{e['blocks_skipped']:.0%} of row-blocks skipped, identical cut outputs: {e['identical_cut_outputs']}")
+    if decoding_checkpoint:
+        print_decoding(result["decoding"])
     with disk_errors(out), open(out, "w") as f:
         json.dump(result, f, indent=2)
     print(f"wrote {out}")
+
+
+def print_decoding(d):
+    print(f"decoding ({d['task']}, {d['items']} items, {d['repeats']} interleaved repeats, threshold {d['threshold']}):")
+    print(f"{'gen/block/steps':16} {'variant':15} {'s median':>9} {'range':>15} {'tokens/s':>9} {'NFE':>6} "
+          f"{'same':>6}  scores")
+    for r in d["rows"]:
+        same = f"{r['same_as_exact']:.0%}" if r["same_as_exact"] is not None else "-"
+        scores = ", ".join(f"{k} {v:.3f}" for k, v in r["scores"].items())
+        print(f"{r['setting']:16} {r['variant']:15} {r['seconds_median']:9.2f} "
+              f"{r['seconds_range'][0]:7.2f}-{r['seconds_range'][1]:<7.2f} {r['tokens_per_s']:9.1f} {r['nfe']:6.1f} "
+              f"{same:>6}  {scores}")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,10 @@ def test_bench_runs_and_reports(tmp_path):
     result = json.load(open(out))
     assert [r["variant"] for r in result["train"]] == ["baseline", "jepa", "two_grad", "jepa_lora"]
     assert all(r["step_s"] > 0 and r["peak_memory_gb"] > 0 for r in result["train"])
-    assert set(result["ratios"]) == {"jepa/baseline", "two_grad/jepa"}
+    assert set(result["ratios"]) == {"jepa/baseline", "two_grad/jepa", "jepa/baseline_range", "two_grad/jepa_range"}
+    low, high = result["ratios"]["jepa/baseline_range"]
+    assert low <= result["ratios"]["jepa/baseline"] <= high  # the median of the step-by-step ratios
+    assert all(r["step_s_range"][0] <= r["step_s"] <= r["step_s_range"][1] for r in result["train"])
     assert result["sampler"]["identical_outputs"] is True
     assert "jepa/baseline" in proc.stdout and "sampler:" in proc.stdout
 
@@ -45,3 +48,25 @@ def test_bench_measures_the_early_stop_on_a_checkpoint(tmp_path):
     e = json.load(open(out))["early_stop"]
     assert e["items"] == 5 and e["identical_cut_outputs"] is True and 0 <= e["blocks_skipped"] < 1
     assert "early stop (tiny-regex, 5 items" in proc.stdout and json.load(open(out))["train"] == []
+
+
+def test_bench_measures_the_decoding_options_on_a_checkpoint(tmp_path):
+    """Issue 25: every decoding variant on the same items, interleaved, with its forward passes, scores and
+    agreement with the exact sampler."""
+    import torch
+    import model as M
+    torch.manual_seed(0)
+    M.Transformer(M.PRESETS["tiny"]).save_pretrained(str(tmp_path / "ckpt"), tokenizer=tiny_tokenizer())
+    out = tmp_path / "bench.json"
+    proc = run_script(["bench.py", "--variants=", "--sampler=false", f"--decoding_checkpoint={tmp_path / 'ckpt'}",
+                       "--decoding_items=5", "--decoding_settings=16/8/16,8/8/4", "--decoding_repeats=2",
+                       "--sampler_prompts=2", f"--out={out}"], timeout=600)
+    d = json.load(open(out))["decoding"]
+    assert [(r["setting"], r["variant"]) for r in d["rows"]] == [
+        (s, v) for s in ("16/8/16", "8/8/4") for v in ("exact", "threshold", "prefix", "dual", "threshold+dual")]
+    exact = next(r for r in d["rows"] if r["variant"] == "exact" and r["setting"] == "16/8/16")
+    assert exact["same_as_exact"] == 1.0 and exact["nfe"] <= 16 and "dfa" in exact["scores"]
+    assert all(r["seconds_range"][0] <= r["seconds_median"] <= r["seconds_range"][1] for r in d["rows"])
+    assert "decoding (tiny-regex, 5 items" in proc.stdout
+    bad = run_script(["bench.py", "--decoding_settings=256/32"], check=False)
+    assert bad.returncode == 2 and "gen/block/steps" in bad.stderr
