@@ -6,6 +6,10 @@ LLaDA's low-confidence remasking sampler (LLaDA's public generate.py, github.com
   of the logits, Gumbel-max with temperature), and commits the most confident ones (confidence = the
   softmax probability of x0), as many as num_transfer_tokens says for that step
 
+Options that trade exactness for speed, all off by default (Decoding says each one's rule): Fast-dLLM's
+confidence threshold and its prefix / dual KV cache (NVlabs/Fast-dLLM, arXiv:2505.22618), and LLaDA's own
+random remasking and EOS / end-of-turn suppression. Off, the outputs are the exact sampler's bit for bit.
+
 Used by evaluate.py (the paper's evaluation) and bench.py (its speed).
 """
 
