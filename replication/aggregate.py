@@ -11,15 +11,21 @@ A run is one result file, or several joined by '+' (an evaluate.py summary and a
 numbers are the numeric leaves of the JSON, named by their path ('exact', 'checkpoints/ft/drift/mean'),
 the 'config' subtrees left out. Runs pair up by position: list the arms' runs in the same seed order.
 Only numbers every run of an arm has are aggregated; a number one run lacks is named, not guessed.
+
+Item level (--items, the runs' per-item evaluate.py records, .jsonl or .jsonl.gz, listed as --arms lists its
+runs): for each pair and each 0/1 metric, McNemar's exact test pooled over seeds (every (seed, item) pair
+once), on all items, on the non-trivial golds (neither the empty language nor every string), and on the
+items of --leaked (a JSON file's "indices", replication/leaks.py) apart; the first two leave those out.
 """
 
-import json
+import gzip
 import math
 import statistics
 import sys
 
 from configurator import configure, setting_keys
-from harness.errors import ConfigError, InputError, parse_json, read_text
+from harness.errors import ConfigError, InputError, parse_json, read_json_object, read_text
+from harness.outputs import write_json
 from replication import stats
 from harness.runtime import run_main
 
@@ -28,6 +34,8 @@ from harness.runtime import run_main
 arms = ""  # "name:run,run,...;name:run,..." where a run is file[+file...]
 pair = ""  # "a/b": per-seed differences a - b (comma-separated for several pairs)
 out = ""  # write the aggregate here as JSON (empty: print only)
+items = ""  # "name:items.jsonl.gz,...;name:..." per-item records, in the runs' order (empty: no item tests)
+leaked = ""  # a JSON file whose "indices" are evaluation items also trained on, reported apart
 # numbers that describe the run, not its result (matched on the last part of the name)
 ignore = "shots,items,n,steps,gen_length,block_length,temperature,over_context_window,n_samples," \
          "samples_cut_to_sample_len,mmlu_questions,complete"
@@ -110,6 +118,43 @@ def aggregate(arm_runs, pairs):
     return report
 
 
+ITEM_METRICS = ("exact", "functional", "functional_random200", "dfa")
+
+
+def read_items(path):
+    """{item index: scores} from an evaluate.py records file (.jsonl, or .jsonl.gz)."""
+    opener = gzip.open if path.endswith(".gz") else open
+    try:
+        with opener(path, "rt", encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except OSError as e:
+        raise InputError(f"{path}: cannot read the item records ({e})") from None
+    records = [parse_json(line, path, i) for i, line in enumerate(lines, 1) if line.strip()]
+    return {r["index"]: r["scores"] for r in records}
+
+
+def item_tests(items_a, items_b, leaked_indices):
+    """{subset: {metric: McNemar pooled over seeds}} for two arms' per-seed item scores (paired by seed,
+    then by item index). A score that is not 0/1 (undecided) leaves its (seed, item) pair out."""
+    subsets = {"all": lambda i, s: i not in leaked_indices,
+               "nontrivial": lambda i, s: i not in leaked_indices and s.get("gold_language") == "other",
+               "leaked": lambda i, s: i in leaked_indices}
+    report = {}
+    for subset, keep in subsets.items():
+        report[subset] = {}
+        for metric in ITEM_METRICS:
+            a, b = [], []
+            for seed_a, seed_b in zip(items_a, items_b):
+                for i in sorted(set(seed_a) & set(seed_b)):
+                    x, y = seed_a[i].get(metric), seed_b[i].get(metric)
+                    if keep(i, seed_a[i]) and x in (0.0, 1.0) and y in (0.0, 1.0):
+                        a.append(x), b.append(y)
+            if a:
+                report[subset][metric] = stats.mcnemar(a, b) | {"pairs": len(a), "a_mean": statistics.fmean(a),
+                                                                 "b_mean": statistics.fmean(b)}
+    return report
+
+
 def print_report(report):
     names = [k for arm in report["arms"].values() for k in arm["numbers"]]
     w = max(map(len, names), default=0)  # one column of names, however long they are
@@ -125,6 +170,13 @@ def print_report(report):
             tests = f"   t-test p {v['t_test']['p']:.3f}, sign p {v['sign_test']['p']:.3f}" if "t_test" in v else ""
             mark = " *" if v.get("passes_05") else ""
             print(f"  {k:{w}} {' '.join(f'{d:+.4f}' for d in v['differences'])}   mean {v['mean']:+.4f}{tests}{mark}")
+    for name, subsets in report.get("items", {}).items():
+        print(f"{name}: item level, McNemar pooled over seeds (a only / b only, exact p)")
+        for subset, metrics in subsets.items():
+            for metric, v in metrics.items():
+                mark = " *" if v["p"] < 0.05 else ""
+                print(f"  {subset:10} {metric:21} {v['a_mean']:.3f} vs {v['b_mean']:.3f} over {v['pairs']} pairs: "
+                      f"{v['a_only']} / {v['b_only']}, p {v['p']:.3f}{mark}")
 
 
 def main(argv):
@@ -136,10 +188,17 @@ def main(argv):
             raise ConfigError(f"--pair takes 'a/b' with arms among {list(arm_specs)}; got {'/'.join(p)}")
     ignored = set(ignore.split(","))
     report = aggregate({name: [read_run(r, ignored) for r in runs] for name, runs in arm_specs.items()}, pairs)
+    if items:
+        item_specs = parse_arms(items)
+        if {a for p in pairs for a in p} - set(item_specs):
+            raise ConfigError(f"--items must list every arm of --pair ({pair}); it lists {', '.join(item_specs)}")
+        leaked_indices = set(read_json_object(leaked, "leaked-items file").get("indices", [])) if leaked else set()
+        per_arm = {name: [read_items(path) for path in paths] for name, paths in item_specs.items()}
+        report["items"] = {f"{a}-{b}": item_tests(per_arm[a], per_arm[b], leaked_indices) for a, b in pairs}
+        report["leaked_items"] = sorted(leaked_indices)
     print_report(report)
     if out:
-        with open(out, "w") as f:
-            json.dump(report, f, indent=2)
+        write_json(out, report)
         print(f"wrote {out}")
 
 

@@ -171,18 +171,23 @@ arms() {  # both arms at the chosen lr and epochs: fine-tune, evaluate on the fi
   done
 }
 
-aggregate() {  # over every seed both arms have: mean +- population std, paired differences and their tests
-  local arm s runs=() seeds=()
+aggregate() {  # over every seed both arms have: mean +- population std, paired differences and their tests,
+  # item-level McNemar pooled over seeds, the test items also trained on (replication/leaks.py) apart
+  local arm s runs=() items=() seeds=()
   for s in $(ls "$R/arms" | sed -n 's/^jepa-s\([0-9]*\)-probe.json$/\1/p' | sort -n); do
     [ -s "$R/arms/baseline-s$s-probe.json" ] && seeds+=("$s")
   done
   for arm in jepa baseline; do
-    local files=""
-    for s in "${seeds[@]}"; do files+="$R/arms/$arm-s$s-summary.json+$R/arms/$arm-s$s-probe.json,"; done
-    runs+=("$arm:$files")
+    local files="" records=""
+    for s in "${seeds[@]}"; do
+      files+="$R/arms/$arm-s$s-summary.json+$R/arms/$arm-s$s-probe.json,"; records+="$R/arms/$arm-s$s-items.jsonl.gz,"
+    done
+    runs+=("$arm:$files"); items+=("$arm:$records")
   done
-  python -m replication.aggregate --arms "${runs[0]};${runs[1]}" --pair jepa/baseline --out "$R/aggregate.json" \
-      | tee "$R/aggregate.txt"
+  [ -s "$R/arms/leaked.json" ] || python -m replication.leaks --data_dir "$NLRX" --limit $LIMIT --val_holdout $HOLDOUT \
+      --out "$R/arms/leaked.json"
+  python -m replication.aggregate --arms "${runs[0]};${runs[1]}" --pair jepa/baseline --items "${items[0]};${items[1]}" \
+      --leaked "$R/arms/leaked.json" --out "$R/aggregate.json" | tee "$R/aggregate.txt"
 }
 
 step=${1:-}; shift || true

@@ -62,3 +62,34 @@ def test_the_command(tmp_path):
     (tmp_path / "broken.json").write_text("{\n  \"exact\": ")
     bad = run_script(["-m", "replication.aggregate", "--arms", f"x:{broken}"], check=False)
     assert bad.returncode == 2 and "broken.json:2" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def write_items(tmp_path, name, rows):
+    import gzip
+    path = tmp_path / name
+    with gzip.open(path, "wt") as f:
+        for index, dfa, language in rows:
+            f.write(json.dumps({"index": index, "scores": {"dfa": dfa, "exact": 0.0, "gold_language": language}}) + "\n")
+    return str(path)
+
+
+def test_item_level_mcnemar_pooled_over_seeds_with_leaked_items_apart(tmp_path):
+    # two seeds x 4 items; item 3 is leaked (reported apart), item 2's gold is the empty language (trivial)
+    a = [write_items(tmp_path, f"a{s}.gz", [(0, 1.0, "other"), (1, 1.0, "other"), (2, 1.0, "empty"), (3, 1.0, "other")])
+         for s in (0, 1)]
+    b = [write_items(tmp_path, "b0.gz", [(0, 0.0, "other"), (1, 1.0, "other"), (2, 0.0, "empty"), (3, 0.0, "other")]),
+         write_items(tmp_path, "b1.gz", [(0, 0.0, "other"), (1, 0.0, "other"), (2, None, "empty"), (3, 0.0, "other")])]
+    tests = A.item_tests([A.read_items(p) for p in a], [A.read_items(p) for p in b], leaked_indices={3})
+    # all (less item 3): seed 0 items 0,1,2 -> a only on 0 and 2; seed 1 items 0,1 (2 undecided) -> a only on 0, 1
+    assert tests["all"]["dfa"] == {"a_only": 4, "b_only": 0, "p": 0.125, "pairs": 5, "a_mean": 1.0, "b_mean": 0.2}
+    assert (tests["nontrivial"]["dfa"]["a_only"], tests["nontrivial"]["dfa"]["pairs"]) == (3, 4)
+    assert (tests["leaked"]["dfa"]["a_only"], tests["leaked"]["dfa"]["pairs"]) == (2, 2)
+    assert tests["all"]["exact"]["a_only"] == tests["all"]["exact"]["b_only"] == 0
+    leaked = write(tmp_path, "leaked.json", {"indices": [3]})
+    runs = [write(tmp_path, f"r{i}.json", {"exact": 0.0}) for i in range(2)]
+    proc = run_script(["-m", "replication.aggregate", "--arms", f"jepa:{','.join(runs)};baseline:{','.join(runs)}",
+                       "--pair=jepa/baseline", "--items", f"jepa:{','.join(a)};baseline:{','.join(b)}",
+                       f"--leaked={leaked}", f"--out={tmp_path / 'agg.json'}"])
+    report = json.load(open(tmp_path / "agg.json"))
+    assert report["items"]["jepa-baseline"]["all"]["dfa"]["a_only"] == 4 and report["leaked_items"] == [3]
+    assert "item level, McNemar pooled over seeds" in proc.stdout
