@@ -115,7 +115,21 @@ def aggregate(arm_runs, pairs):
                                 "not_in_every_run": sorted(every - set.intersection(*(set(r) for r in runs)))}
     for a, b in pairs:
         report["pairs"][f"{a}-{b}"] = paired_differences(arm_runs[a], arm_runs[b])
+    report["correlations"] = correlations(arm_runs)
     return report
+
+
+CORRELATED = [("checkpoints/ft/drift/mean", "checkpoints/ft/forgetting")]  # the paper's Figure 4: drift vs forgetting
+
+
+def correlations(arm_runs):
+    """{arm: {'x ~ y': Pearson over the arm's seeds}} for the CORRELATED pairs every run of the arm has."""
+    out = {}
+    for name, runs in arm_runs.items():
+        for x, y in CORRELATED:
+            if len(runs) >= 3 and all(x in r and y in r for r in runs):
+                out.setdefault(name, {})[f"{x} ~ {y}"] = stats.pearson([r[x] for r in runs], [r[y] for r in runs])
+    return out
 
 
 ITEM_METRICS = ("exact", "functional", "functional_random200", "dfa")
@@ -170,6 +184,10 @@ def print_report(report):
             tests = f"   t-test p {v['t_test']['p']:.3f}, sign p {v['sign_test']['p']:.3f}" if "t_test" in v else ""
             mark = " *" if v.get("passes_05") else ""
             print(f"  {k:{w}} {' '.join(f'{d:+.4f}' for d in v['differences'])}   mean {v['mean']:+.4f}{tests}{mark}")
+    for name, found in report.get("correlations", {}).items():
+        for k, v in found.items():
+            print(f"{name}: {k}: r {v['r'] if v['r'] is None else round(v['r'], 3)} over {v['n']} seeds, "
+                  f"p {v['p'] if v['p'] is None else round(v['p'], 3)}")
     for name, subsets in report.get("items", {}).items():
         print(f"{name}: item level, McNemar pooled over seeds (a only / b only, exact p)")
         for subset, metrics in subsets.items():

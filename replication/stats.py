@@ -5,6 +5,7 @@ any dependency past the standard library, so that a reader can check each agains
   per-seed paired differences d_1..d_n  --paired_t-->  mean, t, df, two-sided p   (Student, A&S 26.7.3-4)
                                         --sign_test--> two-sided exact binomial p  (ties dropped)
                                         --bootstrap--> percentile interval of the mean difference
+  paired values of two numbers, per seed --pearson-->   r and the p of r = 0 (t with n - 2 df)
   item-level outcomes of two arms, 0/1  --mcnemar-->   discordant counts, two-sided exact binomial p
 
 Why these: with 5 seeds a sign test cannot go below p = 2/32 = 0.0625, so a difference that passes at 0.05
@@ -53,6 +54,22 @@ def paired_t(diffs):
     else:
         t = mean / (sd / math.sqrt(n))
     return {"mean": mean, "t": t, "df": n - 1, "p": 1.0 if t == 0 else t_two_sided_p(t, n - 1)}
+
+
+def pearson(xs, ys):
+    """{'r', 'n', 'p'}: Pearson's correlation and the two-sided p of H0 'r = 0' (t = r sqrt((n-2)/(1-r^2)),
+    df n - 2). Needs three pairs; a constant side gives r None."""
+    n = len(xs)
+    if n != len(ys) or n < 3:
+        raise ValueError(f"a correlation needs at least three pairs of equal length, got {n} and {len(ys)}")
+    mx, my = sum(xs) / n, sum(ys) / n
+    sxy = sum((x - mx) * (y - my) for x, y in zip(xs, ys))
+    sxx, syy = sum((x - mx) ** 2 for x in xs), sum((y - my) ** 2 for y in ys)
+    if sxx == 0 or syy == 0:
+        return {"r": None, "n": n, "p": None}
+    r = max(-1.0, min(1.0, sxy / math.sqrt(sxx * syy)))
+    t = math.copysign(math.inf, r) if abs(r) == 1 else r * math.sqrt((n - 2) / (1 - r * r))
+    return {"r": r, "n": n, "p": t_two_sided_p(t, n - 2)}
 
 
 def binomial_two_sided_p(k, n):

@@ -38,6 +38,15 @@ def test_mean_population_std_and_pairs(tmp_path):
     lo, hi = diffs["exact"]["bootstrap_95"]
     assert 0.1 - 1e-9 <= lo <= hi <= 0.2 + 1e-9
     assert "n" not in A.read_run(base[0], ignored={"n"})  # settings such as n can be left out
+    assert report["correlations"] == {}  # the probes lack forgetting: no drift ~ forgetting correlation
+
+
+def test_drift_forgetting_correlation_per_arm(tmp_path):
+    runs = [A.read_run(write(tmp_path, f"p{i}.json", {"checkpoints": {"ft": {"drift": {"mean": d}, "forgetting": f}}}))
+            for i, (d, f) in enumerate(((0.1, 1.0), (0.2, 2.0), (0.3, 2.5), (0.4, 4.5)))]
+    found = A.aggregate({"jepa": runs}, [])["correlations"]["jepa"]
+    pair = "checkpoints/ft/drift/mean ~ checkpoints/ft/forgetting"
+    assert found[pair]["r"] == pytest.approx(0.96476382) and found[pair]["n"] == 4
 
 
 def test_a_number_missing_from_one_run_is_named(tmp_path):

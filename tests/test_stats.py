@@ -32,6 +32,25 @@ def test_paired_t():
         S.paired_t([1.0])
 
 
+def test_pearson_correlation_and_its_p():
+    result = S.pearson([1, 2, 3, 4, 5], [2, 4, 5, 4, 5])  # sxy 6, sxx 10, syy 6 -> r = 6 / sqrt(60)
+    assert result["r"] == pytest.approx(6 / 60 ** 0.5) and result["n"] == 5
+    # the two-sided 5% critical r for n = 5 (df 3) is 0.8783 (t 3.182446 = r sqrt(3 / (1 - r^2)))
+    r = 3.182446 / (3.182446 ** 2 + 3) ** 0.5
+    assert S.pearson([0, 1, 2, 3, 4], [0, 1, 2, 3, 4])["p"] == 0.0
+    assert S.pearson([-1, 1, -1, 1, 0], [-1, 1, 1, -1, 0])["r"] == pytest.approx(0.0)
+    xs = [0.0, 1.0, 2.0, 3.0, 4.0]
+    ys = [x * r + (1 - r * r) ** 0.5 * e for x, e in zip([-2, -1, 0, 1, 2], [1.0, -2.0, 0.0, 2.0, -1.0])]
+    got = S.pearson(xs, ys)  # residuals orthogonal to x with the same spread: r as built
+    assert got["r"] == pytest.approx(r) and got["p"] == pytest.approx(0.05, abs=1e-6)
+    assert S.pearson([1, 1, 1], [1, 2, 3])["r"] is None
+    with pytest.raises(ValueError):
+        S.pearson([1, 2], [1, 2])
+    scipy_stats = pytest.importorskip("scipy.stats")
+    expected = scipy_stats.pearsonr([1, 2, 3, 4, 5], [2, 4, 5, 4, 5])
+    assert result["r"] == pytest.approx(expected[0]) and result["p"] == pytest.approx(expected[1])
+
+
 def test_sign_and_mcnemar_are_exact_binomials():
     assert S.sign_test([1, 2, 3, 4, 5])["p"] == 2 / 32  # the smallest p five seeds can give
     assert S.sign_test([1, -1, 0.5, 0, -2]) == {"positive": 2, "negative": 2, "p": 1.0}  # the tie is dropped
