@@ -188,6 +188,9 @@ aggregate() {  # over every seed both arms have: mean +- population std, paired 
       --out "$R/arms/leaked.json"
   python -m replication.aggregate --arms "${runs[0]};${runs[1]}" --pair jepa/baseline --items "${items[0]};${items[1]}" \
       --leaked "$R/arms/leaked.json" --out "$R/aggregate.json" | tee "$R/aggregate.txt"
+  [ ${#seeds[@]} -ge 3 ] && python -m replication.claims --aggregate "$R/aggregate.json" > "$R/claims.md" \
+      && echo "wrote $R/claims.md"  # a correlation and a spread test need three seeds
+  return 0
 }
 
 step=${1:-}; shift || true

@@ -72,6 +72,25 @@ def pearson(xs, ys):
     return {"r": r, "n": n, "p": t_two_sided_p(t, n - 2)}
 
 
+def fisher_z(r1, n1, r2, n2):
+    """{'z', 'p'}: Fisher's r-to-z test that two independent correlations are equal (the paper's test of
+    its Figure 4: z = (atanh r1 - atanh r2) / sqrt(1/(n1-3) + 1/(n2-3)), two-sided normal p)."""
+    if min(n1, n2) < 4:
+        raise ValueError("Fisher's test needs at least four pairs per correlation")
+    clip = lambda r: max(-0.999999, min(0.999999, r))  # noqa: E731 (atanh(+-1) is infinite)
+    z = (math.atanh(clip(r1)) - math.atanh(clip(r2))) / math.sqrt(1 / (n1 - 3) + 1 / (n2 - 3))
+    return {"z": z, "p": math.erfc(abs(z) / math.sqrt(2))}
+
+
+def pitman_morgan(a, b):
+    """{'ratio', 'r', 'p'}: the Pitman-Morgan test that two paired samples (the arms' per-seed scores) have
+    equal variances: var(a) = var(b) exactly when a + b and a - b are uncorrelated. ratio: sd(a) / sd(b)."""
+    sums, diffs = [x + y for x, y in zip(a, b)], [x - y for x, y in zip(a, b)]
+    spread = lambda v: math.sqrt(sum((x - sum(v) / len(v)) ** 2 for x in v))  # noqa: E731
+    corr = pearson(sums, diffs)
+    return {"ratio": spread(a) / spread(b) if spread(b) else None, "r": corr["r"], "p": corr["p"]}
+
+
 def binomial_two_sided_p(k, n):
     """Exact two-sided p of k successes in n fair trials: twice the smaller tail, capped at 1."""
     if n == 0:
