@@ -91,6 +91,7 @@ finetune_curve() {  # $1 name, $2 model, then train.py flags: baseline arm, seed
   if ! have "$R/curve/$name-log.jsonl"; then
     python train.py "${FT[@]}" "${SHORT[@]}" --model "$model" --jepa_weight 0 --seed 42 --snapshot_every $SNAPSHOT \
         --out_dir "$out" "$@"
+    keep "$out/train_config.json" "$R/curve/$name-train_config.json"
     keep "$out/log.jsonl" "$R/curve/$name-log.jsonl"
   fi
   holdout_curve "$name" "$out"
@@ -159,6 +160,7 @@ arms() {  # both arms at the chosen lr and epochs: fine-tune, evaluate on the fi
         python evaluate.py "${EVAL[@]}" --checkpoint "$out" --limit $LIMIT
         keep_gz "$out/eval/nlrx-0shot.jsonl" "$R/arms/$arm-s$seed-items.jsonl.gz"
         keep "$out/log.jsonl" "$R/arms/$arm-s$seed-log.jsonl"
+        keep "$out/train_config.json" "$R/arms/$arm-s$seed-train_config.json"
         keep "$out/eval/nlrx-0shot.json" "$R/arms/$arm-s$seed-summary.json"  # last: the step's marker
       fi
       if ! have "$R/arms/$arm-s$seed-probe.json"; then
