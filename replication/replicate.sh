@@ -129,20 +129,22 @@ forgetting() {  # $1 curve name: every snapshot and final/ probed against the ba
 }
 
 chosen() {  # "lr epochs": the best holdout point (non-trivial DFA, then DFA, then functional) of the base's curves
-  python - "$R/curve" <<'PY'
+  python - "$R/curve" "$EPOCHS" <<'PY'
 import glob, json, os, re, sys
 best = None
 for path in glob.glob(os.path.join(sys.argv[1], "lr*-step*.json")):
-    m = re.fullmatch(r"lr(.+?)(?:-e\d+)?-step(\d+)\.json", os.path.basename(path))  # lr1e-3[-e16]-step470
+    # lr1e-3-step470 (epoch 2), lr1e-3-stepfinal (the schedule's end: 10 epochs), lr1e-3-e16-stepfinal (16)
+    m = re.fullmatch(r"lr(.+?)(?:-e(\d+))?-step(\d+|final)\.json", os.path.basename(path))
     if not m:
-        continue  # final/ is the last snapshot's step; only numbered steps say how many epochs
+        continue
+    epochs = int(m.group(2) or sys.argv[2]) if m.group(3) == "final" else max(1, int(m.group(3)) // 235)
     s = json.load(open(path))
-    key = (s.get("nontrivial/dfa") or 0.0, s["dfa"], s["functional"])
+    key = (s.get("nontrivial/dfa") or 0.0, s["dfa"], s["functional"], -epochs)  # a tie: the fewer epochs
     if best is None or key > best[0]:
-        best = (key, m.group(1), int(m.group(2)))
+        best = (key, m.group(1), epochs)
 if best is None:
     sys.exit("no learning curve yet: run `replicate.sh curve <lr>` first")
-print(best[1], max(1, best[2] // 235))
+print(best[1], best[2])
 PY
 }
 
