@@ -17,6 +17,7 @@
 # Two steps may run side by side (each process is single-threaded): e.g. `curve 1e-3` and `curve 3e-4`.
 #   DATA=/path/to/release/files   the folder holding wikitext/, gsm8k/ and nl_rx/llm_jepa/ (required)
 #   SMOKE=1                       every step for a few optimizer steps and items (minutes; results in /tmp)
+#   ARMS=jepa | ARMS=baseline     arms: only that arm (run the two side by side, one per core)
 #
 # The protocol, and why (replication/README.md has the numbers):
 #   - one context-rate protocol: each sequence's context rate ~ U(0, 1] (LLaDA's own SFT objective,
@@ -153,7 +154,7 @@ arms() {  # both arms at the chosen lr and epochs: fine-tune, evaluate on the fi
   read -r lr epochs < <(chosen)
   echo "arms: lr $lr, $epochs epochs (the best holdout point of the curves)" | tee "$R/arms/chosen.txt"
   for seed in "$@"; do
-    for arm in jepa baseline; do
+    for arm in ${ARMS:-jepa baseline}; do  # ARMS=jepa / ARMS=baseline: one arm, so two can run side by side
       w=1; [ $arm = baseline ] && w=0
       out=$RUNS/$arm-s$seed; t=$(stamp)
       if ! have "$R/arms/$arm-s$seed-summary.json"; then
