@@ -2,6 +2,7 @@
 The replication's figures (PNG, matplotlib), from the small files in replication/results/:
 
   curve/<name>-step<N>.json   --> learning_curves.png   holdout DFA (non-trivial golds, and all) per epoch, per curve
+                              --> printed: the curve table (scores, empty outputs, WikiText loss where probed)
   arms/<arm>-s<seed>-probe.json --> drift_per_layer.png   drift per layer per arm: mean over seeds, min-max band
                                 --> drift_vs_forgetting.png  drift (mean) against forgetting, one point per seed
 
@@ -44,6 +45,33 @@ def curves(folder):
             step = last_step(folder, m.group(1)) if m.group(2) == "final" else int(m.group(2))
             found.setdefault(m.group(1), []).append((step / steps_per_epoch, s.get("nontrivial/dfa"), s["dfa"]))
     return {k: sorted(v) for k, v in sorted(found.items())}
+
+
+def curve_rows(folder):
+    """The learning-curve table of replication/README.md, one markdown row per scored point: run, epoch,
+    non-trivial DFA, DFA, non-trivial functional, exact, empty outputs (from the items file), and the
+    WikiText-103 loss of that point where the curve was probed (levers/probe-curve-<run>.json)."""
+    import gzip
+    rows = []
+    for path in sorted(glob.glob(os.path.join(folder, "curve", "*-step*.json"))):
+        m = re.fullmatch(r"(.+)-step(\d+|final)\.json", os.path.basename(path))
+        if not m:
+            continue
+        name, s = m.group(1), read(path)
+        step = last_step(folder, name) if m.group(2) == "final" else int(m.group(2))
+        with gzip.open(path[:-len(".json")] + "-items.jsonl.gz", "rt") as f:
+            empty = sum(1 for line in f if not parse_json(line, path)["prediction"].strip())
+        probe = os.path.join(folder, "levers", f"probe-curve-{name}.json")
+        loss = None
+        if os.path.exists(probe):
+            found = read(probe)["checkpoints"]
+            for key in (f"step{m.group(2)}", f"epoch{round(step / steps_per_epoch)}"):
+                loss = found.get(key, {}).get("wikitext_loss", loss)
+        rows.append((name, step / steps_per_epoch, s.get("nontrivial/dfa"), s["dfa"], s.get("nontrivial/functional"),
+                     s["exact"], empty, loss))
+    rows.sort(key=lambda r: (r[0], r[1]))
+    return [f"| {r[0]} | {r[1]:g} | {r[2]:.3f} | {r[3]:.3f} | {r[4]:.3f} | {r[5]:.3f} | {r[6]} | "
+            f"{'-' if r[7] is None else f'{r[7]:.2f}'} |" for r in rows]
 
 
 def probes(folder):
@@ -94,6 +122,9 @@ def main(argv):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    print("| run | epoch | non-trivial DFA | DFA | non-trivial functional | exact | empty | WikiText loss |")
+    print("|---|---|---|---|---|---|---|---|")
+    print("\n".join(curve_rows(results)))
     data = curves(results)
     if data:
         plot_curves(plt, data, os.path.join(results, "learning_curves.png"))

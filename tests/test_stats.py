@@ -73,10 +73,20 @@ def test_learning_curve_points_and_figure(tmp_path):
     import json
     from replication import figures as F
     (tmp_path / "curve").mkdir()
+    import gzip
     for step, dfa in ((470, 0.1), (940, 0.3), ("final", 0.2)):
-        (tmp_path / "curve" / f"lr1e-3-step{step}.json").write_text(json.dumps({"dfa": dfa, "nontrivial/dfa": dfa / 2}))
+        (tmp_path / "curve" / f"lr1e-3-step{step}.json").write_text(json.dumps(
+            {"dfa": dfa, "nontrivial/dfa": dfa / 2, "nontrivial/functional": dfa, "exact": 0.0}))
+        with gzip.open(tmp_path / "curve" / f"lr1e-3-step{step}-items.jsonl.gz", "wt") as f:
+            f.write("".join(json.dumps({"prediction": p}) + "\n" for p in ("a", " ", "")))  # two empty outputs
     (tmp_path / "curve" / "lr1e-3-log.jsonl").write_text(json.dumps({"step": 1175}) + "\n")
     assert F.curves(str(tmp_path)) == {"lr1e-3": [(2.0, 0.05, 0.1), (4.0, 0.15, 0.3), (5.0, 0.1, 0.2)]}
+    (tmp_path / "levers").mkdir()  # the curve probed at epoch 2 only: the other rows show '-'
+    (tmp_path / "levers" / "probe-curve-lr1e-3.json").write_text(json.dumps(
+        {"checkpoints": {"step470": {"wikitext_loss": 8.5}}}))
+    assert F.curve_rows(str(tmp_path)) == ["| lr1e-3 | 2 | 0.050 | 0.100 | 0.100 | 0.000 | 2 | 8.50 |",
+                                           "| lr1e-3 | 4 | 0.150 | 0.300 | 0.300 | 0.000 | 2 | - |",
+                                           "| lr1e-3 | 5 | 0.100 | 0.200 | 0.200 | 0.000 | 2 | - |"]
     pytest.importorskip("matplotlib")
     F.main([f"--results={tmp_path}"])
     assert (tmp_path / "learning_curves.png").stat().st_size > 0 and not (tmp_path / "drift_per_layer.png").exists()
