@@ -102,3 +102,13 @@ def test_item_level_mcnemar_pooled_over_seeds_with_leaked_items_apart(tmp_path):
     report = json.load(open(tmp_path / "agg.json"))
     assert report["items"]["jepa-baseline"]["all"]["dfa"]["a_only"] == 4 and report["leaked_items"] == [3]
     assert "item level, McNemar pooled over seeds" in proc.stdout
+
+
+def test_compare_two_evaluations_of_the_same_items(tmp_path):
+    a = write_items(tmp_path, "a.gz", [(0, 1.0, "other"), (1, 1.0, "other"), (2, 1.0, "empty")])
+    b = write_items(tmp_path, "b.gz", [(0, 0.0, "other"), (1, 1.0, "other"), (2, 0.0, "empty")])
+    proc = run_script(["-m", "replication.compare", f"--a={a}", f"--b={b}"])
+    assert "all        dfa                   a 1.000  b 0.333  over 3 items: a only 2, b only 0, McNemar p 0.500" \
+        in proc.stdout
+    assert "nontrivial dfa                   a 1.000  b 0.500  over 2 items: a only 1, b only 0" in proc.stdout
+    assert run_script(["-m", "replication.compare", f"--a={a}"], check=False).returncode == 2
