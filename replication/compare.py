@@ -1,6 +1,6 @@
 """
 Two evaluations of the same items, item by item: McNemar's exact test per metric, on all items and on the
-non-trivial golds (aggregate.item_tests with one run a side). How the levers in replication/README.md are
+non-trivial golds (items.item_tests with one run a side). How the levers in replication/README.md are
 compared:
 
   python -m replication.compare --a results/curve/lr3e-4-stepfinal-items.jsonl.gz \
@@ -12,7 +12,7 @@ import sys
 from configurator import configure, setting_keys
 from harness.errors import ConfigError
 from harness.runtime import run_main
-from replication.aggregate import item_tests, read_items
+from replication.items import item_tests, read_items
 
 a = ""  # an evaluate.py records file (.jsonl or .jsonl.gz)
 b = ""  # another, of the same items

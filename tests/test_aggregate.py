@@ -7,6 +7,7 @@ import pytest
 from conftest import run_script
 
 from replication import aggregate as A
+from replication import items as I
 
 
 def write(tmp_path, name, content):
@@ -88,7 +89,7 @@ def test_item_level_mcnemar_pooled_over_seeds_with_leaked_items_apart(tmp_path):
          for s in (0, 1)]
     b = [write_items(tmp_path, "b0.gz", [(0, 0.0, "other"), (1, 1.0, "other"), (2, 0.0, "empty"), (3, 0.0, "other")]),
          write_items(tmp_path, "b1.gz", [(0, 0.0, "other"), (1, 0.0, "other"), (2, None, "empty"), (3, 0.0, "other")])]
-    tests = A.item_tests([A.read_items(p) for p in a], [A.read_items(p) for p in b], leaked_indices={3})
+    tests = I.item_tests([I.read_items(p) for p in a], [I.read_items(p) for p in b], leaked_indices={3})
     # all (less item 3): seed 0 items 0,1,2 -> a only on 0 and 2; seed 1 items 0,1 (2 undecided) -> a only on 0, 1
     assert tests["all"]["dfa"] == {"a_only": 4, "b_only": 0, "p": 0.125, "pairs": 5, "a_mean": 1.0, "b_mean": 0.2}
     assert (tests["nontrivial"]["dfa"]["a_only"], tests["nontrivial"]["dfa"]["pairs"]) == (3, 4)
