@@ -170,13 +170,13 @@ def fill_block(model, x, prompt_len, offset, block_length, steps_per_block, gen_
     block_pos = (prompt_len + offset)[:, None] + torch.arange(block_length, device=dev)[None, :]  # (B, L)
     in_block = torch.zeros(B, T, dtype=torch.bool, device=dev)
     in_block[torch.arange(B, device=dev)[:, None], block_pos] = True
-    schedule = num_transfer_tokens((gather_rows(x, block_pos) == cfg.mask_token_id).sum(1), steps_per_block)
+    schedule = num_transfer_tokens((x.gather(1, block_pos) == cfg.mask_token_id).sum(1), steps_per_block)
     most = schedule.max(dim=0).values.tolist()  # per step, the largest k of any row (one sync per block)
     taken, step = [0] * B, 0
     while step < (block_length if opts.threshold else steps_per_block):
         live = torch.arange(B, device=dev)
         if opts.threshold:  # only the rows with masks left in the block (one sync per step)
-            live = live[(gather_rows(x, block_pos) == cfg.mask_token_id).any(1)]
+            live = live[(x.gather(1, block_pos) == cfg.mask_token_id).any(1)]
             if not len(live):
                 break
         for b in live.tolist():
@@ -192,23 +192,13 @@ def fill_block(model, x, prompt_len, offset, block_length, steps_per_block, gen_
         gens = [generator[b] for b in live.tolist()] if isinstance(generator, (list, tuple)) else generator
         current = x[rows, block_pos[live]]
         x0, confidence = draw(logits, current == cfg.mask_token_id, opts, gens, cfg.eos_token_id)
-        if opts.threshold:
-            commit = threshold_commit(confidence, opts.threshold)
-        else:
-            commit = torch.zeros_like(confidence, dtype=torch.bool)
-            if most[step]:  # top-k per row with k from its schedule: one top-k at the largest k, each row's first k
-                top = top_positions(confidence, most[step])
-                commit.scatter_(1, top, torch.arange(most[step], device=dev)[None, :] < schedule[live, step, None])
+        commit = threshold_commit(confidence, opts.threshold) if opts.threshold else \
+            scheduled_commit(confidence, schedule[live, step], most[step])
         x[rows, block_pos[live]] = torch.where(commit, x0, current)
         step += 1
         if on_step is not None:
             on_step(x)
     return taken
-
-
-def gather_rows(x, pos):
-    """x[b, pos[b, j]] as a (B, L) tensor."""
-    return x.gather(1, pos)
 
 
 def block_logits(model, x, real, in_block, is_prompt, cfg_scale):
@@ -288,6 +278,16 @@ def top_positions(confidence, k):
     leaves the order of ties to the implementation (they occur: confidence_eos_eot_inf gives every drawn
     end-of-turn confidence 0); a stable sort makes them one rule, the same in a batch and alone."""
     return torch.sort(confidence, dim=1, descending=True, stable=True).indices[:, :k]
+
+
+def scheduled_commit(confidence, k, most):
+    """LLaDA's rule: each row's k[b] most confident positions (B, L) bool; one top-k at the largest k of
+    any row (`most`), each row keeping its first k[b]."""
+    commit = torch.zeros_like(confidence, dtype=torch.bool)
+    if most:
+        top = top_positions(confidence, most)
+        commit.scatter_(1, top, torch.arange(most, device=confidence.device)[None, :] < k[:, None])
+    return commit
 
 
 def threshold_commit(confidence, threshold):
