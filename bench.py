@@ -426,7 +426,7 @@ def print_decoding(d):
           f"{'same':>6}  scores")
     for r in d["rows"]:
         same = f"{r['same_as_exact']:.0%}" if r["same_as_exact"] is not None else "-"
-        scores = ", ".join(f"{k} {v:.3f}" for k, v in r["scores"].items())
+        scores = ", ".join(f"{k} {v:.3f}" for k, v in r["scores"].items() if "floor/" not in k)  # bench.json: all
         print(f"{r['setting']:16} {r['variant']:15} {r['seconds_median']:9.2f} "
               f"{r['seconds_range'][0]:7.2f}-{r['seconds_range'][1]:<7.2f} {r['tokens_per_s']:9.1f} {r['nfe']:6.1f} "
               f"{same:>6}  {scores}")
