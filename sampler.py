@@ -19,6 +19,8 @@ from typing import NamedTuple, Optional
 import torch
 import torch.nn.functional as F
 
+from model import KVCache
+
 
 def add_gumbel_noise(logits, temperature, generator=None):
     """LLaDA's Gumbel-max in float64 (low precision Gumbel noise degrades quality): argmax of
@@ -221,7 +223,6 @@ class BlockCache(NamedTuple):
     width: int
 
     def select(self, rows):
-        from model import KVCache
         return BlockCache(KVCache([(k[rows], v[rows]) for k, v in self.kv.layers], self.kv.visible[rows]),
                           self.first[rows], self.width)
 
@@ -231,7 +232,6 @@ def cached_block_logits(model, x, real, in_block, block_start, block_length, mod
     whole canvas runs and (logits, BlockCache) is returned. With it: only the rows' slices
     [first, first + width) run, at their own positions, attending to the cached keys the mode leaves
     visible: for 'prefix' those before `first`, for 'dual' every real one outside the slice."""
-    from model import KVCache
     lead = 1 if model.cfg.shift_logits else 0  # Dream: logits at i come from hidden state i - 1
     B = x.shape[0]
     if cache is None:

@@ -34,12 +34,12 @@ NLRX=$DATA/nl_rx/llm_jepa
 R=replication/results
 BASE=replication/base
 RUNS=${RUNS:-out-replication}
-HOLDOUT=500; LIMIT=500; SAMPLES=100; EPOCHS=10; SNAPSHOT=470  # 235 optimizer steps an epoch: every 2 epochs
+HOLDOUT=500; LIMIT=500; SAMPLES=100; EPOCHS=10; EPOCH_STEPS=235; SNAPSHOT=470  # 235 optimizer steps an epoch
 LRS=(1e-3 3e-4); SEEDS=(42 123 777 1001 2024)
 PRE=(); SHORT=()
 if [ "${SMOKE:-0}" = 1 ]; then
   R=${SMOKE_DIR:-$(mktemp -d)}; RUNS=$R/runs; BASE=$R/base; PRE=(--max_steps 3); SHORT=(--max_steps 4)
-  LIMIT=4; SAMPLES=8; SNAPSHOT=2; LRS=(1e-3); SEEDS=(42 123)
+  LIMIT=4; SAMPLES=8; SNAPSHOT=2; EPOCH_STEPS=2; LRS=(1e-3); SEEDS=(42 123)
   echo "smoke run: results in $R"
 fi
 # LLaDA's pretraining objective (every position maskable, one rate t ~ U(0, 1] per sequence, no JEPA term) on
@@ -158,8 +158,10 @@ arms() {  # both arms at the chosen lr and epochs: fine-tune, evaluate on the fi
       w=1; [ $arm = baseline ] && w=0
       out=$RUNS/$arm-s$seed; t=$(stamp)
       if ! have "$R/arms/$arm-s$seed-summary.json"; then
+        # a resumable state every epoch (and on SIGTERM): a run cut short resumes bit-identically where it stopped
+        again=(); [ -d "$out/resume" ] && [ ! -d "$out/final" ] && again=(--resume true) && echo "resuming $out"
         python train.py "${FT[@]}" "${SHORT[@]}" --model "$BASE" --epochs "$epochs" --jepa_weight $w --seed "$seed" \
-            --lr "$lr" --out_dir "$out"
+            --lr "$lr" --out_dir "$out" --save_every $EPOCH_STEPS "${again[@]}"
         python evaluate.py "${EVAL[@]}" --checkpoint "$out" --limit $LIMIT
         keep_gz "$out/eval/nlrx-0shot.jsonl" "$R/arms/$arm-s$seed-items.jsonl.gz"
         keep "$out/log.jsonl" "$R/arms/$arm-s$seed-log.jsonl"
