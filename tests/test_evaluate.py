@@ -3,6 +3,7 @@ named failures). The sampler's tests are in test_sampler.py, the scorers' in tes
 test_spider.py."""
 
 import contextlib
+import errno
 import json
 from dataclasses import replace
 
@@ -13,6 +14,7 @@ from conftest import run_script, tiny_tokenizer
 import data as D
 import evaluate as E
 import model as M
+from harness.errors import RunError
 
 # --- the command, end to end on a tiny checkpoint ---
 
@@ -125,6 +127,29 @@ def test_records_are_kept_as_scored_and_resume_skips_them(tmp_path, monkeypatch)
     assert proc.returncode == 2 and "already holds results" in proc.stderr
     run_script(["evaluate.py", *args, f"--out_dir={tmp_path / 'killed'}", "--overwrite=true"])
     assert read_jsonl(tmp_path / "killed" / "tiny-regex-0shot.jsonl") == full
+
+
+def test_a_full_disk_while_writing_records_is_named_end_to_end(tmp_path, monkeypatch):
+    """Issue 24 item 11, through evaluate.main: the record's write fails with ENOSPC and the file's close
+    (its flush) fails again. The one-line error names the part file; neither OSError escapes raw."""
+    class FullFile:
+        def write(self, text):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def flush(self):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            raise OSError(errno.ENOSPC, "No space left on device")  # the close's flush
+
+    monkeypatch.setattr(E, "open_for_append", lambda path: FullFile())
+    ckpt = tiny_checkpoint(tmp_path / "ckpt")
+    with pytest.raises(RunError, match="no space left .*tiny-regex-0shot.rank0.jsonl"):
+        E.main([f"--checkpoint={ckpt}", "--task=tiny-regex", "--limit=2", "--batch_size=2", "--gen_length=8",
+                "--steps=4", f"--out_dir={tmp_path / 'out'}"])
 
 
 def test_a_diverged_checkpoint_and_an_empty_split_are_named(tmp_path):
