@@ -418,7 +418,7 @@ def main(argv):
     distributed, master = world > 1, rank == 0
     log = print if master else (lambda *a, **k: None)
     accum = resolve_grad_accum(world)
-    if not run_folder.claim(cfg, NOT_IDENTITY, master, distributed):
+    if not run_folder.claim(cfg | {"grad_accum": accum}, NOT_IDENTITY, master, distributed):  # as saved: resolved
         log(f"{out_dir} is a finished run ({out_dir}/final is in place): nothing to do")
         runtime.close_distributed(world)
         return

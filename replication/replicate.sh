@@ -158,8 +158,10 @@ arms() {  # both arms at the chosen lr and epochs: fine-tune, evaluate on the fi
       w=1; [ $arm = baseline ] && w=0
       out=$RUNS/$arm-s$seed; t=$(stamp)
       if ! have "$R/arms/$arm-s$seed-summary.json"; then
-        # a resumable state every epoch (and on SIGTERM): a run cut short resumes bit-identically where it stopped
-        again=(); [ -d "$out/resume" ] && [ ! -d "$out/final" ] && again=(--resume true) && echo "resuming $out"
+        # a resumable state every epoch (and on SIGTERM): a run cut short resumes bit-identically where it
+        # stopped; a finished one (final/, its evaluation cut short) is not trained again (train.py checks
+        # that its settings are these)
+        again=(); if [ -d "$out/resume" ] || [ -d "$out/final" ]; then again=(--resume true --overwrite false); fi
         python train.py "${FT[@]}" "${SHORT[@]}" --model "$BASE" --epochs "$epochs" --jepa_weight $w --seed "$seed" \
             --lr "$lr" --out_dir "$out" --save_every $EPOCH_STEPS "${again[@]}"
         python evaluate.py "${EVAL[@]}" --checkpoint "$out" --limit $LIMIT

@@ -353,6 +353,16 @@ def test_a_kill_during_the_final_save_loses_no_step(tmp_path, monkeypatch):
     assert all(torch.equal(fa[k], fb[k]) for k in fa)
 
 
+def test_a_finished_run_with_a_derived_accumulation_resumes_to_nothing(tmp_path):
+    """The failing input: --total_batch with --grad_accum 0 (derived: 8 / 4 = 2). train_config.json keeps the
+    derived 2, and --resume on the finished run compared it with the flag's 0 and refused its own settings."""
+    out = str(tmp_path / "run")
+    args = TINY + ["--max_steps=2", "--total_batch=8", "--grad_accum=0", f"--out_dir={out}"]
+    run(args)
+    proc = run(args + ["--resume=true"])
+    assert "finished run" in proc.stdout and "nothing to do" in proc.stdout
+
+
 def test_resume_without_state_is_an_error(tmp_path):
     proc = run(TINY + ["--max_steps=2", "--resume", f"--out_dir={tmp_path}"], check=False)
     assert proc.returncode == 2 and "no resumable state" in proc.stderr
