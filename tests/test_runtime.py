@@ -13,7 +13,7 @@ from conftest import ROOT
 
 from harness import runtime as RT
 from configurator import read_config_file
-from harness.errors import ConfigError, InputError
+from harness.errors import ConfigError, InputError, RunError
 
 Usage = namedtuple("Usage", "total used free")
 
@@ -82,12 +82,16 @@ RANKS_SCRIPT = """
 import sys
 sys.path.insert(0, {root!r})
 from harness import runtime
-world, rank, dev = runtime.init_distributed("cpu", 60)
-data = [[1, 2, 3], [4, 5]] if rank == 0 or {same} else [[1, 2, 3], [4, 6]]  # same size, other tokens
-runtime.run_main("ranks.py", lambda argv: runtime.check_ranks_agree(
-    {{"settings": runtime.digest({{"lr": 1e-5}}), "data": runtime.digest(data)}}, world > 1), [], lambda: 60)
-print("agreed")
-runtime.close_distributed(world)
+
+def main(argv):
+    world, rank, dev = runtime.init_distributed("cpu", 60)
+    data = [[1, 2, 3], [4, 5]] if rank == 0 or {same} else [[1, 2, 3], [4, 6]]  # same size, other tokens
+    runtime.check_ranks_agree({{"settings": runtime.digest({{"lr": 1e-5}}), "data": runtime.digest(data)}}, world > 1)
+    print("agreed")
+    runtime.close_distributed(world)
+
+runtime.run_main("ranks.py", main, [], lambda: 60)
+print("not reached: a rank ends inside run_main")
 """
 
 
@@ -102,8 +106,36 @@ def test_ranks_given_other_data_are_stopped_at_start(tmp_path, same):
                           timeout=120)
     if same:
         assert proc.returncode == 0 and proc.stdout.count("agreed") == 2
+        assert "not reached" not in proc.stdout  # the ranks skipped the interpreter's shutdown (runtime.end)
     else:
         assert proc.returncode != 0 and "rank(s) 1 have other data than rank 0" in proc.stderr
+
+
+@pytest.mark.parametrize("joined,code", [(False, 0), (False, 2), (True, 0), (True, 1)])
+def test_a_rank_ends_without_the_interpreters_shutdown(monkeypatch, capsys, joined, code):
+    """A two-rank run whose work was done aborted at interpreter shutdown now and then (SIGABRT,
+    'terminate called without an active exception', no Python frame): a rank that joined a group ends with
+    os._exit after flushing; a single process keeps the ordinary exit and run_main returns on success."""
+    ended, flushed = [], []
+    monkeypatch.setattr(RT, "_joined", joined)
+    monkeypatch.setattr(RT.os, "_exit", lambda c: ended.append(("os._exit", c, list(flushed))))
+    monkeypatch.setattr(RT.sys.stdout, "flush", lambda: flushed.append("stdout"))
+    monkeypatch.setattr(RT.sys.stderr, "flush", lambda: flushed.append("stderr"))
+
+    def main(argv):
+        print("work done")
+        if code == 1:
+            raise RunError("a run failed")
+        if code == 2:
+            raise ConfigError("--lr=x is not a number")
+
+    if not joined and code:
+        with pytest.raises(SystemExit) as stop:
+            RT.run_main("s.py", main, [], lambda: 60)
+        assert stop.value.code == code and ended == []
+    else:
+        RT.run_main("s.py", main, [], lambda: 60)  # os._exit is patched: it returns here
+        assert ended == ([("os._exit", code, ["stdout", "stderr"])] if joined else [])
 
 
 def test_digest_is_of_the_value():
