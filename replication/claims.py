@@ -86,10 +86,13 @@ def claim_lines(report):
     if key in found.get(jepa, {}) and key in found.get(base, {}):
         rj, rb = found[jepa][key], found[base][key]
         if rj["r"] is not None and rb["r"] is not None:
-            fz = stats.fisher_z(rb["r"], rb["n"], rj["r"], rj["n"])
-            rows.append(["drift-forgetting dissociation", PAPER["dissociation"],
-                         f"baseline r = {rb['r']:+.2f} (p {rb['p']:.2f}), DLLM-JEPA r = {rj['r']:+.2f} (p {rj['p']:.2f})",
-                         f"Fisher z = {fz['z']:.2f}, p = {fz['p']:.3f}", verdict(fz["p"], fz["z"], +1)])
+            found_rs = f"baseline r = {rb['r']:+.2f} (p {rb['p']:.2f}), DLLM-JEPA r = {rj['r']:+.2f} (p {rj['p']:.2f})"
+            if min(rj["n"], rb["n"]) < 4:  # a correlation has a p from 3 seeds, the difference of two from 4
+                test, said = f"Fisher's z needs 4 seeds per arm (has {min(rj['n'], rb['n'])})", "no test yet"
+            else:
+                fz = stats.fisher_z(rb["r"], rb["n"], rj["r"], rj["n"])
+                test, said = f"Fisher z = {fz['z']:.2f}, p = {fz['p']:.3f}", verdict(fz["p"], fz["z"], +1)
+            rows.append(["drift-forgetting dissociation", PAPER["dissociation"], found_rs, test, said])
     for view in ("z_tL", "z_tH"):
         name = f"{FT}collapse/{view}/effective_rank"
         line = paired_line(report, name, f"no collapse ({view} effective rank)", PAPER["collapse"] if view == "z_tL"

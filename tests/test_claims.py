@@ -39,6 +39,18 @@ def test_claims_table_from_an_aggregate():
     assert "baseline r = +1.00" in dissociation[2] and "DLLM-JEPA r = -1.00" in dissociation[2]
 
 
+def test_three_seeds_give_the_table_without_fishers_z():
+    # replicate.sh writes claims.md from 3 seeds on; claims.py raised there (Fisher's z needs 4 pairs)
+    jepa = [run(0.30 + e, 1.0 + e, 2.0 - e, 9.0 + e) for e in (0.01, 0.02, 0.03)]
+    base = [run(0.20 + e, 0.5 + e, 3.0 + e, 9.0 - e) for e in (0.01, 0.03, 0.02)]
+    report = A.aggregate({"jepa": jepa, "baseline": base}, [("jepa", "baseline")])
+    rows = {r[0]: r for r in C.claim_lines(report)}
+    dissociation = rows["drift-forgetting dissociation"]
+    assert "baseline r = +1.00" in dissociation[2] and "DLLM-JEPA r = -1.00" in dissociation[2]
+    assert dissociation[3:] == ["Fisher's z needs 4 seeds per arm (has 3)", "no test yet"]
+    assert rows["task gain (DFA, non-trivial golds)"][3].startswith("paired t over 3 seeds")
+
+
 def test_verdicts_say_only_what_passes():
     assert C.verdict(0.2, +1.0, +1) == "not detected (p = 0.20)"
     assert C.verdict(0.01, +1.0, +1) == "as the paper" and C.verdict(0.01, -1.0, +1) == "opposite"
