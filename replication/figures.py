@@ -2,6 +2,7 @@
 The replication's figures (PNG, matplotlib), from the small files in replication/results/:
 
   curve/<name>-step<N>.json   --> learning_curves.png   holdout DFA (non-trivial golds, and all) per epoch, per curve
+                                                          (jepa-<name>: the DLLM-JEPA arm's; the others the baseline's)
                               --> printed: the curve table (scores, empty outputs, WikiText loss where probed)
   arms/<arm>-s<seed>-probe.json --> drift_per_layer.png   drift per layer per arm: mean over seeds, min-max band
                                 --> drift_vs_forgetting.png  drift (mean) against forgetting, one point per seed
@@ -84,13 +85,18 @@ def probes(folder):
     return found
 
 
+def curve_label(name):
+    """The arm a curve belongs to, then its name: replicate.sh names the DLLM-JEPA arm's curves jepa-<...>."""
+    return f"DLLM-JEPA {name[len('jepa-'):]}" if name.startswith("jepa-") else f"baseline {name}"
+
+
 def plot_curves(plt, data, out):
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, points in data.items():
-        epochs = [p[0] for p in points]
-        line, = ax.plot(epochs, [p[1] for p in points], marker="o", label=f"{name}: non-trivial golds")
-        ax.plot(epochs, [p[2] for p in points], marker=".", linestyle=":", color=line.get_color(), label=f"{name}: all")
-    ax.set(xlabel="epoch", ylabel="holdout DFA match", title="Baseline arm on the 500 held-out items")
+        epochs, label = [p[0] for p in points], curve_label(name)
+        line, = ax.plot(epochs, [p[1] for p in points], marker="o", label=f"{label}: non-trivial golds")
+        ax.plot(epochs, [p[2] for p in points], marker=".", linestyle=":", color=line.get_color(), label=f"{label}: all")
+    ax.set(xlabel="epoch", ylabel="holdout DFA match", title="Learning curves on the 500 held-out items (seed 42)")
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out, dpi=120)

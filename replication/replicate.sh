@@ -8,6 +8,7 @@
 #   bash replication/replicate.sh pilot         # lever: the same fine-tuning from an (almost) random base
 #   bash replication/replicate.sh curve 1e-3    # learning curve of the baseline arm at one lr, on the holdout
 #   bash replication/replicate.sh curve 3e-4 16 # the same over a 16-epoch schedule (name lr3e-4-e16)
+#   bash replication/replicate.sh jepa-curve 3e-4  # the DLLM-JEPA arm's curve at one lr (not used to choose)
 #   bash replication/replicate.sh chosen        # the lr and epochs with the best holdout curve point
 #   bash replication/replicate.sh decode lr1e-3 8   # lever: a curve's final model decoded with another block length
 #   bash replication/replicate.sh forgetting lr1e-3 # a curve's snapshots probed against the base (WikiText loss)
@@ -86,12 +87,14 @@ holdout_curve() {  # $1 name, $2 run folder: every snapshot and final/ scored on
   done
 }
 
-finetune_curve() {  # $1 name, $2 model, then train.py flags: baseline arm, seed 42, snapshots every 2 epochs
-  local name=$1 model=$2 out=$RUNS/curve-$1 t; shift 2
+finetune_curve() {  # $1 name, $2 model, then train.py flags: seed 42, snapshots every 2 epochs, the baseline
+  # arm unless the flags say --jepa_weight 1 (a later flag wins); a resumable state every epoch, as in arms()
+  local name=$1 model=$2 out=$RUNS/curve-$1 t again=(); shift 2
   t=$(stamp)
   if ! have "$R/curve/$name-log.jsonl"; then
+    if [ -d "$out/resume" ] || [ -d "$out/final" ]; then again=(--resume true --overwrite false); fi
     python train.py "${FT[@]}" "${SHORT[@]}" --model "$model" --jepa_weight 0 --seed 42 --snapshot_every $SNAPSHOT \
-        --out_dir "$out" "$@"
+        --save_every $EPOCH_STEPS --out_dir "$out" "$@" "${again[@]}"
     keep "$out/train_config.json" "$R/curve/$name-train_config.json"
     keep "$out/log.jsonl" "$R/curve/$name-log.jsonl"
   fi
@@ -211,12 +214,14 @@ case "$step" in
            2) finetune_curve "lr$1-e$2" "$BASE" --lr "$1" --epochs "$2" ;;
            *) echo "usage: replicate.sh curve <lr> [<epochs>]" >&2; exit 2 ;;
          esac ;;
+  jepa-curve) [ $# = 1 ] || { echo "usage: replicate.sh jepa-curve <lr>" >&2; exit 2; }
+              finetune_curve "jepa-lr$1" "$BASE" --lr "$1" --jepa_weight 1 ;;
   chosen) chosen ;;
   forgetting) [ $# = 1 ] || { echo "usage: replicate.sh forgetting <curve name>" >&2; exit 2; }; forgetting "$1" ;;
   decode) [ $# = 2 ] || { echo "usage: replicate.sh decode <curve name> <block length>" >&2; exit 2; }; decode "$@" ;;
   arms) [ $# -ge 1 ] || { echo "usage: replicate.sh arms <seed> [<seed> ...]" >&2; exit 2; }; arms "$@" ;;
   aggregate) aggregate ;;
   all) base; for lr in "${LRS[@]}"; do finetune_curve "lr$lr" "$BASE" --lr "$lr"; done; arms "${SEEDS[@]}"; aggregate ;;
-  *) echo "usage: replicate.sh base | pilot | curve <lr> [<epochs>] | decode <curve> <block> | forgetting <curve> | chosen | arms <seed>... | aggregate | all" >&2
+  *) echo "usage: replicate.sh base | pilot | curve <lr> [<epochs>] | jepa-curve <lr> | decode <curve> <block> | forgetting <curve> | chosen | arms <seed>... | aggregate | all" >&2
      exit 2 ;;
 esac

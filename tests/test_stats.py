@@ -81,6 +81,8 @@ def test_learning_curve_points_and_figure(tmp_path):
             f.write("".join(json.dumps({"prediction": p}) + "\n" for p in ("a", " ", "")))  # two empty outputs
     (tmp_path / "curve" / "lr1e-3-log.jsonl").write_text(json.dumps({"step": 1175}) + "\n")
     assert F.curves(str(tmp_path)) == {"lr1e-3": [(2.0, 0.05, 0.1), (4.0, 0.15, 0.3), (5.0, 0.1, 0.2)]}
+    assert (F.curve_label("jepa-lr3e-4"), F.curve_label("lr3e-4"), F.curve_label("random-base-lr1e-3")) == \
+        ("DLLM-JEPA lr3e-4", "baseline lr3e-4", "baseline random-base-lr1e-3")
     (tmp_path / "levers").mkdir()  # the curve probed at epoch 2 only: the other rows show '-'
     (tmp_path / "levers" / "probe-curve-lr1e-3.json").write_text(json.dumps(
         {"checkpoints": {"step470": {"wikitext_loss": 8.5}}}))
