@@ -87,13 +87,13 @@ holdout_curve() {  # $1 name, $2 run folder: every snapshot and final/ scored on
   done
 }
 
-finetune_curve() {  # $1 name, $2 model, then train.py flags: seed 42, snapshots every 2 epochs, the baseline
-  # arm unless the flags say --jepa_weight 1 (a later flag wins); a resumable state every epoch, as in arms()
-  local name=$1 model=$2 out=$RUNS/curve-$1 t again=(); shift 2
+finetune_curve() {  # $1 name, $2 model, $3 the JEPA weight (0: the baseline arm, 1: DLLM-JEPA), then train.py
+  # flags: seed 42, snapshots every 2 epochs, a resumable state every epoch (as in arms())
+  local name=$1 model=$2 w=$3 out=$RUNS/curve-$1 t again=(); shift 3
   t=$(stamp)
   if ! have "$R/curve/$name-log.jsonl"; then
     if [ -d "$out/resume" ] || [ -d "$out/final" ]; then again=(--resume true --overwrite false); fi
-    python train.py "${FT[@]}" "${SHORT[@]}" --model "$model" --jepa_weight 0 --seed 42 --snapshot_every $SNAPSHOT \
+    python train.py "${FT[@]}" "${SHORT[@]}" --model "$model" --jepa_weight "$w" --seed 42 --snapshot_every $SNAPSHOT \
         --save_every $EPOCH_STEPS --out_dir "$out" "$@" "${again[@]}"
     keep "$out/train_config.json" "$R/curve/$name-train_config.json"
     keep "$out/log.jsonl" "$R/curve/$name-log.jsonl"
@@ -107,7 +107,7 @@ pilot() {  # lever: the same fine-tuning from a base pretrained for one step (ra
     [ -s "$RUNS/corpus.jsonl" ] || python -m replication.corpus --data_dir "$DATA" --out "$RUNS/corpus.jsonl"
     python train.py "${PRETRAIN[@]}" --max_steps 1 --save_every 0 --out_dir "$RUNS/random-base" --overwrite true
   fi
-  finetune_curve random-base-lr1e-3 "$RUNS/random-base/final" --lr 1e-3
+  finetune_curve random-base-lr1e-3 "$RUNS/random-base/final" 0 --lr 1e-3
 }
 
 decode() {  # $1 curve name, $2 block length: its final/ on the holdout, generation 64 in 64 steps
@@ -136,7 +136,7 @@ chosen() {  # "lr epochs": the best holdout point (non-trivial DFA, then DFA, th
   python - "$R/curve" "$EPOCHS" <<'PY'
 import glob, json, os, re, sys
 best = None
-for path in glob.glob(os.path.join(sys.argv[1], "lr*-step*.json")):
+for path in glob.glob(os.path.join(sys.argv[1], "lr*-step*.json")):  # the baseline's curves: not jepa-lr*
     # lr1e-3-step470 (epoch 2), lr1e-3-stepfinal (the schedule's end: 10 epochs), lr1e-3-e16-stepfinal (16)
     m = re.fullmatch(r"lr(.+?)(?:-e(\d+))?-step(\d+|final)\.json", os.path.basename(path))
     if not m:
@@ -210,18 +210,18 @@ case "$step" in
   base) base ;;
   pilot) pilot ;;
   curve) case $# in  # the 10-epoch schedule keeps its first name; another length is named by its epochs
-           1) finetune_curve "lr$1" "$BASE" --lr "$1" ;;
-           2) finetune_curve "lr$1-e$2" "$BASE" --lr "$1" --epochs "$2" ;;
+           1) finetune_curve "lr$1" "$BASE" 0 --lr "$1" ;;
+           2) finetune_curve "lr$1-e$2" "$BASE" 0 --lr "$1" --epochs "$2" ;;
            *) echo "usage: replicate.sh curve <lr> [<epochs>]" >&2; exit 2 ;;
          esac ;;
   jepa-curve) [ $# = 1 ] || { echo "usage: replicate.sh jepa-curve <lr>" >&2; exit 2; }
-              finetune_curve "jepa-lr$1" "$BASE" --lr "$1" --jepa_weight 1 ;;
+              finetune_curve "jepa-lr$1" "$BASE" 1 --lr "$1" ;;
   chosen) chosen ;;
   forgetting) [ $# = 1 ] || { echo "usage: replicate.sh forgetting <curve name>" >&2; exit 2; }; forgetting "$1" ;;
   decode) [ $# = 2 ] || { echo "usage: replicate.sh decode <curve name> <block length>" >&2; exit 2; }; decode "$@" ;;
   arms) [ $# -ge 1 ] || { echo "usage: replicate.sh arms <seed> [<seed> ...]" >&2; exit 2; }; arms "$@" ;;
   aggregate) aggregate ;;
-  all) base; for lr in "${LRS[@]}"; do finetune_curve "lr$lr" "$BASE" --lr "$lr"; done; arms "${SEEDS[@]}"; aggregate ;;
+  all) base; for lr in "${LRS[@]}"; do finetune_curve "lr$lr" "$BASE" 0 --lr "$lr"; done; arms "${SEEDS[@]}"; aggregate ;;
   *) echo "usage: replicate.sh base | pilot | curve <lr> [<epochs>] | jepa-curve <lr> | decode <curve> <block> | forgetting <curve> | chosen | arms <seed>... | aggregate | all" >&2
      exit 2 ;;
 esac
