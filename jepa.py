@@ -143,6 +143,14 @@ class Predictor(nn.Module):
         return x[:, 0].clone()  # not a view: FSDP2 hooks the output of a sharded module
 
 
+def derange(target_embedding):
+    """The shuffled-target control's targets: row i gets row i - 1's (row 0 the last row's), a fixed
+    derangement of the batch, so no example keeps its own target. A batch of one cannot be deranged."""
+    if target_embedding.shape[0] < 2:
+        raise ValueError("the shuffled-target control needs at least 2 examples in every micro-batch")
+    return target_embedding.roll(1, dims=0)
+
+
 # -----------------------------------------------------------------------------
 # EMA target and L2-to-base anchor; both work on plain and on FSDP-sharded (DTensor) parameters
 
@@ -229,7 +237,8 @@ class StepResult(NamedTuple):
 
 
 def objective(model, batch, mask_token_id, *, t_low=T_LOW, t_high=T_HIGH, jepa_weight=JEPA_WEIGHT,
-              predictor=None, target_encoder=None, noise=None, generator=None, random_context_rate=False):
+              predictor=None, target_encoder=None, noise=None, generator=None, random_context_rate=False,
+              shuffled_target=False):
     """One DLLM-JEPA loss on a batch: exactly one gradient-carrying forward of the online model on the
     context view, and, when jepa_weight > 0, one no-grad forward of the EMA target on the target view.
     batch: input_ids (B, T), maskable (B, T) bool, padding (B, T) bool (True after the response's first EOS).
@@ -237,7 +246,10 @@ def objective(model, batch, mask_token_id, *, t_low=T_LOW, t_high=T_HIGH, jepa_w
     Symmetric views (the ablation) are t_high == t_low: two independent draws at the same rate.
     random_context_rate: each sequence's context rate is drawn from U(0, 1] instead of the fixed t_low, as
     in LLaDA's own objective (eq. 2's expectation over t). Not the paper's setting (fixed t_L); the tiny
-    preset, trained from scratch, needs it to learn to generate from a fully masked canvas."""
+    preset, trained from scratch, needs it to learn to generate from a fully masked canvas.
+    shuffled_target: the shuffled-target control (not the method): each example is paired with another
+    example's target embedding (derange), so the JEPA term keeps its size and gradient path but predicts
+    nothing about its own input."""
     input_ids, maskable, padding = batch["input_ids"], batch["maskable"], batch["padding"]
     if noise is None:
         noise = draw_view_noise(input_ids.shape, generator)
@@ -261,6 +273,8 @@ def objective(model, batch, mask_token_id, *, t_low=T_LOW, t_high=T_HIGH, jepa_w
         nothing = torch.zeros_like(target_masked)
         target_hidden = target_encoder(target_view, logits_at=nothing).hidden
         target_embedding = pool(target_hidden, ~target_masked & ~padding)
+        if shuffled_target:
+            target_embedding = derange(target_embedding)
     if isinstance(target_encoder, FSDPModule):  # FSDP2: free the gathered parameters after a no-grad forward
         target_encoder.reshard()
     predicted_embedding = predictor(context_embedding)

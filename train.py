@@ -55,6 +55,9 @@ t_high = jepa.T_HIGH
 symmetric = False  # the symmetric-view ablation: allows t_high == t_low
 random_context_rate = False  # context rate ~ U(0, 1] per sequence instead of t_low (not the paper; tiny preset)
 jepa_weight = jepa.JEPA_WEIGHT  # lambda; 0 = the diffusion baseline
+shuffled_target = False  # the shuffled-target control, not the method: each example's target embedding is the
+#                          previous example's of its micro-batch (jepa.derange), so the JEPA term keeps its size
+#                          and gradient path but predicts nothing about its own input
 predictor_layers = jepa.PREDICTOR_LAYERS  # k; 0 = no predictor (identity)
 ema_decay = jepa.EMA_DECAY
 anchor_l2 = 0.0  # lambda_L2 of the L2-to-base anchor ablation (the paper uses 1e-4); 0 = off
@@ -138,6 +141,8 @@ def validate():
         raise ConfigError(f"jepa_weight (lambda) must be >= 0, got {jepa_weight}")
     if anchor_l2 < 0:
         raise ConfigError(f"anchor_l2 must be >= 0, got {anchor_l2}")
+    if shuffled_target and jepa_weight == 0:
+        raise ConfigError("--shuffled_target=true needs a JEPA term: set --jepa_weight above 0")
     if lora_rank < 0 or (lora_rank and (lora_alpha <= 0 or not 0 <= lora_dropout < 1)):
         raise ConfigError("LoRA needs lora_rank >= 0, lora_alpha > 0, 0 <= lora_dropout < 1")
     unknown = set(lora_targets.split(",")) - set(loralib.LORA_TARGETS)
@@ -390,6 +395,18 @@ def make_optimizer(trainable):
     return torch.optim.AdamW(groups, lr=lr, betas=(beta1, beta2), fused=True), params
 
 
+def check_derangeable(n_examples, world):
+    """The shuffled-target control pairs each example with another of its micro-batch: refuse, before any
+    step, a run where some rank's micro-batch would hold one example (the sizes are the same every epoch)."""
+    if not shuffled_target:
+        return
+    smallest = min(len(b) for r in range(world) for b in data.epoch_batches(n_examples, batch_size, world, r))
+    if smallest < 2:
+        raise ConfigError(f"--shuffled_target=true: {n_examples} examples in micro-batches of --batch_size={batch_size} "
+                          f"on {world} rank(s) leave a micro-batch of {smallest}; change --batch_size so that every "
+                          "micro-batch holds at least 2 examples")
+
+
 def accumulate(models, trainable, group, examples, source, epoch, dev, autocast):
     """Forward and backward over one optimizer step's micro-batches: the gradients sum to those of the
     mean loss. Returns the mean of each logged number (tensors, no sync) and the tokens seen."""
@@ -404,7 +421,8 @@ def accumulate(models, trainable, group, examples, source, epoch, dev, autocast)
         with autocast:
             res = jepa.objective(models.online, batch, source.model_cfg.mask_token_id, t_low=t_low, t_high=t_high,
                                  jepa_weight=jepa_weight, predictor=models.predictor,
-                                 target_encoder=models.target, noise=noise, random_context_rate=random_context_rate)
+                                 target_encoder=models.target, noise=noise, random_context_rate=random_context_rate,
+                                 shuffled_target=shuffled_target)
         (res.loss / len(group)).backward()
         for k, v in {**res.stats, "loss": res.loss}.items():
             sums[k] = sums.get(k, 0.0) + v.detach().float() / len(group)
@@ -443,6 +461,7 @@ def main(argv):
         examples = data.tokenize_task(task, items, source.tokenizer, max_len, chat=use_chat, log=log)
     runtime.check_ranks_agree({"settings": runtime.digest(cfg), "data": runtime.digest(examples)}, distributed)
     micro, micro_epoch = data.epoch_batches(len(examples), batch_size, world, rank, seed, 0), 0
+    check_derangeable(len(examples), world)
     steps_per_epoch = math.ceil(len(micro) / accum)
     total_steps = max_steps or epochs * steps_per_epoch
     log(f"{task}: {len(examples)} training examples; effective batch {world * batch_size * accum} = {world} rank(s) "

@@ -12,8 +12,12 @@
 #   bash replication/replicate.sh chosen        # the lr and epochs with the best holdout curve point
 #   bash replication/replicate.sh decode lr1e-3 8   # lever: a curve's final model decoded with another block length
 #   bash replication/replicate.sh forgetting lr1e-3 # a curve's snapshots probed against the base (WikiText loss)
-#   bash replication/replicate.sh arms 42 123   # both arms at the chosen lr and epochs, these seeds, test split
-#   bash replication/replicate.sh aggregate     # over the seeds, with the paired tests
+#   bash replication/replicate.sh arms 42 123   # the first run: both arms at the chosen lr and epochs, test split
+#   bash replication/replicate.sh aggregate     # over the first run's seeds, with the paired tests
+#   bash replication/replicate.sh three-arms    # baseline, DLLM-JEPA and the shuffled-target control at the five
+#                                               # seeds of THREE_SEEDS (none the selection seed 42), test split;
+#                                               # run it twice side by side: each run is taken by one process
+#   bash replication/replicate.sh three-probes  # every three-arms run probed: WikiText, GSM8K test, Django code
 #   bash replication/replicate.sh all           # all of it in order: base, curves (LRS), arms (SEEDS), aggregate
 # Two steps may run side by side (each process is single-threaded): e.g. `curve 1e-3` and `curve 3e-4`.
 #   DATA=/path/to/release/files   the folder holding wikitext/, gsm8k/ and nl_rx/llm_jepa/ (required)
@@ -37,10 +41,13 @@ BASE=replication/base
 RUNS=${RUNS:-out-replication}
 HOLDOUT=500; LIMIT=500; SAMPLES=100; EPOCHS=10; EPOCH_STEPS=235; SNAPSHOT=470  # 235 optimizer steps an epoch
 LRS=(1e-3 3e-4); SEEDS=(42 123 777 1001 2024)
+# the three-arm run: five seeds apart from seed 42, whose baseline is the lr 3e-4 holdout curve that chose
+# lr and epochs (the same run, bit for bit)
+THREE_SEEDS=(123 777 1001 2024 2718); THREE_ARMS=(baseline jepa control)
 PRE=(); SHORT=()
 if [ "${SMOKE:-0}" = 1 ]; then
   R=${SMOKE_DIR:-$(mktemp -d)}; RUNS=$R/runs; BASE=$R/base; PRE=(--max_steps 3); SHORT=(--max_steps 4)
-  LIMIT=4; SAMPLES=8; SNAPSHOT=2; EPOCH_STEPS=2; LRS=(1e-3); SEEDS=(42 123)
+  LIMIT=4; SAMPLES=8; SNAPSHOT=2; EPOCH_STEPS=2; LRS=(1e-3); SEEDS=(42 123); THREE_SEEDS=(123)
   echo "smoke run: results in $R"
 fi
 # LLaDA's pretraining objective (every position maskable, one rate t ~ U(0, 1] per sequence, no JEPA term) on
@@ -58,7 +65,7 @@ stamp() { date +%s; }
 have() { [ -s "$1" ] && echo "skip: $1 exists"; }
 keep() { cp "$1" "$2.tmp" && mv "$2.tmp" "$2"; }  # a kill mid-copy leaves no half file that have() would skip
 keep_gz() { gzip -c "$1" > "$2.tmp" && mv "$2.tmp" "$2"; }
-mkdir -p "$R/curve" "$R/levers" "$R/arms" "$RUNS"
+mkdir -p "$R/curve" "$R/levers" "$R/arms" "$R/three-arms" "$RUNS/three-arms"
 
 base() {  # the committed base, checked; pretrained (LLaDA's objective on the replication corpus) when absent
   if [ -s "$BASE/SHA256SUMS" ]; then
@@ -153,26 +160,13 @@ PY
 }
 
 arms() {  # both arms at the chosen lr and epochs: fine-tune, evaluate on the first 500 test items, probe
-  local lr epochs seed arm w out t
+  local lr epochs seed arm out t
   read -r lr epochs < <(chosen)
   echo "arms: lr $lr, $epochs epochs (the best holdout point of the curves)" | tee "$R/arms/chosen.txt"
   for seed in "$@"; do
     for arm in ${ARMS:-jepa baseline}; do  # ARMS=jepa / ARMS=baseline: one arm, so two can run side by side
-      w=1; [ $arm = baseline ] && w=0
       out=$RUNS/$arm-s$seed; t=$(stamp)
-      if ! have "$R/arms/$arm-s$seed-summary.json"; then
-        # a resumable state every epoch (and on SIGTERM): a run cut short resumes bit-identically where it
-        # stopped; a finished one (final/, its evaluation cut short) is not trained again (train.py checks
-        # that its settings are these)
-        again=(); if [ -d "$out/resume" ] || [ -d "$out/final" ]; then again=(--resume true --overwrite false); fi
-        python train.py "${FT[@]}" "${SHORT[@]}" --model "$BASE" --epochs "$epochs" --jepa_weight $w --seed "$seed" \
-            --lr "$lr" --out_dir "$out" --save_every $EPOCH_STEPS "${again[@]}"
-        python evaluate.py "${EVAL[@]}" --checkpoint "$out" --limit $LIMIT
-        keep_gz "$out/eval/nlrx-0shot.jsonl" "$R/arms/$arm-s$seed-items.jsonl.gz"
-        keep "$out/log.jsonl" "$R/arms/$arm-s$seed-log.jsonl"
-        keep "$out/train_config.json" "$R/arms/$arm-s$seed-train_config.json"
-        keep "$out/eval/nlrx-0shot.json" "$R/arms/$arm-s$seed-summary.json"  # last: the step's marker
-      fi
+      have "$R/arms/$arm-s$seed-summary.json" || train_and_evaluate "$R/arms" "$out" "$arm" "$seed" "$lr" "$epochs"
       if ! have "$R/arms/$arm-s$seed-probe.json"; then
         python probe.py --base "$BASE" --checkpoints "$out" --names ft --n_samples $SAMPLES --sample_len 256 \
             --wikitext_dir "$DATA/wikitext/wikitext-103-raw" --mmlu_dir none --out_dir "$out/probe" --overwrite true
@@ -181,6 +175,45 @@ arms() {  # both arms at the chosen lr and epochs: fine-tune, evaluate on the fi
       echo "$arm seed $seed: $(( $(stamp) - t )) s" | tee -a "$R/times.txt"
     done
   done
+}
+
+arm_flags() {  # $1 arm: its train.py flags
+  case $1 in
+    baseline) echo --jepa_weight 0 ;;
+    jepa) echo --jepa_weight 1 ;;
+    control) echo --jepa_weight 1 --shuffled_target true ;;  # each example gets another example's target
+  esac
+}
+
+three_arms() {  # every (seed, arm) of THREE_SEEDS x THREE_ARMS not yet done: fine-tune, evaluate on the test
+  # split's first 500 items. A run is taken under a lock, so two processes of this step share the work.
+  local lr epochs seed arm out
+  read -r lr epochs < <(chosen)
+  echo "three-arms: lr $lr, $epochs epochs (the best holdout point of the baseline's curves)" | tee "$R/three-arms/chosen.txt"
+  for seed in "${THREE_SEEDS[@]}"; do
+    for arm in "${THREE_ARMS[@]}"; do
+      have "$R/three-arms/$arm-s$seed-summary.json" && continue
+      out=$RUNS/three-arms/$arm-s$seed
+      ( flock -n 9 || { echo "three-arms: $arm seed $seed is taken by another process"; exit 0; }
+        train_and_evaluate "$R/three-arms" "$out" "$arm" "$seed" "$lr" "$epochs" ) 9> "$out.lock"
+    done
+  done
+}
+
+train_and_evaluate() {  # $1 results folder, $2 run folder, $3 arm, $4 seed, $5 lr, $6 epochs
+  local r=$1 out=$2 arm=$3 seed=$4 t again=(); t=$(stamp)
+  # a resumable state every epoch (and on SIGTERM): a run cut short resumes bit-identically where it stopped; a
+  # finished one (final/, its evaluation cut short) is not trained again (train.py checks its settings are these)
+  if [ -d "$out/resume" ] || [ -d "$out/final" ]; then again=(--resume true --overwrite false); fi
+  # shellcheck disable=SC2046  # arm_flags' words are flags
+  python train.py "${FT[@]}" "${SHORT[@]}" --model "$BASE" --epochs "$6" $(arm_flags "$arm") --seed "$seed" \
+      --lr "$5" --out_dir "$out" --save_every $EPOCH_STEPS "${again[@]}"
+  python evaluate.py "${EVAL[@]}" --checkpoint "$out" --limit $LIMIT
+  keep_gz "$out/eval/nlrx-0shot.jsonl" "$r/$arm-s$seed-items.jsonl.gz"
+  keep "$out/log.jsonl" "$r/$arm-s$seed-log.jsonl"
+  keep "$out/train_config.json" "$r/$arm-s$seed-train_config.json"
+  keep "$out/eval/nlrx-0shot.json" "$r/$arm-s$seed-summary.json"  # last: the step's marker
+  echo "$(basename "$r") $arm seed $seed: trained and evaluated in $(( $(stamp) - t )) s" | tee -a "$R/times.txt"
 }
 
 aggregate() {  # over every seed both arms have: mean +- population std, paired differences and their tests,
@@ -221,7 +254,9 @@ case "$step" in
   decode) [ $# = 2 ] || { echo "usage: replicate.sh decode <curve name> <block length>" >&2; exit 2; }; decode "$@" ;;
   arms) [ $# -ge 1 ] || { echo "usage: replicate.sh arms <seed> [<seed> ...]" >&2; exit 2; }; arms "$@" ;;
   aggregate) aggregate ;;
-  all) base; for lr in "${LRS[@]}"; do finetune_curve "lr$lr" "$BASE" 0 --lr "$lr"; done; arms "${SEEDS[@]}"; aggregate ;;
-  *) echo "usage: replicate.sh base | pilot | curve <lr> [<epochs>] | jepa-curve <lr> | decode <curve> <block> | forgetting <curve> | chosen | arms <seed>... | aggregate | all" >&2
+  three-arms) three_arms ;;
+  all) base; for lr in "${LRS[@]}"; do finetune_curve "lr$lr" "$BASE" 0 --lr "$lr"; done; arms "${SEEDS[@]}"; aggregate
+       three_arms ;;
+  *) echo "usage: replicate.sh base | pilot | curve <lr> [<epochs>] | jepa-curve <lr> | decode <curve> <block> | forgetting <curve> | chosen | arms <seed>... | aggregate | three-arms | all" >&2
      exit 2 ;;
 esac

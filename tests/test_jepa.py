@@ -286,3 +286,35 @@ def test_random_context_rate_varies_per_sequence(monkeypatch):
     rates = seen[0][:, 2:].float().mean(1)
     assert torch.allclose(rates, torch.tensor([0.05, 0.3, 0.7, 0.95]), atol=0.1)
     assert torch.allclose(seen[1][:, 2:].float().mean(1), torch.full((4,), 0.7), atol=0.1)  # target stays t_high
+
+
+def test_derange_moves_every_row_and_refuses_a_batch_of_one():
+    z = torch.arange(12.0).reshape(4, 3)
+    shuffled = J.derange(z)
+    assert torch.equal(shuffled, z[[3, 0, 1, 2]])  # row i gets row i - 1's
+    assert not (shuffled == z).all(dim=1).any()  # no row keeps its own
+    with pytest.raises(ValueError, match="at least 2 examples"):
+        J.derange(z[:1])
+
+
+def test_shuffled_target_control_pairs_each_prediction_with_another_examples_target(monkeypatch):
+    """The control's JEPA loss is the cosine between each prediction and the previous example's target;
+    the diffusion loss and the embeddings themselves are those of the method's step, and gradients reach
+    the online model and the predictor as in the method."""
+    online, target, predictor = make_parts()
+    batch = make_batch()
+    noise = J.draw_view_noise(batch["input_ids"].shape, torch.Generator().manual_seed(0))
+    seen = []
+    real_jepa_loss = J.jepa_loss
+    monkeypatch.setattr(J, "jepa_loss", lambda p, t: seen.append((p.detach(), t.detach())) or real_jepa_loss(p, t))
+    method = J.objective(online, batch, MASK, predictor=predictor, target_encoder=target, noise=noise)
+    control = J.objective(online, batch, MASK, predictor=predictor, target_encoder=target, noise=noise,
+                          shuffled_target=True)
+    (pred_m, target_m), (pred_c, target_c) = seen
+    assert torch.equal(pred_m, pred_c) and torch.equal(target_c, target_m.roll(1, dims=0))
+    assert torch.equal(method.diffusion_loss, control.diffusion_loss)
+    assert not torch.allclose(method.jepa_loss, control.jepa_loss)
+    expected = 1 - torch.nn.functional.cosine_similarity(pred_m, target_m[[3, 0, 1, 2]], dim=-1).mean()
+    assert torch.allclose(control.jepa_loss, expected, atol=1e-6)
+    control.jepa_loss.backward()
+    assert nonzero(grads_of(online)) and nonzero(grads_of(predictor))

@@ -87,6 +87,7 @@ def test_config_file(tmp_path):
     (["--weight_decay=-5"], r"--weight_decay=-5.0 is out of range: it must be >= 0"),
     (["--epochs=0"], r"--epochs=0 is out of range"),
     (["--save_every=-1"], r"--save_every=-1 is out of range"),
+    (["--shuffled_target=true", "--jepa_weight=0"], "needs a JEPA term"),
 ])
 def test_bad_configurations_fail_with_the_right_message(argv, message):
     train = fresh_train()
@@ -117,6 +118,20 @@ def test_total_batch_mismatches_are_refused(argv, world, message):
     with pytest.raises(train.ConfigError, match=message):
         train.configure(["--task", "gsm8k", *argv])
         train.resolve_grad_accum(world)
+
+
+@pytest.mark.parametrize("n,batch,world,ok", [(7, 3, 1, False), (8, 3, 1, True), (9, 2, 2, False), (10, 2, 2, False), (12, 2, 2, True)])
+def test_shuffled_target_refuses_a_micro_batch_of_one(n, batch, world, ok):
+    """7 examples in batches of 3 end with a batch of 1; 9 on 2 ranks x 2 end with a step of 1 + 0, topped
+    up to 2 rows, one a rank; 10 end with a step of 2, one a rank."""
+    train = fresh_train()
+    train.configure(["--task", "gsm8k", "--shuffled_target=true", f"--batch_size={batch}", "--total_batch=0",
+                     "--grad_accum=1"])
+    if ok:
+        train.check_derangeable(n, world)
+    else:
+        with pytest.raises(train.ConfigError, match="micro-batch of 1"):
+            train.check_derangeable(n, world)
 
 
 def test_grad_accum_alone_when_total_batch_is_off():
