@@ -9,7 +9,12 @@ For each fine-tuned checkpoint against the base:
   drift       per layer, 1 - cos(mean-pooled hidden state of base, of fine-tuned), averaged over the WikiText
               samples; the early / middle / late thirds of the blocks and the mean over blocks; ratios
               between named checkpoints (e.g. jepa / baseline, Fig. 2B and D)
-  forgetting  WikiText diffusion loss at 50% masking, identical masks for every checkpoint, minus the base's
+  forgetting  WikiText diffusion loss at 50% masking, identical masks for every checkpoint, minus the base's;
+              on WikiText and on every --forgetting_data text, at the same masked positions, what a loss alone
+              cannot tell apart (a model that kept what it knew, or one whose logits only got sharper or flatter):
+              KL(base || fine-tuned), top-1 and top-5 accuracy, the loss at one temperature fitted on the even
+              samples and reported on the odd ones, a unigram reference (--unigram_text's token frequencies), and
+              retention = (unigram - fine-tuned) / (unigram - base) where the base beats the unigram
   collapse    for z_tL and z_tH (the checkpoint's own pooled embeddings of views masked at t_L and t_H):
               mean per-dimension std, effective rank (sum s)^2 / sum s^2, cosine diversity 1 - mean |cos| over
               5,000 random pairs (A.7, Table 13), for the base too
@@ -30,7 +35,7 @@ import data
 import jepa
 import model as modellib
 from configurator import check_ranges, configure, setting_keys
-from harness.errors import ConfigError
+from harness.errors import ConfigError, InputError, parse_json, read_text
 from harness.outputs import prepare_output_dir, refuse_used, write_json
 from harness.run_folder import run_config
 from harness.runtime import (DIST_TIMEOUT, all_gather_objects, close_distributed, init_distributed, resolve_dtype,
@@ -43,6 +48,10 @@ checkpoints = ""  # comma-separated fine-tuned checkpoints (train.py output dire
 names = ""  # comma-separated names for them; default: the paths
 ratio = ""  # comma-separated 'a/b' pairs of names: drift ratios (e.g. jepa/baseline)
 wikitext_dir = ""  # wiki.valid.raw; empty = the hub
+forgetting_data = ""  # more texts for the forgetting measures, comma-separated name=path (or a bare path: the
+#                       file's name): .jsonl (a row's "text", else its string fields) or plain text
+unigram_text = ""  # the unigram reference's token counts: comma-separated files / folders / .jsonl ("text" per
+#                    row), e.g. the base's pretraining corpus; empty = each probed text's own samples (in-sample)
 mmlu_dir = ""  # MMLU csv folders; empty = the hub; 'none' skips MMLU
 n_samples = 100  # WikiText samples (paper: 100)
 sample_len = 256  # tokens per sample; longer paragraphs are cut here (the count is reported)
@@ -109,6 +118,42 @@ def collapse_stats(z, n_pairs, seed):
             "effective_rank_centred": effective_rank(z, centred=True), "cos_diversity": cosine_diversity(z, n_pairs, seed)}
 
 
+# the temperatures the calibrated loss is fitted over: 2^(j/16), 0.25 to 8 (steps of 4.4%; 1 and 2 exactly)
+TEMPERATURES = torch.tensor([2.0 ** (j / 16) for j in range(-32, 49)], dtype=torch.float64)
+UNIGRAM_PRIOR = 0.5  # pseudo-count per vocabulary entry (Krichevsky-Trofimov): no token gets probability 0
+
+
+def unigram_logprobs(token_lists, vocab_size):
+    """log p(token) of the unigram model of these token lists, (V,) float64: counts plus UNIGRAM_PRIOR."""
+    counts = torch.zeros(vocab_size, dtype=torch.float64)
+    for ids in token_lists:
+        counts += torch.bincount(torch.as_tensor(ids, dtype=torch.long), minlength=vocab_size)[:vocab_size].double()
+    counts += UNIGRAM_PRIOR
+    return counts.log() - counts.sum().log()
+
+
+def forgetting_measures(raw):
+    """One checkpoint's measures on one text from forgetting_pass's output (all ranks joined): the loss as
+    the forgetting probe has always reported it (per-sample means, then over samples), the token-level loss,
+    top-1 / top-5 accuracy, and the calibrated loss: the temperature with the lowest loss on the even samples'
+    positions, and the loss at it on the odd samples' (with the loss at temperature 1 there, its comparison)."""
+    fit, report = raw["half"] == 0, raw["half"] == 1
+    best = int((raw["ce_at_t"][0] / max(int(fit.sum()), 1)).argmin())
+    out = {"loss": raw["loss"].mean().item(), "token_loss": raw["ce"].mean().item(),
+           "top1": raw["top1"].float().mean().item(), "top5": raw["top5"].float().mean().item(),
+           "temperature": TEMPERATURES[best].item(), "loss_report_half": raw["ce"][report].mean().item(),
+           "calibrated_loss": (raw["ce_at_t"][1, best] / max(int(report.sum()), 1)).item()}
+    if "kl" in raw:
+        out["kl_from_base"] = raw["kl"].mean().item()
+    return out
+
+
+def retention(unigram, base_loss, ft_loss):
+    """(unigram - fine-tuned) / (unigram - base): 1 where the fine-tuned model kept all of what the base knows
+    beyond token frequencies, 0 where it kept none; None where the base does not beat the unigram."""
+    return (unigram - ft_loss) / (unigram - base_loss) if unigram - base_loss > 0 else None
+
+
 # -----------------------------------------------------------------------------
 # data
 
@@ -126,6 +171,57 @@ def wikitext_samples(tokenizer, n, length, data_dir):
         if len(samples) == n:
             return samples, cut
     raise ValueError(f"WikiText has only {len(samples)} paragraphs of 32+ tokens; {n} asked for")
+
+
+def parse_forgetting_data(spec):
+    """--forgetting_data as [(name, path)]: 'name=path' or a bare path, named by its file name."""
+    texts = []
+    for part in (p for p in spec.split(",") if p):
+        name, _, path = part.rpartition("=")
+        name = name or os.path.splitext(os.path.basename(path))[0]
+        if name == "wikitext" or name in [n for n, _ in texts]:
+            raise ConfigError(f"--forgetting_data: the name {name!r} is used twice (wikitext is always probed)")
+        texts.append((name, path))
+    return texts
+
+
+def text_documents(path):
+    """A .jsonl file's rows as documents: each row's "text", else its string fields joined by a blank line in
+    the row's order (GSM8K: question, then answer, as the replication corpus writes them)."""
+    docs = []
+    for i, line in enumerate(read_text(path, "--forgetting_data file").splitlines(), start=1):
+        if not line.strip():
+            continue
+        row = parse_json(line, path, i)
+        text = row.get("text") if isinstance(row, dict) else None
+        if not isinstance(text, str):
+            text = "\n\n".join(v for v in (row.values() if isinstance(row, dict) else ()) if isinstance(v, str))
+        if not text:
+            raise InputError(f"{path}:{i}: a --forgetting_data row needs a \"text\" field or string fields")
+        docs.append(text)
+    return docs
+
+
+def text_samples(path, tokenizer, n, length):
+    """The first n samples of one --forgetting_data text as token ids. A .jsonl file: its documents
+    (text_documents) of at least 32 tokens, cut to `length`, as WikiText's paragraphs; anything else is plain
+    text, read whole and cut into consecutive windows of `length` tokens (BOS first where the tokenizer has one).
+    Returns (samples, number cut)."""
+    if path.endswith(".jsonl"):
+        samples, cut = [], 0
+        for doc in text_documents(path):
+            ids = data.encode_plain(tokenizer, doc)
+            if len(ids) >= 32:
+                cut += len(ids) > length
+                samples.append(ids[:length])
+        samples = samples[:n]
+    else:
+        ids = data.encode_plain(tokenizer, read_text(path, "--forgetting_data file"))
+        samples, cut = [ids[i:i + length] for i in range(0, len(ids) - length + 1, length)][:n], 0
+    if len(samples) < n:
+        raise ConfigError(f"--forgetting_data {path}: {len(samples)} samples of {length} tokens, {n} asked for "
+                          "(--n_samples)")
+    return samples, cut
 
 
 def mmlu_subset(questions, n, seed):
@@ -189,30 +285,73 @@ def view_rates(ckpt_dir):
 
 @torch.no_grad()
 def wikitext_pass(model, samples, indices, batch, rates):
-    """Per sample: pooled hidden states of every layer (L, N, D), the diffusion loss at forgetting_rate,
-    and the pooled z_tL, z_tH. Masks come from jepa.view_noise keyed by the sample's index, so every
-    checkpoint sees identical masks. Position 0 is never masked (Dream cannot predict it)."""
+    """Per sample: pooled hidden states of every layer (L, N, D) and the pooled z_tL, z_tH of the collapse
+    probe's views. Masks come from jepa.view_noise keyed by the sample's index, so every checkpoint sees
+    identical masks. Position 0 is never masked (Dream cannot predict it)."""
     cfg = model.cfg
     dev = next(model.parameters()).device
-    pooled, losses, z_low, z_high = [], [], [], []
+    pooled, z_low, z_high = [], [], []
     for start in range(0, len(samples), batch):
         chunk, idx = samples[start:start + batch], indices[start:start + batch]
         ids, real = pad_batch(chunk, cfg.pad_token_id, dev)
         out = model(ids, padding_mask=real, logits_at=torch.zeros_like(real), output_hidden_states=True)
         pooled.append(torch.stack([mean_pool(h, real) for h in out.hidden_states]).cpu())
-        maskable = real.clone()
-        maskable[:, 0] = False
-        noise = jepa.view_noise(idx, ids.shape[1], seed, sample_len)
-        forget_view, forget_masked = jepa.mask_view(ids, maskable, forgetting_rate, cfg.mask_token_id, noise.context)
-        logits = model(forget_view, padding_mask=real, logits_at=forget_masked).logits
-        losses.append(jepa.sequence_losses(logits, ids[forget_masked], forget_masked)[0].cpu())
-        noise2 = jepa.view_noise(idx, ids.shape[1], seed + 1, sample_len)  # views of the collapse probe
-        for t, noise_row, store in ((rates[0], noise2.context, z_low), (rates[1], noise2.target, z_high)):
-            view, masked = jepa.mask_view(ids, maskable, t, cfg.mask_token_id, noise_row)
+        noise = jepa.view_noise(idx, ids.shape[1], seed + 1, sample_len)  # views of the collapse probe
+        for t, noise_row, store in ((rates[0], noise.context, z_low), (rates[1], noise.target, z_high)):
+            view, masked = jepa.mask_view(ids, maskable_positions(real), t, cfg.mask_token_id, noise_row)
             hidden = model(view, padding_mask=real, logits_at=torch.zeros_like(real)).hidden
             store.append(jepa.pool(hidden, real & ~masked).cpu())
-    return {"pooled": torch.cat(pooled, dim=1), "loss": torch.cat(losses), "z_low": torch.cat(z_low),
-            "z_high": torch.cat(z_high)}
+    return {"pooled": torch.cat(pooled, dim=1), "z_low": torch.cat(z_low), "z_high": torch.cat(z_high)}
+
+
+def maskable_positions(real):
+    """Every real position but the first: Dream predicts position i from i - 1, so it cannot predict 0."""
+    maskable = real.clone()
+    maskable[:, 0] = False
+    return maskable
+
+
+@torch.no_grad()
+def forgetting_pass(model, samples, indices, batch, base_logprobs=None, keep_logprobs=False):
+    """The forgetting probe on one text: the sequence is masked at forgetting_rate with the masks keyed by
+    each sample's index (identical for every checkpoint, whatever the batching) and predicted at the masked
+    positions. Returns per sample 'loss' (N,); per masked position, in this rank's order, 'ce', 'top1', 'top5',
+    'half' (the sample's index parity: 0 fits the temperature, 1 reports it) and, given the base's log
+    probabilities at the same positions, 'kl' = KL(base || this model); 'ce_at_t' (2, len(TEMPERATURES)), the
+    loss summed per half at every temperature; with keep_logprobs, 'logprobs' (positions, V) for the base,
+    kept to compare each fine-tuned model with (n_samples x sample_len x forgetting_rate x V floats in all)."""
+    cfg = model.cfg
+    dev = next(model.parameters()).device
+    out = {k: [] for k in ("loss", "gold", "ce", "top1", "top5", "half", "kl", "logprobs")}
+    ce_at_t, offset = torch.zeros(2, len(TEMPERATURES), dtype=torch.float64), 0
+    for start in range(0, len(samples), batch):
+        chunk, idx = samples[start:start + batch], indices[start:start + batch]
+        ids, real = pad_batch(chunk, cfg.pad_token_id, dev)
+        noise = jepa.view_noise(idx, ids.shape[1], seed, sample_len)
+        view, masked = jepa.mask_view(ids, maskable_positions(real), forgetting_rate, cfg.mask_token_id, noise.context)
+        logits = model(view, padding_mask=real, logits_at=masked).logits.float()
+        gold = ids[masked]
+        out["gold"].append(gold.cpu())
+        out["loss"].append(jepa.sequence_losses(logits, gold, masked)[0].cpu())
+        logp = F.log_softmax(logits, dim=-1)
+        out["ce"].append(-logp.gather(1, gold[:, None])[:, 0].cpu())
+        top5 = logits.topk(min(5, logits.shape[-1]), dim=-1).indices
+        out["top1"].append((top5[:, 0] == gold).cpu())
+        out["top5"].append((top5 == gold[:, None]).any(-1).cpu())
+        half = (torch.tensor(idx, device=dev) % 2)[masked.nonzero()[:, 0]]
+        out["half"].append(half.cpu())
+        gold_logit = logits.gather(1, gold[:, None])[:, 0].double()
+        for k, t in enumerate(TEMPERATURES.tolist()):
+            ce_t = torch.logsumexp(logits / t, dim=-1).double() - gold_logit / t
+            ce_at_t[:, k] += torch.stack([ce_t[half == h].sum() for h in (0, 1)]).cpu()
+        if base_logprobs is not None:
+            b = base_logprobs[offset:offset + len(gold)].to(dev)
+            out["kl"].append((b.exp() * (b - logp)).sum(-1).cpu())
+        if keep_logprobs:
+            out["logprobs"].append(logp.cpu())
+        offset += len(gold)
+    joined = {k: torch.cat(v) for k, v in out.items() if v}
+    return {**joined, "ce_at_t": ce_at_t}
 
 
 @torch.no_grad()
@@ -261,36 +400,44 @@ def main(argv):
 
     base_dir = modellib.resolve_checkpoint_dir(base)
     tokenizer = modellib.load_tokenizer(base_dir)
-    samples, cut = wikitext_samples(tokenizer, n_samples, sample_len, wikitext_dir or None)
-    if master:
-        print(f"WikiText: {len(samples)} samples, {cut} of them cut to sample_len={sample_len} tokens")
+    texts = load_texts(tokenizer, master)
     questions = [] if mmlu_dir == "none" else mmlu_subset(data.load_mmlu("test", mmlu_dir or None), mmlu_questions, seed)
-    my_samples = list(range(rank, len(samples), world))
+    mine = {name: list(range(rank, len(t["samples"]), world)) for name, t in texts.items()}
     my_questions = list(range(rank, len(questions), world))
 
-    results, report = {}, None
+    results, report, base_logprobs = {}, None, {}
     from tqdm import tqdm
     for label, path in tqdm([("base", base)] + list(zip(labels, paths)), disable=not master, desc="checkpoints"):
         ckpt_dir = modellib.resolve_checkpoint_dir(path)
         model = modellib.load_for_inference(ckpt_dir, dtype=model_dtype, device=dev)
         rates = view_rates(ckpt_dir)
-        wt = wikitext_pass(model, [samples[i] for i in my_samples], my_samples, batch_size, rates)
+        if label == "base" and master:
+            unigrams = unigram_models(texts, model.cfg.vocab_size)
+        wikitext = [texts["wikitext"]["samples"][i] for i in mine["wikitext"]]
+        wt = wikitext_pass(model, wikitext, mine["wikitext"], batch_size, rates)
+        forget = {}
+        for name, text in texts.items():
+            forget[name] = forgetting_pass(model, [text["samples"][i] for i in mine[name]], mine[name], batch_size,
+                                           base_logprobs.get(name), keep_logprobs=label == "base")
+            if label == "base":
+                base_logprobs[name] = forget[name].pop("logprobs")
         mm = mmlu_pass(model, tokenizer, [questions[i] for i in my_questions], batch_size)
         del model
-        parts = all_gather_objects((my_samples, wt, my_questions, mm), world > 1)
+        parts = all_gather_objects((mine["wikitext"], wt, mm, forget), world > 1)
         order = torch.tensor([i for p in parts for i in p[0]]).argsort()
         results[label] = {
             "pooled": torch.cat([p[1]["pooled"] for p in parts], dim=1)[:, order],
-            "loss": torch.cat([p[1]["loss"] for p in parts])[order],
             "z_low": torch.cat([p[1]["z_low"] for p in parts])[order],
             "z_high": torch.cat([p[1]["z_high"] for p in parts])[order],
-            "mmlu": [c for p in parts for c in p[3]],
+            "mmlu": [c for p in parts for c in p[2]],
+            "texts": {name: join_ranks([p[3][name] for p in parts]) for name in texts},
             "rates": rates,
         }
         if master:  # what is measured so far is on disk: a crash later keeps it
-            head = {"config": cfg, "n_samples": len(samples), "samples_cut_to_sample_len": cut,
-                    "mmlu_questions": len(questions)}
-            report = build_report(head, results, pairs, complete=len(results) == len(labels) + 1)
+            head = {"config": cfg, "n_samples": len(texts["wikitext"]["samples"]),
+                    "samples_cut_to_sample_len": texts["wikitext"]["cut"], "mmlu_questions": len(questions)}
+            report = build_report(head, results, pairs, text_summaries(texts, unigrams, results["base"]["texts"]),
+                                  complete=len(results) == len(labels) + 1)
             write_report(report)
     close_distributed(world)
     if master:
@@ -299,13 +446,66 @@ def main(argv):
         print(f"wrote {os.path.join(out_dir, 'probe.json')}")
 
 
-def build_report(head, results, pairs, complete):
+def load_texts(tokenizer, master):
+    """The probed texts: WikiText first, then --forgetting_data's, as {name: {source, samples, cut}}."""
+    samples, cut = wikitext_samples(tokenizer, n_samples, sample_len, wikitext_dir or None)
+    texts = {"wikitext": {"source": wikitext_dir or "Salesforce/wikitext", "samples": samples, "cut": cut}}
+    for name, path in parse_forgetting_data(forgetting_data):
+        samples, cut = text_samples(path, tokenizer, n_samples, sample_len)
+        texts[name] = {"source": path, "samples": samples, "cut": cut}
+    for name, t in texts.items():
+        if master:
+            print(f"{name}: {len(t['samples'])} samples, {t['cut']} of them cut to sample_len={sample_len} tokens")
+    return texts
+
+
+def unigram_models(texts, vocab_size):
+    """{text name: unigram log probabilities}: one model of --unigram_text for every text, else each text's
+    own samples."""
+    if unigram_text:
+        tokenizer = modellib.load_tokenizer(modellib.resolve_checkpoint_dir(base))
+        documents = data.read_documents([p for p in unigram_text.split(",") if p])
+        shared = unigram_logprobs((data.encode_plain(tokenizer, d) for d in documents), vocab_size)
+        return {name: shared for name in texts}
+    return {name: unigram_logprobs(t["samples"], vocab_size) for name, t in texts.items()}
+
+
+def join_ranks(parts):
+    """forgetting_pass's outputs of every rank as one: per-sample losses in sample order (each rank took
+    every world-th sample), per-position values concatenated, the per-temperature sums added."""
+    world = len(parts)
+    losses = [p["loss"] for p in parts]
+    n = sum(len(x) for x in losses)
+    loss = torch.empty(n)
+    for r, x in enumerate(losses):
+        loss[r::world] = x
+    joined = {k: torch.cat([p[k] for p in parts]) for k in parts[0] if k not in ("loss", "ce_at_t")}
+    return {**joined, "loss": loss, "ce_at_t": sum(p["ce_at_t"] for p in parts)}
+
+
+def text_summaries(texts, unigrams, base_raw):
+    """probe.json's "texts": per probed text its source, samples, masked positions and the unigram
+    reference's loss there (all of them, and the odd samples' where the calibrated loss is reported)."""
+    out = {}
+    for name, t in texts.items():
+        raw = base_raw[name]
+        unigram_ce = -unigrams[name][raw["gold"]]
+        out[name] = {"source": t["source"], "n_samples": len(t["samples"]), "samples_cut_to_sample_len": t["cut"],
+                     "masked_positions": len(raw["gold"]),
+                     "unigram_text": unigram_text or "the probed samples themselves",
+                     "unigram_loss": unigram_ce.mean().item(),
+                     "unigram_loss_report_half": unigram_ce[raw["half"] == 1].mean().item()}
+    return out
+
+
+def build_report(head, results, pairs, texts, complete):
     """probe.json's content from the checkpoints measured so far (base first); 'complete' says whether
     every checkpoint is in."""
-    report = {**head, "complete": complete, "checkpoints": {}}
+    report = {**head, "complete": complete, "texts": texts, "checkpoints": {}}
     base_res = results["base"]
     for label, res in results.items():
-        entry = {"wikitext_loss": res["loss"].mean().item(),
+        measures = {name: forgetting_measures(raw) for name, raw in res["texts"].items()}
+        entry = {"wikitext_loss": measures["wikitext"]["loss"], "texts": measures,
                  "collapse": {"t_L": res["rates"][0], "t_H": res["rates"][1],
                               "z_tL": collapse_stats(res["z_low"], cos_pairs, seed),
                               "z_tH": collapse_stats(res["z_high"], cos_pairs, seed)}}
@@ -316,6 +516,12 @@ def build_report(head, results, pairs, complete):
             entry["drift_per_layer"] = per_layer.tolist()
             entry["drift"] = regions(per_layer)
             entry["forgetting"] = entry["wikitext_loss"] - report["checkpoints"]["base"]["wikitext_loss"]
+            for name, m in measures.items():
+                b, u = report["checkpoints"]["base"]["texts"][name], texts[name]
+                m["forgetting"] = m["loss"] - b["loss"]
+                m["retention"] = retention(u["unigram_loss"], b["token_loss"], m["token_loss"])
+                m["retention_calibrated"] = retention(u["unigram_loss_report_half"], b["calibrated_loss"],
+                                                      m["calibrated_loss"])
         report["checkpoints"][label] = entry
     report["drift_ratios"] = {}
     for a, b in pairs:
@@ -347,11 +553,31 @@ def print_table(report):
                      *(f"{d[k]:.4f}" if d else "-" for k in ("mean", "early", "middle", "late")),
                      f"{e['collapse']['z_tL']['effective_rank']:.1f}", f"{e['collapse']['z_tH']['effective_rank']:.1f}",
                      f"{e['collapse']['z_tL']['cos_diversity']:.3f}", f"{e['mmlu']:.3f}" if "mmlu" in e else "-"))
+    print_rows(rows)
+    for name, text in report["texts"].items():
+        print(f"\n{name} ({text['masked_positions']} masked positions; unigram {text['unigram_loss']:.4f}, "
+              f"odd samples {text['unigram_loss_report_half']:.4f}):")
+        rows = [("checkpoint", "loss", "forget", "KL(base||ft)", "top1", "top5", "T", "loss odd", "calibrated",
+                 "retention", "ret. calib.")]
+        for label, e in report["checkpoints"].items():
+            m = e["texts"][name]
+            rows.append((label, f"{m['loss']:.4f}", *(fmt(m.get(k), ".4f", "+") for k in ("forgetting", "kl_from_base")),
+                         f"{m['top1']:.3f}", f"{m['top5']:.3f}", f"{m['temperature']:.2f}",
+                         f"{m['loss_report_half']:.4f}", f"{m['calibrated_loss']:.4f}",
+                         *(fmt(m.get(k), ".3f") for k in ("retention", "retention_calibrated"))))
+        print_rows(rows)
+    for name, r in report["drift_ratios"].items():
+        print(f"drift ratio {name}: " + ", ".join(f"{k} {v:.2f}" if v is not None else f"{k} -" for k, v in r.items()))
+
+
+def fmt(value, spec, sign=""):
+    return "-" if value is None else format(value, sign + spec)
+
+
+def print_rows(rows):
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)))
-    for name, r in report["drift_ratios"].items():
-        print(f"drift ratio {name}: " + ", ".join(f"{k} {v:.2f}" if v is not None else f"{k} -" for k, v in r.items()))
 
 
 def plot_drift(report, path):

@@ -13,6 +13,12 @@ The replication corpus (fixed here, so that every machine builds the same one fr
            pydoc_data/: help text dumped into one string), sorted by path; so it depends on the Python
            version. The tables were 9.7% of the first recipe and its base sampled hex rows (issue 22).
 Nothing of NL-RX (the fine-tuning task) is in it.
+
+  python -m replication.corpus --code_out out-replication/held-out-code.txt
+
+writes the forgetting probe's held-out code text instead: Python the base never saw, torch's torch/nn/modules/
+sources (site-packages, which the corpus leaves out), sorted by name and joined; requirements.txt pins torch, so
+every machine that installs it writes the same text.
 """
 
 import os
@@ -21,11 +27,12 @@ import sysconfig
 
 from configurator import configure, setting_keys
 from harness.errors import ConfigError, MissingInput, parse_json, read_text
-from harness.outputs import write_jsonl
+from harness.outputs import write_jsonl, write_whole
 from harness.runtime import run_main
 
 data_dir = ""  # the folder holding wikitext/wikitext-103-raw/ and gsm8k/openai/ in their release layouts
 out = ""  # the JSONL file to write
+code_out = ""  # instead: the held-out code text to write (torch's nn/modules sources)
 KEYS = setting_keys(globals())
 
 EXCLUDED_DIRS = {"test", "tests", "idle_test", "site-packages", "__pycache__",
@@ -57,6 +64,13 @@ def stdlib_files():
     return sorted(files)
 
 
+def held_out_code_files():
+    """The installed torch's torch/nn/modules/*.py, sorted: code of the base's kind, none of it in the corpus."""
+    import torch
+    root = os.path.join(os.path.dirname(torch.__file__), "nn", "modules")
+    return sorted(os.path.join(root, n) for n in os.listdir(root) if n.endswith(".py"))
+
+
 def replication_documents(data_root):
     """The replication corpus (see the top of this file) from a folder holding wikitext/wikitext-103-raw/
     and gsm8k/openai/ in their release layouts."""
@@ -81,6 +95,12 @@ def write_corpus(documents, path):
 
 def main(argv):
     configure(globals(), KEYS, argv)
+    if code_out:
+        import torch
+        text = "".join(read_text(path, "torch source file") for path in held_out_code_files())
+        write_whole(code_out, text)
+        print(f"held-out code: torch {torch.__version__} torch/nn/modules, {len(text):,} characters -> {code_out}")
+        return
     if not data_dir or not out:
         raise ConfigError("pass --data_dir (the release files) and --out (the JSONL file to write)")
     documents = replication_documents(data_dir)

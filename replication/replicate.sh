@@ -216,6 +216,30 @@ train_and_evaluate() {  # $1 results folder, $2 run folder, $3 arm, $4 seed, $5 
   echo "$(basename "$r") $arm seed $seed: trained and evaluated in $(( $(stamp) - t )) s" | tee -a "$R/times.txt"
 }
 
+three_probes() {  # every three-arms run whose probe is missing, against the base: drift and collapse on
+  # WikiText; the forgetting measures on WikiText-103 validation, on GSM8K test (the base saw GSM8K train) and on
+  # Python it never saw (torch's nn/modules), against the unigram model of the base's own corpus. Needs the run's
+  # final weights in $RUNS/three-arms: keep them until its probe is committed.
+  local seed arm out t
+  [ -s "$RUNS/corpus.jsonl" ] || python -m replication.corpus --data_dir "$DATA" --out "$RUNS/corpus.jsonl"
+  [ -s "$RUNS/held-out-code.txt" ] || python -m replication.corpus --code_out "$RUNS/held-out-code.txt"
+  for seed in "${THREE_SEEDS[@]}"; do
+    for arm in "${THREE_ARMS[@]}"; do
+      out=$RUNS/three-arms/$arm-s$seed
+      have "$R/three-arms/$arm-s$seed-probe.json" && continue
+      [ -s "$R/three-arms/$arm-s$seed-summary.json" ] || { echo "three-probes: $arm seed $seed not trained yet"; continue; }
+      [ -d "$out/final" ] || { echo "three-probes: $out/final is gone: run three-arms for it again" >&2; exit 1; }
+      t=$(stamp)
+      python probe.py --base "$BASE" --checkpoints "$out" --names ft --n_samples $SAMPLES --sample_len 256 \
+          --wikitext_dir "$DATA/wikitext/wikitext-103-raw" --mmlu_dir none --unigram_text "$RUNS/corpus.jsonl" \
+          --forgetting_data "gsm8k-test=$DATA/gsm8k/openai/test.jsonl,torch-code=$RUNS/held-out-code.txt" \
+          --out_dir "$out/probe" --overwrite true
+      keep "$out/probe/probe.json" "$R/three-arms/$arm-s$seed-probe.json"
+      echo "three-arms $arm seed $seed: probed in $(( $(stamp) - t )) s" | tee -a "$R/times.txt"
+    done
+  done
+}
+
 aggregate() {  # over every seed both arms have: mean +- population std, paired differences and their tests,
   # item-level McNemar pooled over seeds, the test items also trained on (replication/leaks.py) apart
   local arm s runs=() items=() seeds=()
@@ -255,8 +279,9 @@ case "$step" in
   arms) [ $# -ge 1 ] || { echo "usage: replicate.sh arms <seed> [<seed> ...]" >&2; exit 2; }; arms "$@" ;;
   aggregate) aggregate ;;
   three-arms) three_arms ;;
+  three-probes) three_probes ;;
   all) base; for lr in "${LRS[@]}"; do finetune_curve "lr$lr" "$BASE" 0 --lr "$lr"; done; arms "${SEEDS[@]}"; aggregate
-       three_arms ;;
-  *) echo "usage: replicate.sh base | pilot | curve <lr> [<epochs>] | jepa-curve <lr> | decode <curve> <block> | forgetting <curve> | chosen | arms <seed>... | aggregate | three-arms | all" >&2
+       three_arms; three_probes ;;
+  *) echo "usage: replicate.sh base | pilot | curve <lr> [<epochs>] | jepa-curve <lr> | decode <curve> <block> | forgetting <curve> | chosen | arms <seed>... | aggregate | three-arms | three-probes | all" >&2
      exit 2 ;;
 esac

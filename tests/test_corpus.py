@@ -119,3 +119,15 @@ def test_punctuation_is_split_before_bpe():
     tokens = split.convert_ids_to_tokens(split.encode("((dog))*(x)", add_special_tokens=False))
     assert tokens == ["(", "(", "dog", ")", ")", "*", "(", "x", ")"]
     assert split.decode(split.encode("((dog)|x) lines", add_special_tokens=False)) == "((dog)|x) lines"
+
+
+def test_held_out_code_is_torch_source_outside_the_corpus(tmp_path):
+    import sysconfig
+    files = C.held_out_code_files()
+    stdlib = os.path.realpath(sysconfig.get_paths()["stdlib"])
+    assert files == sorted(files) and len(files) > 10 and all(f.endswith(".py") for f in files)
+    assert not set(files) & set(C.stdlib_files()) and "site-packages" in files[0]
+    assert not any(os.path.realpath(f).startswith(stdlib + os.sep) and "site-packages" not in f for f in files)
+    out = tmp_path / "code.txt"
+    C.main([f"--code_out={out}"])
+    assert out.read_text() == "".join(open(f).read() for f in files)

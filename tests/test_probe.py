@@ -3,6 +3,7 @@ end to end on tiny checkpoints."""
 
 import json
 import os
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -109,10 +110,10 @@ def test_forgetting_masks_identical_across_checkpoints(monkeypatch):
 
     monkeypatch.setattr(P.jepa, "mask_view", spy)
     base, ft = tiny_pair(0.05)
-    P.wikitext_pass(base, s, list(range(6)), 4, (0.2, 0.7))
+    P.forgetting_pass(base, s, list(range(6)), 4)
     first = list(seen)
     seen.clear()
-    P.wikitext_pass(ft, s, list(range(6)), 3, (0.2, 0.7))  # other model, other batching: the same masks
+    P.forgetting_pass(ft, s, list(range(6)), 3)  # other model, other batching: the same masks
     masks_a = [m[r, :len(s[i])] for i, (m, r) in enumerate((first[k // 4], k % 4) for k in range(6))]
     masks_b = [m[r, :len(s[i])] for i, (m, r) in enumerate((seen[k // 3], k % 3) for k in range(6))]
     for a, b in zip(masks_a, masks_b):
@@ -179,9 +180,15 @@ def test_probe_command_on_tiny_checkpoints(tmp_path, tok):
     for k in range(3):
         (mm / f"sub{k}_test.csv").write_text("question,choice0,choice1,choice2,choice3,answer\n" +
                                              "".join(f"q{i},a,b,c,d,{i % 4}\n" for i in range(5)))
+    (tmp_path / "qa.jsonl").write_text("".join(json.dumps({"question": f"how many lines {i} " * 5,
+                                                           "answer": "a number " * 6}) + "\n" for i in range(10)))
+    (tmp_path / "code.txt").write_text("".join(f"def f{i} ( x ) : return x + {i}\n" for i in range(200)))
+    (tmp_path / "one-token.txt").write_text("zq " * 3000)  # a unigram reference the random base beats
     out = tmp_path / "out"
     proc = run_script(["probe.py", f"--base={tmp_path / 'base'}", f"--checkpoints={tmp_path / 'run'},{tmp_path / 'same'}",
                        "--names=ft,same", "--ratio=ft/same", f"--wikitext_dir={wt}", f"--mmlu_dir={tmp_path / 'mmlu'}",
+                       f"--forgetting_data=qa={tmp_path / 'qa.jsonl'},{tmp_path / 'code.txt'}",
+                       f"--unigram_text={tmp_path / 'one-token.txt'}",
                        "--n_samples=10", "--mmlu_questions=12", "--cos_pairs=200", f"--out_dir={out}"])
     report = json.load(open(out / "probe.json"))
     same, ft_entry = report["checkpoints"]["same"], report["checkpoints"]["ft"]
@@ -191,6 +198,15 @@ def test_probe_command_on_tiny_checkpoints(tmp_path, tok):
     assert report["mmlu_questions"] == 12 and 0 <= ft_entry["mmlu"] <= 1
     assert "checkpoint" in proc.stdout and "drift ratio ft/same" in proc.stdout
     assert report["complete"] is True
+    # the forgetting measures on every text: the base against itself has KL 0 and retention 1
+    assert list(report["texts"]) == ["wikitext", "qa", "code"] and "ret. calib." in proc.stdout
+    for name, text in report["texts"].items():
+        assert text["n_samples"] == 10 and text["unigram_loss"] > report["checkpoints"]["base"]["texts"][name]["token_loss"]
+        s_m, f_m = same["texts"][name], ft_entry["texts"][name]
+        assert s_m["kl_from_base"] == pytest.approx(0.0, abs=1e-6) and s_m["forgetting"] == pytest.approx(0.0, abs=1e-6)
+        assert s_m["retention"] == pytest.approx(1.0) and s_m["retention_calibrated"] == pytest.approx(1.0)
+        assert f_m["kl_from_base"] > 0 and 0 <= f_m["top1"] <= f_m["top5"] <= 1
+    assert ft_entry["texts"]["wikitext"]["loss"] == ft_entry["wikitext_loss"]
     # each checkpoint's collapse views at its own training rates; a checkpoint without a run at the paper's
     assert (ft_entry["collapse"]["t_L"], ft_entry["collapse"]["t_H"]) == (0.1, 0.9)
     assert (same["collapse"]["t_L"], same["collapse"]["t_H"]) == (0.2, 0.7)
@@ -223,8 +239,10 @@ def test_two_process_probe_equals_one_process(tmp_path, tok):
     wt.mkdir()
     (wt / "wiki.valid.raw").write_text("".join(f" lines with a vowel before a number {i} , " * 6 + "\n"
                                                for i in range(9)))
+    (tmp_path / "code.txt").write_text("".join(f"def f{i} ( x ) : return x + {i}\n" for i in range(200)))
     args = ["probe.py", f"--base={tmp_path / 'base'}", f"--checkpoints={tmp_path / 'ft'}", "--names=ft",
-            f"--wikitext_dir={wt}", "--mmlu_dir=none", "--n_samples=9", "--cos_pairs=100", "--batch_size=2"]
+            f"--wikitext_dir={wt}", "--mmlu_dir=none", "--n_samples=9", "--cos_pairs=100", "--batch_size=2",
+            f"--forgetting_data={tmp_path / 'code.txt'}"]
     run_script([*args, f"--out_dir={tmp_path / 'one'}"])
     run_script([*args, f"--out_dir={tmp_path / 'two'}"], nproc=2, port=29652)
     a = json.load(open(tmp_path / "one" / "probe.json"))["checkpoints"]
@@ -234,6 +252,9 @@ def test_two_process_probe_equals_one_process(tmp_path, tok):
         assert a[label]["collapse"]["z_tL"]["effective_rank"] == pytest.approx(
             b[label]["collapse"]["z_tL"]["effective_rank"], rel=1e-5)
     assert a["ft"]["drift_per_layer"] == pytest.approx(b["ft"]["drift_per_layer"], rel=1e-5, abs=1e-9)
+    for label in ("base", "ft"):
+        for name in ("wikitext", "code"):
+            assert a[label]["texts"][name] == pytest.approx(b[label]["texts"][name], rel=1e-5), (label, name)
 
 
 @pytest.mark.parametrize("flag", ["--n_samples=0", "--forgetting_rate=1.5", "--batch_size=0"])
@@ -242,3 +263,84 @@ def test_numeric_flags_are_range_checked_before_loading(flag, tmp_path):
     proc = run_script(["probe.py", "--base=nowhere", "--checkpoints=nowhere", flag, f"--out_dir={tmp_path}"],
                       check=False)
     assert proc.returncode == 2 and "out of range" in proc.stderr
+
+
+class FrequencyLM(torch.nn.Module):
+    """A crafted model: the same logits (a log-frequency table times a scale) at every masked position."""
+
+    def __init__(self, log_q, scale=1.0):
+        super().__init__()
+        self.cfg = SimpleNamespace(pad_token_id=0, mask_token_id=1)
+        self.head = torch.nn.Parameter(log_q * scale)
+
+    def forward(self, ids, padding_mask=None, logits_at=None):
+        return SimpleNamespace(logits=self.head.expand(int(logits_at.sum()), -1))
+
+
+def calibrated_base():
+    """A model that knows the samples' token frequencies (Zipf over 60 tokens), so its best temperature is
+    finite (near 1), and 12 samples drawn from them."""
+    q = torch.zeros(64)
+    q[3:] = 1.0 / torch.arange(1, 62)
+    q = q / q.sum()
+    g = torch.Generator().manual_seed(0)
+    s = [torch.multinomial(q, 50, replacement=True, generator=g).tolist() for _ in range(12)]
+    return FrequencyLM(q.clamp(min=1e-6).log()), s
+
+
+def test_forgetting_measures_of_the_base_against_itself():
+    base, s = calibrated_base()
+    raw = P.forgetting_pass(base, s, list(range(12)), 4, keep_logprobs=True)
+    again = P.forgetting_pass(base, s, list(range(12)), 5, base_logprobs=raw.pop("logprobs"))  # other batching
+    assert again["kl"].abs().max() < 1e-6
+    a, b = P.forgetting_measures(raw), P.forgetting_measures(again)
+    assert 0.5 < a["temperature"] < 2 and b["kl_from_base"] == pytest.approx(0.0, abs=1e-6)
+    for k in a:
+        assert a[k] == pytest.approx(b[k], abs=1e-6), k
+    # temperature 1 on the odd samples is the plain loss there; the fitted one can only do better on the fit half
+    one = P.TEMPERATURES.tolist().index(1.0)
+    assert (raw["ce_at_t"][1, one] / (raw["half"] == 1).sum()).item() == pytest.approx(a["loss_report_half"], rel=1e-5)
+    assert P.retention(a["token_loss"] + 1.0, a["token_loss"], b["token_loss"]) == pytest.approx(1.0)
+
+
+def test_logits_times_two_change_kl_but_not_top_k_or_the_calibrated_loss():
+    base, s = calibrated_base()
+    sharp = FrequencyLM(base.head.detach(), scale=2.0)
+    raw = P.forgetting_pass(base, s, list(range(12)), 4, keep_logprobs=True)
+    other = P.forgetting_pass(sharp, s, list(range(12)), 4, base_logprobs=raw.pop("logprobs"))
+    a, b = P.forgetting_measures(raw), P.forgetting_measures(other)
+    assert torch.equal(raw["top1"], other["top1"]) and torch.equal(raw["top5"], other["top5"])
+    assert b["kl_from_base"] > 0.01 and b["loss"] != pytest.approx(a["loss"], abs=0.01)
+    assert b["temperature"] == 2 * a["temperature"]
+    assert b["calibrated_loss"] == pytest.approx(a["calibrated_loss"], abs=1e-5)
+
+
+def test_retention_is_none_where_the_base_does_not_beat_the_unigram():
+    assert P.retention(5.0, 4.0, 4.5) == pytest.approx(0.5)
+    assert P.retention(5.0, 4.0, 5.5) == pytest.approx(-0.5)  # worse than token frequencies alone
+    assert P.retention(4.0, 4.0, 3.0) is None and P.retention(3.9, 4.0, 3.0) is None
+
+
+def test_unigram_logprobs_count_with_the_prior():
+    logp = P.unigram_logprobs([[1, 1, 2], [1]], vocab_size=4)
+    expected = torch.tensor([0.5, 3.5, 1.5, 0.5]) / 6.0
+    assert torch.allclose(logp.exp(), expected.double())
+
+
+def test_forgetting_data_names_and_samples(tmp_path, tok):
+    assert P.parse_forgetting_data("gsm=a/test.jsonl,b/all.code") == [("gsm", "a/test.jsonl"), ("all", "b/all.code")]
+    with pytest.raises(P.ConfigError, match="used twice"):
+        P.parse_forgetting_data("x=a.txt,x=b.txt")
+    rows = tmp_path / "t.jsonl"
+    rows.write_text(json.dumps({"question": "how many lines " * 8, "answer": "twelve numbers " * 8, "n": 3}) + "\n"
+                    + json.dumps({"text": "short"}) + "\n")
+    assert P.text_documents(str(rows)) == ["how many lines " * 8 + "\n\n" + "twelve numbers " * 8, "short"]
+    got, cut = P.text_samples(str(rows), tok, 1, 20)  # 'short' has fewer than 32 tokens: not a sample
+    assert len(got) == 1 and len(got[0]) == 20 and cut == 1
+    plain = tmp_path / "code.txt"
+    plain.write_text("def f ( x ) : return x + 1\n" * 40)
+    got, cut = P.text_samples(str(plain), tok, 3, 16)
+    ids = D.encode_plain(tok, plain.read_text())
+    assert got == [ids[0:16], ids[16:32], ids[32:48]] and cut == 0
+    with pytest.raises(P.ConfigError, match="--n_samples"):
+        P.text_samples(str(rows), tok, 2, 20)
