@@ -6,7 +6,16 @@ any dependency past the standard library, so that a reader can check each agains
                                         --sign_test--> two-sided exact binomial p  (ties dropped)
                                         --bootstrap--> percentile interval of the mean difference
   paired values of two numbers, per seed --pearson-->   r and the p of r = 0 (t with n - 2 df)
-  item-level outcomes of two arms, 0/1  --mcnemar-->   discordant counts, two-sided exact binomial p
+  item-level outcomes of two arms, 0/1  --mcnemar-->   discordant counts, two-sided exact binomial p (one seed)
+                                        --cluster_bootstrap--> interval of the mean difference, seeds then items
+  per-seed differences of two numbers   --paired_regression--> dy = gamma + beta dx: gamma's t-test (n - 2 df)
+  a family of p-values                  --holm-->         Holm-Bonferroni adjusted p-values
+  sd of the differences, n, alpha       --minimum_detectable_effect--> the mean difference found with 80% power
+
+Seeds are the unit of a claim about the method: two runs of one arm differ by seed more than by item
+sampling, so the (seed, item) pairs of several seeds are not independent and McNemar pooled over seeds is
+not a test of the method; it is kept per seed, as a description, and the item-level interval resamples
+seeds first.
 
 Why these: with 5 seeds a sign test cannot go below p = 2/32 = 0.0625, so a difference that passes at 0.05
 needs the t-test's assumption (normal differences) or more items (McNemar pools the items of every seed).
@@ -125,3 +134,79 @@ def bootstrap_interval(diffs, level=0.95, resamples=10_000, seed=0):
     lo = means[int((1 - level) / 2 * resamples)]
     hi = means[min(resamples - 1, int((1 + level) / 2 * resamples))]
     return lo, hi
+
+
+def t_quantile(q, df):
+    """The t such that P(T <= t) = q for Student's t with integer df (bisection on t_two_sided_p)."""
+    if not 0 < q < 1:
+        raise ValueError(f"q must be in (0, 1), got {q}")
+    if q < 0.5:
+        return -t_quantile(1 - q, df)
+    lo, hi = 0.0, 1.0
+    while 1 - t_two_sided_p(hi, df) / 2 < q:
+        hi *= 2
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if 1 - t_two_sided_p(mid, df) / 2 < q else (lo, mid)
+    return (lo + hi) / 2
+
+
+def minimum_detectable_effect(sd, n, alpha=0.05, power=0.8, df=None, se=None):
+    """The smallest true mean difference a two-sided t-test at `alpha` detects with probability `power`:
+    (t_{1-alpha/2, df} + t_{power, df}) x se, with se = sd / sqrt(n) and df = n - 1 unless given (the usual
+    shifted-t approximation of the noncentral t; tested against simulation to a few percent)."""
+    df = n - 1 if df is None else df
+    se = sd / math.sqrt(n) if se is None else se
+    return (t_quantile(1 - alpha / 2, df) + t_quantile(power, df)) * se
+
+
+def holm(pvalues):
+    """Holm-Bonferroni adjusted p-values, in the input's order: the k-th smallest p times (m - k + 1), made
+    non-decreasing in that order and capped at 1. Rejecting where adjusted p < alpha keeps the family-wise
+    error rate at alpha for any dependence between the tests."""
+    m = len(pvalues)
+    order = sorted(range(m), key=lambda i: pvalues[i])
+    adjusted, running = [0.0] * m, 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * pvalues[i]))
+        adjusted[i] = running
+    return adjusted
+
+
+def paired_regression(dx, dy):
+    """{'gamma', 'beta', 'se_gamma', 't', 'df', 'p'}: least squares dy = gamma + beta dx over the per-seed
+    differences of two arms (arm B subtracted from arm A within each seed). It is the model
+    y = seed effect + beta x + gamma [arm A] with seed effects and two runs per seed, so gamma is the
+    arms' difference in y at equal x and respects the pairing; its t-test has n - 2 df."""
+    n = len(dx)
+    if n != len(dy) or n < 3:
+        raise ValueError(f"a regression with intercept and slope needs at least three pairs, got {n}")
+    mx, my = sum(dx) / n, sum(dy) / n
+    sxx = sum((x - mx) ** 2 for x in dx)
+    if sxx == 0:
+        raise ValueError("dx has no spread: the slope is undefined")
+    beta = sum((x - mx) * (y - my) for x, y in zip(dx, dy)) / sxx
+    gamma = my - beta * mx
+    rss = sum((y - gamma - beta * x) ** 2 for x, y in zip(dx, dy))
+    se = math.sqrt(rss / (n - 2) * (1 / n + mx * mx / sxx))
+    t = gamma / se if se else (0.0 if gamma == 0 else math.copysign(math.inf, gamma))
+    return {"gamma": gamma, "beta": beta, "se_gamma": se, "t": t, "df": n - 2,
+            "p": 1.0 if t == 0 else t_two_sided_p(t, n - 2)}
+
+
+def cluster_bootstrap(per_seed_a, per_seed_b, level=0.95, resamples=2000, seed=0):
+    """(low, high): percentile interval of the mean paired difference a - b of 0/1 item outcomes, resampling
+    seeds, then items within each drawn seed (a two-stage bootstrap: seeds and items both vary). per_seed_a
+    and per_seed_b list, per seed, the outcomes of the same items in the same order."""
+    rng = random.Random(seed)
+    diffs = [[x - y for x, y in zip(a, b)] for a, b in zip(per_seed_a, per_seed_b)]
+    means = []
+    for _ in range(resamples):
+        total = count = 0
+        for _ in diffs:
+            d = rng.choice(diffs)
+            total += sum(rng.choice(d) for _ in d)
+            count += len(d)
+        means.append(total / count)
+    means.sort()
+    return means[int((1 - level) / 2 * resamples)], means[min(resamples - 1, int((1 + level) / 2 * resamples))]

@@ -92,3 +92,55 @@ def test_learning_curve_points_and_figure(tmp_path):
     pytest.importorskip("matplotlib")
     F.main([f"--results={tmp_path}"])
     assert (tmp_path / "learning_curves.png").stat().st_size > 0 and not (tmp_path / "drift_per_layer.png").exists()
+
+
+@pytest.mark.parametrize("df", sorted(CRITICAL_05))
+def test_t_quantile_inverts_the_critical_values(df):
+    assert S.t_quantile(0.975, df) == pytest.approx(CRITICAL_05[df], rel=1e-6)
+    assert S.t_quantile(0.025, df) == pytest.approx(-CRITICAL_05[df], rel=1e-6)
+    assert S.t_quantile(0.5, df) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_minimum_detectable_effect_has_its_power_in_simulation():
+    """At the effect it names, a 5-pair t-test at 0.05 rejects about 80% of the time (20,000 seeded draws)."""
+    import random
+    rng = random.Random(0)
+    sd, n = 0.039, 5
+    effect = S.minimum_detectable_effect(sd, n)
+    rejected = sum(S.paired_t([rng.gauss(effect, sd) for _ in range(n)])["p"] < 0.05 for _ in range(20000))
+    assert 0.76 < rejected / 20000 < 0.84
+    assert S.minimum_detectable_effect(sd, n, alpha=0.005) > effect  # a stricter test needs a larger effect
+
+
+def test_holm_by_hand():
+    # sorted: 0.005 (x4) 0.02, 0.01 (x3) 0.03, 0.03 (x2) 0.06, 0.04 (x1) 0.04 -> made monotone 0.06
+    assert S.holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert S.holm([0.5, 0.9]) == pytest.approx([1.0, 1.0]) and S.holm([]) == []
+
+
+def test_paired_regression_recovers_a_planted_line_and_its_test():
+    dx = [0.1, 0.3, -0.2, 0.5, 0.0]
+    exact = S.paired_regression(dx, [-0.4 + 2 * x for x in dx])
+    assert exact["gamma"] == pytest.approx(-0.4) and exact["beta"] == pytest.approx(2.0) and exact["p"] == 0.0
+    noisy = S.paired_regression(dx, [-0.4 + 2 * x + e for x, e in zip(dx, [0.05, -0.03, 0.02, -0.04, 0.0])])
+    assert noisy["df"] == 3 and noisy["p"] < 0.01
+
+
+def test_paired_regression_equals_scipy():
+    scipy_stats = pytest.importorskip("scipy.stats")
+    dx = [0.1, 0.3, -0.2, 0.5, 0.0]
+    noisy = S.paired_regression(dx, [-0.4 + 2 * x + e for x, e in zip(dx, [0.05, -0.03, 0.02, -0.04, 0.0])])
+    fit = scipy_stats.linregress(dx, [-0.4 + 2 * x + e for x, e in zip(dx, [0.05, -0.03, 0.02, -0.04, 0.0])])
+    assert noisy["gamma"] == pytest.approx(fit.intercept) and noisy["se_gamma"] == pytest.approx(fit.intercept_stderr)
+
+
+def test_cluster_bootstrap_is_wider_than_items_alone_when_seeds_differ():
+    """Seeds that disagree (one arm ahead at some seeds, behind at others) widen the two-stage interval; the
+    same differences at every seed do not."""
+    same = [[1, 0, 0, 0] * 50] * 4
+    lo, hi = S.cluster_bootstrap(same, [[0] * 200] * 4)
+    assert lo < 0.25 < hi and hi - lo < 0.1
+    spread = [[1] * 100 + [0] * 100, [0] * 200, [1] * 100 + [0] * 100, [0] * 200]
+    lo2, hi2 = S.cluster_bootstrap(spread, [[0] * 200] * 4)
+    assert hi2 - lo2 > 2 * (hi - lo)
+    assert S.cluster_bootstrap(spread, [[0] * 200] * 4) == (lo2, hi2)  # seeded
