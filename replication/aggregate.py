@@ -1,8 +1,9 @@
 """
 Results over seeds: per arm, the mean and the population standard deviation of every number in the
 runs' result files (the paper's Tables 3, 4, 10 and 12 report mean +- population std over three seeds),
-and the per-seed paired differences between two arms with their tests (replication/stats.py: paired t-test,
-exact sign test, bootstrap interval of the mean difference; 'passes_05' marks a t-test p below 0.05).
+and the per-seed paired differences between two arms with their mean, sd and 95% t-interval. Descriptions,
+not tests: the tests of the claims are one declared family in replication/claims.py, Holm-adjusted together;
+a p-value beside each of the hundred numbers here would be a family nobody declared.
 
   python -m replication.aggregate --arms "jepa:j42.json,j123.json,j777.json;baseline:b42.json,b123.json,b777.json" \
       --pair jepa/baseline --out aggregate.json
@@ -13,9 +14,10 @@ the 'config' subtrees left out. Runs pair up by position: list the arms' runs in
 Only numbers every run of an arm has are aggregated; a number one run lacks is named, not guessed.
 
 Item level (--items, the runs' per-item evaluate.py records, .jsonl or .jsonl.gz, listed as --arms lists its
-runs): for each pair and each 0/1 metric, McNemar's exact test pooled over seeds (every (seed, item) pair
-once), on all items, on the non-trivial golds (neither the empty language nor every string), and on the
-items of --leaked (a JSON file's "indices", replication/leaks.py) apart; the first two leave those out.
+runs): for each pair and each 0/1 metric, McNemar's exact test within each seed and the seed-then-item
+bootstrap interval of the difference (replication/items.py), on all items, on the non-trivial golds
+(neither the empty language nor every string), and on the items of --leaked (a JSON file's "indices",
+replication/leaks.py) apart; the first two leave those out.
 """
 
 import math
@@ -90,8 +92,8 @@ def summarize_arm(runs):
 
 
 def paired_differences(runs_a, runs_b):
-    """{number: {'differences': [a_i - b_i], 'mean', and with two or more pairs 't_test', 'sign_test',
-    'bootstrap_95', 'passes_05'}} over the numbers both arms' runs all have."""
+    """{number: {'differences': [a_i - b_i], 'mean', and with two or more pairs 'sd' and 'interval_95' (the
+    t-interval of the mean difference)}} over the numbers both arms' runs all have."""
     if len(runs_a) != len(runs_b):
         raise ConfigError(f"a pair needs as many runs on each side ({len(runs_a)} vs {len(runs_b)})")
     common = set.intersection(*(set(r) for r in runs_a + runs_b))
@@ -100,9 +102,9 @@ def paired_differences(runs_a, runs_b):
         d = [a[k] - b[k] for a, b in zip(runs_a, runs_b)]
         out[k] = {"differences": d, "mean": statistics.fmean(d)}
         if len(d) >= 2:
-            t = stats.paired_t(d)
-            out[k] |= {"t_test": t, "sign_test": stats.sign_test(d), "bootstrap_95": stats.bootstrap_interval(d),
-                       "passes_05": t["p"] < 0.05}
+            sd = statistics.stdev(d)
+            half = stats.t_quantile(0.975, len(d) - 1) * sd / math.sqrt(len(d))
+            out[k] |= {"sd": sd, "interval_95": (out[k]["mean"] - half, out[k]["mean"] + half)}
     return out
 
 
@@ -142,22 +144,22 @@ def print_report(report):
         if arm["not_in_every_run"]:
             print(f"  left out (not in every run): {', '.join(arm['not_in_every_run'][:10])}")
     for name, diffs in report["pairs"].items():
-        print(f"{name}: per-seed differences")
+        print(f"{name}: per-seed differences, mean [95% t-interval] (descriptions; the tests are claims.py's)")
         for k, v in diffs.items():
-            tests = f"   t-test p {v['t_test']['p']:.3f}, sign p {v['sign_test']['p']:.3f}" if "t_test" in v else ""
-            mark = " *" if v.get("passes_05") else ""
-            print(f"  {k:{w}} {' '.join(f'{d:+.4f}' for d in v['differences'])}   mean {v['mean']:+.4f}{tests}{mark}")
+            interval = f" [{v['interval_95'][0]:+.4f}, {v['interval_95'][1]:+.4f}]" if "interval_95" in v else ""
+            print(f"  {k:{w}} {' '.join(f'{d:+.4f}' for d in v['differences'])}   mean {v['mean']:+.4f}{interval}")
     for name, found in report.get("correlations", {}).items():
         for k, v in found.items():
-            print(f"{name}: {k}: r {v['r'] if v['r'] is None else round(v['r'], 3)} over {v['n']} seeds, "
-                  f"p {v['p'] if v['p'] is None else round(v['p'], 3)}")
+            print(f"{name}: {k}: r {v['r'] if v['r'] is None else round(v['r'], 3)} over {v['n']} seeds (a "
+                  "description; the dissociation's test is claims.py's seed-paired regression)")
     for name, subsets in report.get("items", {}).items():
-        print(f"{name}: item level, McNemar pooled over seeds (a only / b only, exact p)")
+        print(f"{name}: item level, per seed a only / b only (McNemar p within the seed); seed-then-item interval")
         for subset, metrics in subsets.items():
             for metric, v in metrics.items():
-                mark = " *" if v["p"] < 0.05 else ""
+                seeds = " ".join(f"{s['a_only']}/{s['b_only']} ({s['p']:.2f})" for s in v["per_seed"])
+                interval = f"; [{v['interval_95'][0]:+.3f}, {v['interval_95'][1]:+.3f}]" if "interval_95" in v else ""
                 print(f"  {subset:10} {metric:21} {v['a_mean']:.3f} vs {v['b_mean']:.3f} over {v['pairs']} pairs: "
-                      f"{v['a_only']} / {v['b_only']}, p {v['p']:.3f}{mark}")
+                      f"{seeds}{interval}")
 
 
 def main(argv):

@@ -27,8 +27,9 @@ def main(argv):
     print(f"a = {a}\nb = {b}")
     for subset in ("all", "nontrivial"):
         for metric, v in tests[subset].items():
+            m = v["per_seed"][0]  # one run a side: one 'seed'
             print(f"{subset:10} {metric:21} a {v['a_mean']:.3f}  b {v['b_mean']:.3f}  over {v['pairs']} items: "
-                  f"a only {v['a_only']}, b only {v['b_only']}, McNemar p {v['p']:.3f}")
+                  f"a only {m['a_only']}, b only {m['b_only']}, McNemar p {m['p']:.3f}")
 
 
 if __name__ == "__main__":

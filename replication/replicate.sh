@@ -17,7 +17,8 @@
 #   bash replication/replicate.sh three-arms    # baseline, DLLM-JEPA and the shuffled-target control at the five
 #                                               # seeds of THREE_SEEDS (none the selection seed 42), test split;
 #                                               # run it twice side by side: each run is taken by one process
-#   bash replication/replicate.sh three-probes  # every three-arms run probed: WikiText, GSM8K test, Django code
+#   bash replication/replicate.sh three-probes  # every three-arms run probed: WikiText, GSM8K test, held-out code
+#   bash replication/replicate.sh three-aggregate  # over the three arms' seeds: aggregate and claims.md
 #   bash replication/replicate.sh all           # all of it in order: base, curves (LRS), arms (SEEDS), aggregate
 # Two steps may run side by side (each process is single-threaded): e.g. `curve 1e-3` and `curve 3e-4`.
 #   DATA=/path/to/release/files   the folder holding wikitext/, gsm8k/ and nl_rx/llm_jepa/ (required)
@@ -240,25 +241,31 @@ three_probes() {  # every three-arms run whose probe is missing, against the bas
   done
 }
 
-aggregate() {  # over every seed both arms have: mean +- population std, paired differences and their tests,
-  # item-level McNemar pooled over seeds, the test items also trained on (replication/leaks.py) apart
-  local arm s runs=() items=() seeds=()
-  for s in $(ls "$R/arms" | sed -n 's/^jepa-s\([0-9]*\)-probe.json$/\1/p' | sort -n); do
-    [ -s "$R/arms/baseline-s$s-probe.json" ] && seeds+=("$s")
+aggregate_runs() {  # $1 the runs' results folder, $2 where the aggregate goes, then the arms (the first two
+  # paired, and each further one with both): over every seed all arms have a probe for, mean +- population std,
+  # paired differences with their intervals, items per seed, the test items also trained on
+  # (replication/leaks.py) apart; then claims.md, the one family of tests (replication/claims.py)
+  local r=$1 out=$2 arm s pairs runs="" items="" seeds=(); shift 2
+  local arms=("$@")
+  for s in $(ls "$r" | sed -n "s/^${arms[0]}-s\([0-9]*\)-probe.json$/\1/p" | sort -n); do
+    for arm in "${arms[@]}"; do [ -s "$r/$arm-s$s-probe.json" ] || continue 2; done
+    seeds+=("$s")
   done
-  for arm in jepa baseline; do
+  for arm in "${arms[@]}"; do
     local files="" records=""
     for s in "${seeds[@]}"; do
-      files+="$R/arms/$arm-s$s-summary.json+$R/arms/$arm-s$s-probe.json,"; records+="$R/arms/$arm-s$s-items.jsonl.gz,"
+      files+="$r/$arm-s$s-summary.json+$r/$arm-s$s-probe.json,"; records+="$r/$arm-s$s-items.jsonl.gz,"
     done
-    runs+=("$arm:$files"); items+=("$arm:$records")
+    runs+="$arm:$files;"; items+="$arm:$records;"
   done
+  pairs="${arms[0]}/${arms[1]}"
+  for arm in "${arms[@]:2}"; do pairs+=",$arm/${arms[1]},${arms[0]}/$arm"; done
   [ -s "$R/arms/leaked.json" ] || python -m replication.leaks --data_dir "$NLRX" --limit $LIMIT --val_holdout $HOLDOUT \
       --out "$R/arms/leaked.json"
-  python -m replication.aggregate --arms "${runs[0]};${runs[1]}" --pair jepa/baseline --items "${items[0]};${items[1]}" \
-      --leaked "$R/arms/leaked.json" --out "$R/aggregate.json" | tee "$R/aggregate.txt"
-  [ ${#seeds[@]} -ge 3 ] && python -m replication.claims --aggregate "$R/aggregate.json" > "$R/claims.md" \
-      && echo "wrote $R/claims.md"  # a correlation and a spread test need three seeds
+  python -m replication.aggregate --arms "$runs" --pair "$pairs" --items "$items" --leaked "$R/arms/leaked.json" \
+      --out "$out/aggregate.json" | tee "$out/aggregate.txt"
+  [ ${#seeds[@]} -ge 3 ] && python -m replication.claims --aggregate "$out/aggregate.json" > "$out/claims.md" \
+      && echo "wrote $out/claims.md"  # a regression with intercept and slope needs three seeds
   return 0
 }
 
@@ -277,11 +284,13 @@ case "$step" in
   forgetting) [ $# = 1 ] || { echo "usage: replicate.sh forgetting <curve name>" >&2; exit 2; }; forgetting "$1" ;;
   decode) [ $# = 2 ] || { echo "usage: replicate.sh decode <curve name> <block length>" >&2; exit 2; }; decode "$@" ;;
   arms) [ $# -ge 1 ] || { echo "usage: replicate.sh arms <seed> [<seed> ...]" >&2; exit 2; }; arms "$@" ;;
-  aggregate) aggregate ;;
+  aggregate) aggregate_runs "$R/arms" "$R" jepa baseline ;;
   three-arms) three_arms ;;
   three-probes) three_probes ;;
-  all) base; for lr in "${LRS[@]}"; do finetune_curve "lr$lr" "$BASE" 0 --lr "$lr"; done; arms "${SEEDS[@]}"; aggregate
-       three_arms; three_probes ;;
-  *) echo "usage: replicate.sh base | pilot | curve <lr> [<epochs>] | jepa-curve <lr> | decode <curve> <block> | forgetting <curve> | chosen | arms <seed>... | aggregate | three-arms | three-probes | all" >&2
+  three-aggregate) aggregate_runs "$R/three-arms" "$R/three-arms" jepa baseline control ;;
+  all) base; for lr in "${LRS[@]}"; do finetune_curve "lr$lr" "$BASE" 0 --lr "$lr"; done; arms "${SEEDS[@]}"
+       aggregate_runs "$R/arms" "$R" jepa baseline; three_arms; three_probes
+       aggregate_runs "$R/three-arms" "$R/three-arms" jepa baseline control ;;
+  *) echo "usage: replicate.sh base | pilot | curve <lr> [<epochs>] | jepa-curve <lr> | decode <curve> <block> | forgetting <curve> | chosen | arms <seed>... | aggregate | three-arms | three-probes | three-aggregate | all" >&2
      exit 2 ;;
 esac
