@@ -4,10 +4,14 @@ The replication's figures (PNG, matplotlib), from the small files in replication
   curve/<name>-step<N>.json   --> learning_curves.png   holdout DFA (non-trivial golds, and all) per epoch, per curve
                                                           (jepa-<name>: the DLLM-JEPA arm's; the others the baseline's)
                               --> printed: the curve table (scores, empty outputs, WikiText loss where probed)
-  arms/<arm>-s<seed>-probe.json --> drift_per_layer.png   drift per layer per arm: mean over seeds, min-max band
-                                --> drift_vs_forgetting.png  drift (mean) against forgetting, one point per seed
+  <arms_dir>/<arm>-s<seed>-probe.json --> drift_per_layer.png   drift per layer per arm: mean over seeds, min-max band
+                                      --> drift_vs_forgetting.png  drift (mean) against forgetting, one point per
+                                                                   run, each seed's runs joined by a grey line
 
   python -m replication.figures --results replication/results
+  python -m replication.figures --results replication/results --arms_dir three-arms --drift_out replication/results/three-arms
+
+Every figure draws an arm in one colour (ARM_COLOURS): the baseline blue, DLLM-JEPA orange, the control green.
 
 A figure whose files are not there yet is skipped with a line saying so.
 """
@@ -22,8 +26,15 @@ from harness.errors import parse_json, read_text
 from harness.runtime import run_main
 
 results = "replication/results"  # the folder holding curve/ and arms/
+arms_dir = "arms"  # the runs' folder under results whose probes the drift figures show
+drift_out = ""  # where the drift figures go; empty = results
 steps_per_epoch = 235  # NL-RX-SYNTH: 7,500 training items in batches of 32
 KEYS = setting_keys(globals())
+
+
+ARM_COLOURS = {"baseline": "tab:blue", "jepa": "tab:orange", "control": "tab:green"}
+ARM_NAMES = {"baseline": "baseline", "jepa": "DLLM-JEPA", "control": "shuffled-target control"}
+CURVE_MARKERS = "osD^v"
 
 
 def read(path):
@@ -76,26 +87,32 @@ def curve_rows(folder):
 
 
 def probes(folder):
-    """{arm: {seed: the fine-tuned checkpoint's probe numbers}}."""
+    """{arm: {seed: the fine-tuned checkpoint's probe numbers}} of the probes in folder."""
     found = {}
-    for path in glob.glob(os.path.join(folder, "arms", "*-s*-probe.json")):
+    for path in glob.glob(os.path.join(folder, "*-s*-probe.json")):
         m = re.fullmatch(r"(.+)-s(\d+)-probe\.json", os.path.basename(path))
         if m:
             found.setdefault(m.group(1), {})[int(m.group(2))] = read(path)["checkpoints"]["ft"]
     return found
 
 
-def curve_label(name):
-    """The arm a curve belongs to, then its name: replicate.sh names the DLLM-JEPA arm's curves jepa-<...>."""
-    return f"DLLM-JEPA {name[len('jepa-'):]}" if name.startswith("jepa-") else f"baseline {name}"
+def curve_arm(name):
+    """(arm, curve name within it): replicate.sh names the DLLM-JEPA arm's curves jepa-<...>."""
+    return ("jepa", name[len("jepa-"):]) if name.startswith("jepa-") else ("baseline", name)
 
 
 def plot_curves(plt, data, out):
+    """The arm's colour for every curve of the arm, one marker per curve within it; solid for the non-trivial
+    golds, dotted for all."""
     fig, ax = plt.subplots(figsize=(6, 4))
+    seen = {}
     for name, points in data.items():
-        epochs, label = [p[0] for p in points], curve_label(name)
-        line, = ax.plot(epochs, [p[1] for p in points], marker="o", label=f"{label}: non-trivial golds")
-        ax.plot(epochs, [p[2] for p in points], marker=".", linestyle=":", color=line.get_color(), label=f"{label}: all")
+        epochs, (arm, curve) = [p[0] for p in points], curve_arm(name)
+        marker = CURVE_MARKERS[seen.setdefault(arm, []).__len__() % len(CURVE_MARKERS)]
+        seen[arm].append(name)
+        label, colour = f"{ARM_NAMES[arm]} {curve}", ARM_COLOURS[arm]
+        ax.plot(epochs, [p[1] for p in points], marker=marker, color=colour, label=f"{label}: non-trivial golds")
+        ax.plot(epochs, [p[2] for p in points], marker=marker, ms=3, linestyle=":", color=colour, label=f"{label}: all")
     ax.set(xlabel="epoch", ylabel="holdout DFA match", title="Learning curves on the 500 held-out items (seed 42)")
     ax.legend(fontsize=7)
     fig.tight_layout()
@@ -107,20 +124,32 @@ def plot_drift(plt, data, out_layers, out_scatter):
     for arm, runs in sorted(data.items()):
         layers = list(zip(*(r["drift_per_layer"] for r in runs.values())))
         mean = [sum(v) / len(v) for v in layers]
-        line, = ax.plot(range(len(mean)), mean, marker="o", label=f"{arm} ({len(runs)} seeds)")
-        ax.fill_between(range(len(mean)), [min(v) for v in layers], [max(v) for v in layers], alpha=0.2,
-                        color=line.get_color())
+        colour = ARM_COLOURS.get(arm)
+        ax.plot(range(len(mean)), mean, marker="o", color=colour, label=f"{ARM_NAMES.get(arm, arm)} ({len(runs)} seeds)")
+        ax.fill_between(range(len(mean)), [min(v) for v in layers], [max(v) for v in layers], alpha=0.2, color=colour)
     ax.set(xlabel="layer (0 = embeddings)", ylabel="drift from the base", title="Drift per layer: mean, min-max over seeds")
     ax.legend()
     fig.tight_layout()
     fig.savefig(out_layers, dpi=120)
     fig, ax = plt.subplots(figsize=(5, 4))
+    for seed, points in seed_points(data).items():  # each seed's runs joined: the pairing the tests use
+        ax.plot([p[0] for p in points], [p[1] for p in points], color="0.75", linewidth=0.8, zorder=1)
     for arm, runs in sorted(data.items()):
-        ax.scatter([r["drift"]["mean"] for r in runs.values()], [r["forgetting"] for r in runs.values()], label=arm)
+        ax.scatter([r["drift"]["mean"] for r in runs.values()], [r["forgetting"] for r in runs.values()],
+                   color=ARM_COLOURS.get(arm), label=ARM_NAMES.get(arm, arm), zorder=2)
     ax.set(xlabel="mean drift", ylabel="forgetting (WikiText loss - base's, nats)", title="Drift against forgetting, per seed")
     ax.legend()
     fig.tight_layout()
     fig.savefig(out_scatter, dpi=120)
+
+
+def seed_points(data):
+    """{seed: [(drift, forgetting) of each arm's run at that seed, in the arms' order]} for the seeds more
+    than one arm has."""
+    seeds = sorted({s for runs in data.values() for s in runs})
+    points = {s: [(runs[s]["drift"]["mean"], runs[s]["forgetting"]) for _, runs in sorted(data.items()) if s in runs]
+              for s in seeds}
+    return {s: p for s, p in points.items() if len(p) > 1}
 
 
 def main(argv):
@@ -137,9 +166,10 @@ def main(argv):
         print(f"wrote {os.path.join(results, 'learning_curves.png')}: {', '.join(data)}")
     else:
         print("no learning curve yet")
-    arms = probes(results)
+    arms = probes(os.path.join(results, arms_dir))
+    out = drift_out or results
     if len(arms) >= 2:
-        plot_drift(plt, arms, os.path.join(results, "drift_per_layer.png"), os.path.join(results, "drift_vs_forgetting.png"))
+        plot_drift(plt, arms, os.path.join(out, "drift_per_layer.png"), os.path.join(out, "drift_vs_forgetting.png"))
         print(f"wrote the drift figures: {', '.join(f'{a} ({len(r)} seeds)' for a, r in sorted(arms.items()))}")
     else:
         print("no arms' probes yet: the drift figures wait for them")

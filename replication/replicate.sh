@@ -19,7 +19,9 @@
 #                                               # run it twice side by side: each run is taken by one process
 #   bash replication/replicate.sh three-probes  # every three-arms run probed: WikiText, GSM8K test, held-out code
 #   bash replication/replicate.sh three-aggregate  # over the three arms' seeds: aggregate and claims.md
-#   bash replication/replicate.sh all           # all of it in order: base, curves (LRS), arms (SEEDS), aggregate
+#   bash replication/replicate.sh all           # every step in order: base, pilot, curves (LRS), the DLLM-JEPA
+#                                               # curve, the levers, arms (SEEDS), aggregate, figures, three-arms,
+#                                               # three-probes, three-aggregate
 # Two steps may run side by side (each process is single-threaded): e.g. `curve 1e-3` and `curve 3e-4`.
 #   DATA=/path/to/release/files   the folder holding wikitext/, gsm8k/ and nl_rx/llm_jepa/ (required)
 #   SMOKE=1                       every step for a few optimizer steps and items (minutes; results in /tmp)
@@ -110,12 +112,18 @@ finetune_curve() {  # $1 name, $2 model, $3 the JEPA weight (0: the baseline arm
   echo "curve $name: $(( $(stamp) - t )) s" | tee -a "$R/times.txt"
 }
 
-pilot() {  # lever: the same fine-tuning from a base pretrained for one step (random weights, same tokenizer)
+pilot() {  # lever: the same fine-tuning from a base pretrained for one step (random weights, same tokenizer),
+  # its final model probed beside the lr 1e-3 curve's (run `curve 1e-3` first)
   if [ ! -d "$RUNS/random-base/final" ]; then
     [ -s "$RUNS/corpus.jsonl" ] || python -m replication.corpus --data_dir "$DATA" --out "$RUNS/corpus.jsonl"
     python train.py "${PRETRAIN[@]}" --max_steps 1 --save_every 0 --out_dir "$RUNS/random-base" --overwrite true
   fi
   finetune_curve random-base-lr1e-3 "$RUNS/random-base/final" 0 --lr 1e-3
+  have "$R/levers/probe-curves-final.json" && return  # both finals (lr 1e-3) against the base: WikiText loss
+  python probe.py --base "$BASE" --checkpoints "$RUNS/curve-lr1e-3/final,$RUNS/curve-random-base-lr1e-3/final" \
+      --names pretrained-base,random-base --n_samples $SAMPLES --sample_len 256 --mmlu_dir none \
+      --wikitext_dir "$DATA/wikitext/wikitext-103-raw" --out_dir "$RUNS/probe-curves" --overwrite true
+  keep "$RUNS/probe-curves/probe.json" "$R/levers/probe-curves-final.json"
 }
 
 decode() {  # $1 curve name, $2 block length: its final/ on the holdout, generation 64 in 64 steps
@@ -269,6 +277,11 @@ aggregate_runs() {  # $1 the runs' results folder, $2 where the aggregate goes, 
   return 0
 }
 
+three_aggregate() {  # the three arms' aggregate, claims.md and drift figures in results/three-arms/
+  aggregate_runs "$R/three-arms" "$R/three-arms" jepa baseline control
+  python -m replication.figures --results "$R" --arms_dir three-arms --drift_out "$R/three-arms" > /dev/null
+}
+
 step=${1:-}; shift || true
 case "$step" in
   base) base ;;
@@ -287,10 +300,14 @@ case "$step" in
   aggregate) aggregate_runs "$R/arms" "$R" jepa baseline ;;
   three-arms) three_arms ;;
   three-probes) three_probes ;;
-  three-aggregate) aggregate_runs "$R/three-arms" "$R/three-arms" jepa baseline control ;;
-  all) base; for lr in "${LRS[@]}"; do finetune_curve "lr$lr" "$BASE" 0 --lr "$lr"; done; arms "${SEEDS[@]}"
-       aggregate_runs "$R/arms" "$R" jepa baseline; three_arms; three_probes
-       aggregate_runs "$R/three-arms" "$R/three-arms" jepa baseline control ;;
+  three-aggregate) three_aggregate ;;
+  all) base; for lr in "${LRS[@]}"; do finetune_curve "lr$lr" "$BASE" 0 --lr "$lr"; done; pilot
+       finetune_curve "jepa-lr3e-4" "$BASE" 1 --lr 3e-4
+       for curve in lr1e-3 lr3e-4; do forgetting "$curve"; done
+       decode lr1e-3 8; decode random-base-lr1e-3 8; decode random-base-lr1e-3 4
+       arms "${SEEDS[@]}"; aggregate_runs "$R/arms" "$R" jepa baseline
+       python -m replication.figures --results "$R" > /dev/null
+       three_arms; three_probes; three_aggregate ;;
   *) echo "usage: replicate.sh base | pilot | curve <lr> [<epochs>] | jepa-curve <lr> | decode <curve> <block> | forgetting <curve> | chosen | arms <seed>... | aggregate | three-arms | three-probes | three-aggregate | all" >&2
      exit 2 ;;
 esac

@@ -81,8 +81,8 @@ def test_learning_curve_points_and_figure(tmp_path):
             f.write("".join(json.dumps({"prediction": p}) + "\n" for p in ("a", " ", "")))  # two empty outputs
     (tmp_path / "curve" / "lr1e-3-log.jsonl").write_text(json.dumps({"step": 1175}) + "\n")
     assert F.curves(str(tmp_path)) == {"lr1e-3": [(2.0, 0.05, 0.1), (4.0, 0.15, 0.3), (5.0, 0.1, 0.2)]}
-    assert (F.curve_label("jepa-lr3e-4"), F.curve_label("lr3e-4"), F.curve_label("random-base-lr1e-3")) == \
-        ("DLLM-JEPA lr3e-4", "baseline lr3e-4", "baseline random-base-lr1e-3")
+    assert (F.curve_arm("jepa-lr3e-4"), F.curve_arm("lr3e-4"), F.curve_arm("random-base-lr1e-3")) == \
+        (("jepa", "lr3e-4"), ("baseline", "lr3e-4"), ("baseline", "random-base-lr1e-3"))
     (tmp_path / "levers").mkdir()  # the curve probed at epoch 2 only: the other rows show '-'
     (tmp_path / "levers" / "probe-curve-lr1e-3.json").write_text(json.dumps(
         {"checkpoints": {"step470": {"wikitext_loss": 8.5}}}))
@@ -92,6 +92,29 @@ def test_learning_curve_points_and_figure(tmp_path):
     pytest.importorskip("matplotlib")
     F.main([f"--results={tmp_path}"])
     assert (tmp_path / "learning_curves.png").stat().st_size > 0 and not (tmp_path / "drift_per_layer.png").exists()
+
+
+def test_figures_draw_each_arm_in_its_colour_and_join_each_seeds_runs(tmp_path):
+    from replication import figures as F
+    run = lambda d, f: {"drift": {"mean": d}, "forgetting": f, "drift_per_layer": [0.0, d]}  # noqa: E731
+    data = {"baseline": {1: run(0.3, 4.0), 2: run(0.2, 3.0)}, "jepa": {1: run(0.3, 3.5), 2: run(0.25, 2.0)},
+            "control": {1: run(0.1, 4.2)}}
+    assert F.seed_points(data) == {1: [(0.3, 4.0), (0.1, 4.2), (0.3, 3.5)], 2: [(0.2, 3.0), (0.25, 2.0)]}
+    plt = pytest.importorskip("matplotlib.pyplot")
+    F.plot_drift(plt, data, str(tmp_path / "layers.png"), str(tmp_path / "scatter.png"))
+    scatter = plt.gcf().axes[0]
+    colours = {c.get_label(): tuple(c.get_facecolor()[0]) for c in scatter.collections}
+    import matplotlib.colors
+    assert colours == {F.ARM_NAMES[a]: matplotlib.colors.to_rgba(F.ARM_COLOURS[a]) for a in data}
+    assert len(scatter.lines) == 2  # one grey line per seed with more than one arm
+    F.plot_curves(plt, {"lr3e-4": [(1, 0.1, 0.2)], "jepa-lr3e-4": [(1, 0.1, 0.2)], "lr1e-3": [(1, 0.1, 0.2)]},
+                  str(tmp_path / "curves.png"))
+    lines = plt.gcf().axes[0].lines
+    assert {matplotlib.colors.to_hex(ln.get_color()) for ln in lines if ln.get_label().startswith("baseline")} == \
+        {matplotlib.colors.to_hex(F.ARM_COLOURS["baseline"])}
+    assert {matplotlib.colors.to_hex(ln.get_color()) for ln in lines if ln.get_label().startswith("DLLM-JEPA")} == \
+        {matplotlib.colors.to_hex(F.ARM_COLOURS["jepa"])}
+    plt.close("all")
 
 
 @pytest.mark.parametrize("df", sorted(CRITICAL_05))
