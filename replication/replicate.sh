@@ -79,6 +79,7 @@ base() {  # the committed base, checked; pretrained (LLaDA's objective on the re
   python -m replication.corpus --data_dir "$DATA" --out "$RUNS/corpus.jsonl"
   python train.py "${PRETRAIN[@]}" --out_dir "$RUNS/base" --overwrite true "${PRE[@]}"
   mkdir -p "$BASE" && cp "$RUNS/base/final/"* "$BASE/" && cp "$RUNS/base/log.jsonl" "$R/base-log.jsonl"
+  cp "$RUNS/base/train_config.json" "$R/base-train_config.json"
   (cd "$BASE" && sha256sum -- * > SHA256SUMS.tmp && mv SHA256SUMS.tmp SHA256SUMS)
   python sample.py --checkpoint "$BASE" --n 6 > "$R/base_samples.txt.tmp" && mv "$R/base_samples.txt.tmp" "$R/base_samples.txt"
   echo "base: pretrained in $(( $(stamp) - t )) s" | tee -a "$R/times.txt"
