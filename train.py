@@ -19,7 +19,8 @@ import shutil
 import signal
 import sys
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
+from functools import partial
 from typing import NamedTuple, Optional
 
 import torch
@@ -32,7 +33,7 @@ import data
 import jepa
 import lora as loralib
 import model as modellib
-from harness import run_folder, run_state
+from harness import plan, run_folder, run_state
 from harness import runtime
 from configurator import check_ranges, configure as apply_settings, setting_keys
 from harness.errors import ConfigError
@@ -97,13 +98,20 @@ wandb_log = False  # also send log.jsonl's records to Weights & Biases (nanoGPT'
 wandb_project = "dllm-jepa"
 wandb_run_name = ""  # empty: the out_dir's name
 dist_timeout = runtime.DIST_TIMEOUT  # seconds a rank waits for the others in a collective
+# the dry run: the run these settings launch, planned on fake tensors instead of run (harness/plan.py): memory per
+# rank by category, FLOPs per step, time estimates, whether it fits; nothing is trained, downloaded or read
+dry_run = False
+dry_run_world = 8  # the ranks (GPUs) the plan is for
+dry_run_out = ""  # also write the plan here as JSON
+dry_run_real = False  # the plan's check: measure the same two steps on real tensors on this launch's own ranks
+gpu_memory = 80.0  # GB one GPU holds: the plan says whether the run fits, and if not the nearest setting that does
 preset = ""
 config = ""
 # the settings that do not define a run (where it writes, how often it logs and saves, where it runs): a
 # resumable state saved under any other different setting belongs to another run (harness/run_state.py)
 NOT_IDENTITY = ("out_dir", "log_every", "save_every", "snapshot_every", "resume", "overwrite", "stop_step",
                 "dist_timeout", "preset", "config", "device", "activation_checkpointing", "wandb_log", "wandb_project",
-                "wandb_run_name")
+                "wandb_run_name", "dry_run", "dry_run_world", "dry_run_out", "dry_run_real", "gpu_memory")
 
 PRESETS = {
     "aggressive": dict(t_low=0.2, t_high=0.7, lr=1e-5),  # the main task table
@@ -157,6 +165,7 @@ def validate():
     for key in ("batch_size", "max_len", "log_every"):
         if globals()[key] < 1:
             raise ConfigError(f"{key} must be >= 1, got {globals()[key]}")
+    check_ranges(globals(), {"dry_run_world": (1, None), "gpu_memory": (0.001, None)})
     check_ranges(globals(), {"weight_decay": (0, None), "beta1": (0, 0.999999), "beta2": (0, 0.999999),
                              "epochs": (1, None), "max_steps": (0, None), "save_every": (0, None),
                              "snapshot_every": (0, None), "stop_step": (0, None), "val_holdout": (0, None),
@@ -348,9 +357,11 @@ def build_models(source, dev, compute_dtype, mesh, master):
         return net
 
     torch.manual_seed(seed)  # random init draws the same full tensors on every rank, as in one process
-    if source.ckpt_dir is None:
-        online = modellib.Transformer(source.model_cfg).to(dev)
-        if master:
+    if source.ckpt_dir is None:  # random init; the dry run's shapes-only source (no tokenizer) saves nothing
+        # as from a checkpoint below: with LoRA the base never moves, so it is held in the compute dtype
+        with default_dtype(compute_dtype if lora_rank else torch.float32):
+            online = on_device(modellib.Transformer(source.model_cfg), dev)
+        if master and source.tokenizer is not None:
             online.save_pretrained(os.path.join(out_dir, "base"), tokenizer=source.tokenizer)
     elif mesh is not None:  # one host copy of the weights (rank 0's), not one per rank
         with torch.device("meta"):
@@ -364,7 +375,7 @@ def build_models(source, dev, compute_dtype, mesh, master):
     # full fine-tuning: the EMA copy is made before sharding; LoRA: the adapter EMA after loading, below
     target = jepa.make_target_encoder(online) if jepa_weight > 0 and not lora_rank else None
     torch.manual_seed(seed + 2)  # the predictor's own stream: the same weights whatever was drawn before
-    predictor = jepa.Predictor(source.model_cfg, predictor_layers).to(dev) if jepa_weight > 0 else None
+    predictor = on_device(jepa.Predictor(source.model_cfg, predictor_layers), dev) if jepa_weight > 0 else None
     if mesh is not None:
         from torch.distributed.fsdp import MixedPrecisionPolicy
         mp_policy = MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32)
@@ -384,6 +395,23 @@ def build_models(source, dev, compute_dtype, mesh, master):
     if jepa_weight > 0 and lora_rank:
         target = jepa.make_target_encoder(online)
     return Models(online, target, predictor, jepa.snapshot_parameters(online) if anchor_l2 > 0 else None)
+
+
+@contextmanager
+def default_dtype(dt):
+    """Parameters created in the block get dtype dt."""
+    saved = torch.get_default_dtype()
+    torch.set_default_dtype(dt)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(saved)
+
+
+def on_device(module, dev):
+    """A module built on the CPU, moved to dev; a move to the CPU is skipped (a no-op for real tensors, and
+    the dry run's FakeTensors cannot be moved in place)."""
+    return module if dev.type == "cpu" else module.to(dev)
 
 
 def make_optimizer(trainable):
@@ -407,19 +435,24 @@ def check_derangeable(n_examples, world):
                           "micro-batch holds at least 2 examples")
 
 
-def accumulate(models, trainable, group, examples, source, epoch, dev, autocast):
-    """Forward and backward over one optimizer step's micro-batches: the gradients sum to those of the
-    mean loss. Returns the mean of each logged number (tensors, no sync) and the tokens seen."""
+def micro_batch(indices, examples, eos_id, epoch, dev):
+    """One micro-batch: the collated examples on the device and their views' noise (batch, ViewNoise)."""
+    batch = {k: v.to(dev) for k, v in data.collate([examples[j] for j in indices], eos_id).items()}
+    return batch, jepa.view_noise(indices, batch["input_ids"].shape[1], jepa.epoch_stream(seed, epoch), max_len)
+
+
+def accumulate(models, trainable, group, make_batch, mask_token_id, autocast):
+    """Forward and backward over one optimizer step's micro-batches (make_batch(indices) -> (batch, noise)):
+    the gradients sum to those of the mean loss. Returns the mean of each logged number (tensors, no sync)
+    and the tokens seen."""
     sums, tokens = {}, 0
     for i, indices in enumerate(group):
         for m in trainable.values():
             if isinstance(m, FSDPModule):  # reduce-scatter the gradients only after the last micro-batch
                 m.set_requires_gradient_sync(i == len(group) - 1)
-        batch = {k: v.to(dev) for k, v in data.collate([examples[j] for j in indices],
-                                                       source.tokenizer.eos_token_id).items()}
-        noise = jepa.view_noise(indices, batch["input_ids"].shape[1], jepa.epoch_stream(seed, epoch), max_len)
+        batch, noise = make_batch(indices)
         with autocast:
-            res = jepa.objective(models.online, batch, source.model_cfg.mask_token_id, t_low=t_low, t_high=t_high,
+            res = jepa.objective(models.online, batch, mask_token_id, t_low=t_low, t_high=t_high,
                                  jepa_weight=jepa_weight, predictor=models.predictor,
                                  target_encoder=models.target, noise=noise, random_context_rate=random_context_rate,
                                  shuffled_target=shuffled_target)
@@ -430,8 +463,28 @@ def accumulate(models, trainable, group, examples, source, epoch, dev, autocast)
     return sums, tokens
 
 
+def clip_gradients(models, params):
+    """The L2 anchor's gradient (when on), then clipping; returns the gradient norm before clipping."""
+    if models.anchor_base is not None:
+        jepa.add_anchor_gradient(models.online, models.anchor_base, anchor_l2)
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf"))
+    return grad_norm.full_tensor() if isinstance(grad_norm, DTensor) else grad_norm
+
+
+def apply_step(models, optimizer, current_lr):
+    """The optimizer step at current_lr, then the EMA target's update."""
+    for param_group in optimizer.param_groups:
+        param_group["lr"] = current_lr
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    if models.target is not None:
+        jepa.ema_update(models.target, models.online, ema_decay)
+
+
 def main(argv):
     cfg = configure(argv)
+    if dry_run:
+        return plan_main(cfg)
     world, rank, dev = runtime.init_distributed(device, dist_timeout)
     distributed, master = world > 1, rank == 0
     log = print if master else (lambda *a, **k: None)
@@ -504,23 +557,15 @@ def main(argv):
         if epoch != micro_epoch:  # the epoch's batch order, computed once per epoch
             micro, micro_epoch = data.epoch_batches(len(examples), batch_size, world, rank, seed, epoch), epoch
         group = micro[step_in_epoch * accum:(step_in_epoch + 1) * accum]
-        sums, tokens = accumulate(models, trainable, group, examples, source, epoch, dev, autocast)
+        make_batch = partial(micro_batch, examples=examples, eos_id=source.tokenizer.eos_token_id, epoch=epoch, dev=dev)
+        sums, tokens = accumulate(models, trainable, group, make_batch, source.model_cfg.mask_token_id, autocast)
         tokens_since += tokens
-        if models.anchor_base is not None:
-            jepa.add_anchor_gradient(online, models.anchor_base, anchor_l2)
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf"))
-        if isinstance(grad_norm, DTensor):
-            grad_norm = grad_norm.full_tensor()
+        grad_norm = clip_gradients(models, params)
         stats, stop_now = agree(sums, grad_norm, stop.requested, dev, distributed, world)
         check_finite(step + 1, stats)
         step += 1
         current_lr = lr_at(step, total_steps)
-        for param_group in optimizer.param_groups:
-            param_group["lr"] = current_lr
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if target is not None:
-            jepa.ema_update(target, online, ema_decay)
+        apply_step(models, optimizer, current_lr)
         stop_now = stop_now or bool(stop_step and step >= stop_step)
         bar.update(1)
         if step % log_every == 0 or step == total_steps or stop_now:
@@ -591,6 +636,177 @@ def save_model(online, source, distributed, master, log, name):
             shutil.rmtree(folder, ignore_errors=True)  # a snapshot rewritten after a resume
             os.replace(folder + ".tmp", folder)
         log(f"saved {folder}")
+
+
+# -----------------------------------------------------------------------------
+# the dry run: the run these settings launch, planned on fake tensors (harness/plan.py)
+
+# training examples per task, for the epoch time (the dry run reads no data): GSM8K's train.jsonl (openai/
+# grade-school-math), LLM-JEPA's NL-RX and Spider train files (rbalestr-lab/llm-jepa), Django's standard
+# 16,000-pair train split (Oda et al. 2015); tests/test_train.py checks them against the files where present
+TRAIN_SIZES = {"gsm8k": 7473, "nlrx": 8000, "nlrx-turk": 8000, "spider": 6587, "django": 16000}
+RESERVE_GIB = 2.0  # beside the tracked tensors: the CUDA context, NCCL's buffers, the allocator's fragmentation
+
+
+def plan_main(cfg):
+    """--dry_run: plan the run, print the plan (and the nearest setting that fits when it does not), write
+    it as JSON to --dry_run_out."""
+    model_cfg, origin = plan_model_config()
+    world = dry_run_world
+    found = plan_once(model_cfg, world)
+    if dry_run_real and found is None:  # a rank other than 0 of the check
+        return
+    report = {"settings": cfg, "model_config_from": origin, "plan": found}
+    if not found["fits"] and not dry_run_real:
+        report["nearest_fit"] = fit_advice(model_cfg, world)
+    print_plan(report)
+    if dry_run_out:
+        from harness.outputs import write_json
+        write_json(dry_run_out, report)
+        print(f"wrote {dry_run_out}")
+
+
+def plan_model_config():
+    """(ModelConfig, where it came from): a model.PRESETS name; a checkpoint directory's config.json or the
+    hub cache's; else, offline, the preset of the release's shape (the network is never asked)."""
+    if model in modellib.PRESETS:
+        return modellib.PRESETS[model], f"model.PRESETS[{model!r}]"
+    path = os.path.join(modellib.resolve_checkpoint_dir(model), "config.json") if os.path.isdir(model) else None
+    if path is None:
+        from huggingface_hub import try_to_load_from_cache
+        cached = try_to_load_from_cache(model, "config.json")
+        path = cached if isinstance(cached, str) else None
+    if path is not None:
+        return modellib.config_from_release(modellib.read_release_config(os.path.dirname(path)), path), path
+    shape = "dream-7b" if "dream" in model.lower() else "llada-8b" if "llada" in model.lower() else None
+    if shape is None:
+        raise ConfigError(f"--dry_run: no config.json for --model={model} here, and its name matches no preset; "
+                          f"pass a checkpoint directory or one of {', '.join(modellib.PRESETS)}")
+    return modellib.PRESETS[shape], f"model.PRESETS[{shape!r}]: no local copy of {model}'s config.json (offline)"
+
+
+def plan_once(model_cfg, world):
+    """Two optimizer steps of this configuration on `world` fake ranks (with --dry_run_real, on this launch's
+    real ranks and tensors), measured on rank 0: memory by category, FLOPs, estimates. None on other ranks."""
+    if dry_run_real:
+        world, rank, dev = runtime.init_distributed("cpu", dist_timeout)
+        from torch.distributed.device_mesh import init_device_mesh
+        mesh, mode = (init_device_mesh("cpu", (world,)) if world > 1 else None), None
+    else:
+        mesh, mode, rank, dev = plan.fake_world(world), plan.fake_mode(), 0, torch.device("cpu")
+    compute = torch.bfloat16 if dtype == "auto" else runtime.DTYPES[dtype]  # a GPU run's default: bfloat16
+    accum = resolve_grad_accum(world)
+    examples = plan.planned_examples(batch_size * accum, max_len, model_cfg.vocab_size)
+    group = [list(range(i * batch_size, (i + 1) * batch_size)) for i in range(accum)]
+    with mode or nullcontext():
+        models = build_models(Source(model_cfg, None, None, None), dev, compute, mesh, master=False)
+        trainable = nn.ModuleDict({"online": models.online} | ({"predictor": models.predictor} if models.predictor else {}))
+        optimizer, params = make_optimizer(trainable)
+        autocast = torch.autocast("cpu", dtype=compute) if world == 1 and compute != torch.float32 else nullcontext()
+
+        def make_batch(indices):
+            with plan.real_values():
+                batch = micro_batch(indices, examples, model_cfg.eos_token_id, 0, dev)
+            return plan.constant(mode, batch)
+
+        def step():
+            accumulate(models, trainable, group, make_batch, model_cfg.mask_token_id, autocast)
+            clip_gradients(models, params)
+            apply_step(models, optimizer, lr)
+
+        found = plan.measure(step, models.online, optimizer, [models.target, models.predictor])
+        with plan.real_values():  # the LM head's positions, for the count by hand: the same views again
+            found["masked_positions"] = [masked_count(micro_batch(i, examples, model_cfg.eos_token_id, 0, dev),
+                                                      model_cfg.mask_token_id) for i in group]
+    if dry_run_real:
+        runtime.close_distributed(world)
+        if rank != 0:
+            return None
+    return plan_summary(found, models, model_cfg, world, accum)
+
+
+def masked_count(batch_and_noise, mask_token_id):
+    """How many positions of a micro-batch the context view masks (where the LM head runs)."""
+    batch, noise = batch_and_noise
+    rate = (1.0 - noise.rate) if random_context_rate else t_low
+    return int(jepa.mask_view(batch["input_ids"], batch["maskable"], rate, mask_token_id, noise.context)[1].sum())
+
+
+def plan_summary(found, models, model_cfg, world, accum):
+    """The plan's numbers from the measurement: the EMA target's and predictor's own bytes, FLOPs counted and
+    by hand, tokens per step, the estimates, and whether it fits --gpu_memory."""
+    local = lambda m: 0 if m is None else sum(  # noqa: E731
+        (p.to_local() if isinstance(p, DTensor) else p).numel() * p.element_size() for p in m.parameters())
+    tokens = world * batch_size * accum * max_len
+    analytic = plan.analytic_step_flops(model_cfg, found["masked_positions"], batch_size, max_len, jepa_weight > 0,
+                                        activation_checkpointing, predictor_layers, lora_rank > 0)
+    steps_per_epoch = math.ceil(TRAIN_SIZES.get(task, 0) / (world * batch_size * accum)) if task in TRAIN_SIZES else 0
+    need = found["peak_total"] / 2 ** 30 + RESERVE_GIB
+    return {**found, "world": world, "grad_accum": accum, "batch_size": batch_size, "max_len": max_len,
+            "activation_checkpointing": activation_checkpointing, "lora_rank": lora_rank,
+            "ema_target_bytes": local(models.target if isinstance(models.target, nn.Module) else None),
+            "predictor_bytes": local(models.predictor), "analytic_flops": analytic, "tokens_per_step": tokens,
+            "flops_per_token": found["flops"] * world / tokens, "steps_per_epoch": steps_per_epoch,
+            "estimates": plan.estimates(found["flops"], tokens, steps_per_epoch), "needs_gib": need,
+            "fits": need <= gpu_memory}
+
+
+@contextmanager
+def overridden(**values):
+    """These settings changed for the block (the fit advice re-plans under them), then restored."""
+    saved = {k: globals()[k] for k in values}
+    globals().update(values)
+    try:
+        yield
+    finally:
+        globals().update(saved)
+
+
+def fit_advice(model_cfg, world):
+    """The nearest setting that fits --gpu_memory, found by re-planning: activation checkpointing on, then the
+    per-GPU batch halved (the effective batch kept by accumulation), then LoRA rank 16, then twice, four and
+    eight times the ranks. {'settings', 'needs_gib'} of the first that fits, or {'none': ...}."""
+    candidates = [] if activation_checkpointing else [{"activation_checkpointing": True}]
+    b = batch_size
+    while b > 1:
+        b //= 2
+        candidates.append({"activation_checkpointing": True, "batch_size": b})
+    if not lora_rank:
+        candidates.append({"activation_checkpointing": True, "batch_size": 1, "lora_rank": 16})
+        candidates += [{"activation_checkpointing": True, "batch_size": 1, "dry_run_world": world * k} for k in (2, 4, 8)]
+    for change in candidates:
+        ranks = change.get("dry_run_world", world)
+        if total_batch and total_batch % (ranks * change.get("batch_size", batch_size)):
+            continue
+        with overridden(**change):
+            found = plan_once(model_cfg, ranks)
+        if found["fits"]:
+            return {"settings": change, "needs_gib": found["needs_gib"]}
+    return {"none": f"no setting tried fits {gpu_memory:g} GiB: {', '.join(map(str, candidates))}"}
+
+
+def print_plan(report):
+    p = report["plan"]
+    gib = lambda b: f"{b / 2 ** 30:8.2f} GiB"  # noqa: E731
+    print(f"dry run: {model} ({report['model_config_from']}), task {task}, {p['world']} rank(s) x batch "
+          f"{p['batch_size']} x accum {p['grad_accum']} x {p['max_len']} tokens, activation checkpointing "
+          f"{p['activation_checkpointing']}, LoRA rank {p['lora_rank']}, lambda {jepa_weight}")
+    print("peak memory on one rank, by category (torch FSDPMemTracker):")
+    for name, value in p["peak"].items():
+        print(f"  {name:22} {gib(value)}")
+    print(f"  {'total':22} {gib(p['peak_total'])}   at {p['peak_module']}")
+    print(f"  of which EMA target parameters {gib(p['ema_target_bytes'])}, predictor parameters {gib(p['predictor_bytes'])}")
+    print(f"FLOPs per optimizer step, one rank: {p['flops']:.4g} counted, {p['analytic_flops']:.4g} by hand; "
+          f"{p['flops_per_token']:.4g} per trained token")
+    for gpu, e in p["estimates"].items():
+        epoch = f", epoch ({p['steps_per_epoch']} steps) {e['epoch_s'] / 3600:.2f} h" if p["steps_per_epoch"] else ""
+        print(f"  {gpu} at MFU {plan.MFU}: {e['step_s']:.2f} s a step, {e['tokens_per_s']:,.0f} tokens/s{epoch}")
+    print(f"needs {p['needs_gib']:.1f} GiB a GPU ({RESERVE_GIB:g} GiB reserve included): "
+          f"{'fits' if p['fits'] else 'does not fit'} --gpu_memory={gpu_memory:g}")
+    if "nearest_fit" in report:
+        fit = report["nearest_fit"]
+        print("nearest setting that fits: " + (" ".join(f"--{k}={v}" for k, v in fit["settings"].items())
+                                               + f" ({fit['needs_gib']:.1f} GiB)" if "settings" in fit else fit["none"]))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,228 @@
+"""
+A training run planned instead of run (`train.py --dry_run true`): train.py's own optimizer step at the run's
+real shapes on fake tensors and a fake process group of N ranks, so that memory per rank and FLOPs per step
+are known on any CPU before a GPU is rented (the method of torchtitan's memory estimator: FakeTensorMode,
+torch's FakeStore process group, torch.distributed._tools' FSDPMemTracker).
+
+  settings --train.py build_models--> online model, EMA target, predictor (LoRA adapters), wrapped by train.py's
+           own FSDP2 / mixed-precision / activation-checkpointing code on N fake ranks; every tensor a
+           FakeTensor: a shape and a dtype, no storage
+  two optimizer steps (train.py's accumulate, clip, step, EMA) --FSDPMemTracker--> peak bytes per category on
+           one rank, and the module running at the peak
+                                                               --FlopCounterMode--> FLOPs of the second step
+  --estimate--> step time, tokens/s and epoch time at a stated MFU on A100 and H100 (bf16 dense peaks)
+
+Where the dry run departs from the real step (the code that runs is train.py's; these are its inputs):
+  - batches: every example is max_len tokens long (the worst case: a real micro-batch pads to its longest
+    row), PROMPT_FRACTION of it prompt, token ids drawn at random; no data file is read.
+  - masks: the views' masks are drawn on real tensors as in training and enter the fake step as constants
+    (FakeMode), so boolean indexing (logits only at the masked positions) gets a real count: one draw at the
+    configured rates, not their mean (a few tokens apart at these sizes).
+  - device and dtype: the CPU (fake CUDA tensors need a CUDA build of torch), computing in bfloat16 as a GPU
+    run does. The bytes are those of the run's tensors; the CUDA caching allocator's rounding and
+    fragmentation, NCCL's buffers and the CUDA context (roughly 1-2 GB a GPU) are not in them.
+"""
+
+import contextlib
+import math
+
+import torch
+import torch.distributed as dist
+from torch.utils import _pytree as pytree
+
+CONSTANT_LIMIT = 1 << 24  # elements: the batch's tensors (ids, masks, noise) lie far below, activations far above
+PROMPT_FRACTION = 0.25  # of each planned example: prompt, never masked (GSM8K's prompts are about a quarter)
+# dense bf16 tensor-core peaks per GPU, from NVIDIA's datasheets (A100 SXM: 312 TFLOPS; H100 SXM: 989 TFLOPS)
+GPU_PEAK_FLOPS = {"A100": 312e12, "H100": 989e12}
+MFU = 0.4  # the utilisation the time estimates assume (a well-tuned FSDP run of an 8B model reaches 0.35-0.5)
+
+
+# -----------------------------------------------------------------------------
+# fake tensors that keep the batch's values
+
+
+def fake_mode():
+    """A FakeTensorMode in which the batch's tensors, made constant by constant(), keep their real values and
+    so does everything computed from them alone (the views' masks, the masked targets); everything touching a
+    parameter is fake. Constants stay real only up to CONSTANT_LIMIT elements."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    in_place_steps = {torch.ops.aten._fused_adamw_.default, torch.ops.aten._fused_adam_.default}
+
+    class KeepBatchValues(FakeTensorMode):
+        def may_turn_const(self, t):  # FakeTensorMode's own rule keeps only one-element results
+            return (type(t) is torch.Tensor and t.numel() <= CONSTANT_LIMIT and not self.is_our_fake(t)
+                    and t.device.type != "meta")
+
+        def dispatch(self, func, types, args=(), kwargs=None):
+            # the fused optimizer step updates its tensors in place and allocates nothing on the GPU; its fake
+            # kernel builds new output lists (five times the optimizer's tensors), which the tracker would count
+            if func in in_place_steps:
+                return None
+            return super().dispatch(func, types, args, kwargs)
+
+    return KeepBatchValues(allow_non_fake_inputs=True)
+
+
+def constant(mode, tree):
+    """Every tensor of a (nested) batch as a constant of `mode`; tree itself when mode is None (a real run)."""
+    if mode is None:
+        return tree
+    return pytree.tree_map_only(
+        torch.Tensor, lambda t: mode.fake_tensor_converter.from_real_tensor(mode, t, make_constant=True), tree)
+
+
+def real_values():
+    """Where the batch is built: real tensors even inside the fake mode."""
+    from torch._subclasses.fake_tensor import unset_fake_temporarily
+    return unset_fake_temporarily()
+
+
+def fake_world(n):
+    """A fake process group of n ranks (this process is rank 0; collectives return at once) and its mesh,
+    None for one rank (train.py shards nothing then)."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.testing._internal.distributed.fake_pg import FakeStore  # torch's own fake backend ("fake")
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    dist.init_process_group("fake", rank=0, world_size=n, store=FakeStore())
+    return init_device_mesh("cpu", (n,)) if n > 1 else None
+
+
+def planned_examples(n, length, vocab_size, seed=0):
+    """n examples of `length` tokens each (prompt PROMPT_FRACTION of it, the rest response; the EOS collate
+    appends is counted in), token ids drawn uniformly past the special ids."""
+    g = torch.Generator().manual_seed(seed)
+    prompt = int(length * PROMPT_FRACTION)
+    out = []
+    for _ in range(n):
+        ids = torch.randint(3, vocab_size, (length - 1,), generator=g).tolist()
+        out.append({"prompt_ids": ids[:prompt], "response_ids": ids[prompt:]})
+    return out
+
+
+# -----------------------------------------------------------------------------
+# measuring
+
+
+def flop_counter():
+    """torch's FlopCounterMode, taught the CPU flash-attention kernels (the dry run's device) with the
+    formulas it has for the CUDA ones."""
+    from torch.utils import flop_counter as fc
+    aten = torch.ops.aten
+
+    def forward(query, key, value, *args, out_shape=None, **kwargs):
+        return fc.sdpa_flop_count(query, key, value)
+
+    def backward(grad_out, query, key, value, *args, out_shape=None, **kwargs):
+        return fc.sdpa_backward_flop_count(grad_out, query, key, value)
+
+    mapping = {aten._scaled_dot_product_flash_attention_for_cpu: forward,
+               aten._scaled_dot_product_flash_attention_for_cpu_backward: backward}
+    return fc.FlopCounterMode(display=False, custom_mapping=mapping)  # it passes the formulas shapes
+
+
+def measure(run_step, root, optimizer, others, steps=2):
+    """Run `steps` optimizer steps under torch's memory tracker (FSDPMemTracker when root is FSDP-sharded,
+    MemTracker otherwise) and count the FLOPs of the last. others: modules outside root whose tensors count
+    too (the EMA target, the predictor). Returns {'peak': {category: bytes}, 'peak_total', 'peak_module',
+    'flops'} for this rank."""
+    from torch.distributed._tools.fsdp2_mem_tracker import FSDPMemTracker
+    from torch.distributed._tools.mem_tracker import MemTracker
+    from torch.distributed.fsdp import FSDPModule
+    sharded = isinstance(root, FSDPModule)
+    tracker = FSDPMemTracker(root, optimizer) if sharded else MemTracker()
+    others = [m for m in others if isinstance(m, torch.nn.Module)]
+    if sharded:
+        tracker.track_external(*others)
+    else:
+        tracker.track_external(root, optimizer, *others)
+    counter = flop_counter()
+    with own_propagation_mode(), tracker:
+        for i in range(steps):
+            if i and sharded:
+                tracker.reset_mod_stats()  # per-module stats hold one step (the peak snapshot keeps them all)
+            with counter if i == steps - 1 else contextlib.nullcontext():
+                run_step()
+    snapshot = tracker.get_tracker_snapshot("peak")
+    device = next(iter(snapshot))
+    peak = {getattr(k, "value", str(k)): v for k, v in snapshot[device].items()}
+    total = peak.pop("Total")
+    return {"peak": peak, "peak_total": total, "peak_module": module_at_peak(tracker, total),
+            "flops": counter.get_total_flops()}
+
+
+@contextlib.contextmanager
+def own_propagation_mode():
+    """DTensor infers an op's output shapes by running it on global-shape tensors in the active fake mode,
+    or in a fresh one when none is active (torch/distributed/tensor/_sharding_prop.py). In a real run the
+    tracker skips those allocations (another fake mode); in the dry run the active mode is the plan's, and
+    the tracker would count them (for the optimizer step: four times its states). So the propagation gets a
+    fresh mode here too, as in a real run."""
+    from torch.distributed.tensor import _sharding_prop
+    detect = _sharding_prop.detect_fake_mode
+    _sharding_prop.detect_fake_mode = lambda *args: None
+    try:
+        yield
+    finally:
+        _sharding_prop.detect_fake_mode = detect
+
+
+def module_at_peak(tracker, total):
+    """The innermost module (its name) running when memory peaked: the deepest of those whose own peak is
+    the global one; 'the optimizer step' when no module was running then."""
+    best = "the optimizer step (no module running)"
+    for stats in tracker.memory_tracking.values():
+        for snaps in stats.snapshots.values():
+            for snap in snaps:
+                dev_total = max((s.get("Total", 0) for s in snap.values()), default=0)
+                if dev_total >= total and (" " in best or stats.mod_fqn.count(".") > best.count(".")):
+                    best = stats.mod_fqn
+    return best
+
+
+# -----------------------------------------------------------------------------
+# the analytic count and the estimates
+
+
+def forward_flops(cfg, batch, length, logits):
+    """A forward of the backbone on batch x length tokens with the LM head at `logits` positions: 2 FLOPs per
+    multiply-add of every linear layer, plus attention's two batched products (QK^T and AV)."""
+    d, hd = cfg.d_model, cfg.head_dim
+    per_token = cfg.n_layers * (2 * d * cfg.n_heads * hd + 2 * d * cfg.n_kv_heads * hd + 3 * d * cfg.mlp_hidden)
+    attention = cfg.n_layers * 2 * cfg.n_heads * length * length * hd
+    return 2 * per_token * batch * length + 2 * attention * batch + 2 * d * cfg.vocab_size * logits
+
+
+def analytic_step_flops(cfg, masked, batch, length, jepa, checkpointing, predictor_layers, lora):
+    """FLOPs of one optimizer step on one rank, by hand: per micro-batch the online forward F (the LM head at
+    its masked positions, `masked` lists them per micro-batch), its backward 2F (input and weight gradients;
+    with LoRA about F, the frozen base needs input gradients only; adapters left out), one more forward of the
+    blocks under activation checkpointing, and for DLLM-JEPA the EMA target's forward (no LM head) and the
+    predictor (k blocks on one vector per example, trained)."""
+    blocks = forward_flops(cfg, batch, length, 0)
+    total = 0
+    for logits in masked:
+        total += forward_flops(cfg, batch, length, logits) * (2 if lora else 3) + (blocks if checkpointing else 0)
+        if jepa:
+            total += blocks + 3 * forward_flops_blocks(cfg, predictor_layers, batch)
+    return total
+
+
+def forward_flops_blocks(cfg, layers, vectors):
+    """k blocks on `vectors` sequences of length one (the predictor): the linear layers' FLOPs, attention over
+    one position included."""
+    d, hd = cfg.d_model, cfg.head_dim
+    per = 2 * d * cfg.n_heads * hd + 2 * d * cfg.n_kv_heads * hd + 3 * d * cfg.mlp_hidden
+    return layers * (2 * per * vectors + 4 * cfg.n_heads * hd * vectors)
+
+
+def estimates(flops_per_rank, tokens_per_step, steps_per_epoch, mfu=MFU):
+    """{gpu: {'step_s', 'tokens_per_s', 'epoch_s'}}: time per optimizer step on each GPU at `mfu` of its
+    peak (every rank does its share at once)."""
+    out = {}
+    for gpu, peak in GPU_PEAK_FLOPS.items():
+        step = flops_per_rank / (peak * mfu)
+        out[gpu] = {"step_s": step, "tokens_per_s": tokens_per_step / step if step else math.inf,
+                    "epoch_s": step * steps_per_epoch}
+    return out
