@@ -651,6 +651,10 @@ RESERVE_GIB = 2.0  # beside the tracked tensors: the CUDA context, NCCL's buffer
 def plan_main(cfg):
     """--dry_run: plan the run, print the plan (and the nearest setting that fits when it does not), write
     it as JSON to --dry_run_out."""
+    if lora_rank:
+        raise ConfigError("--dry_run does not plan LoRA runs yet: torch's memory tracker follows one forward of a "
+                          "module before its backward, and LoRA's EMA target runs the online model a second time; "
+                          "plan the full fine-tuning run, or measure LoRA with bench.py")
     model_cfg, origin = plan_model_config()
     world = dry_run_world
     found = plan_once(model_cfg, world)
@@ -765,14 +769,13 @@ def overridden(**values):
 def fit_advice(model_cfg, world):
     """The nearest setting that fits --gpu_memory, found by re-planning: activation checkpointing on, then the
     per-GPU batch halved (the effective batch kept by accumulation), then LoRA rank 16, then twice, four and
-    eight times the ranks. {'settings', 'needs_gib'} of the first that fits, or {'none': ...}."""
+    eight times the ranks (LoRA, the one-GPU mode, is not planned yet). {'settings', 'needs_gib'} of the first that fits, or {'none': ...}."""
     candidates = [] if activation_checkpointing else [{"activation_checkpointing": True}]
     b = batch_size
     while b > 1:
         b //= 2
         candidates.append({"activation_checkpointing": True, "batch_size": b})
-    if not lora_rank:
-        candidates.append({"activation_checkpointing": True, "batch_size": 1, "lora_rank": 16})
+    if not lora_rank:  # (LoRA is not planned yet: see plan_main)
         candidates += [{"activation_checkpointing": True, "batch_size": 1, "dry_run_world": world * k} for k in (2, 4, 8)]
     for change in candidates:
         ranks = change.get("dry_run_world", world)

@@ -124,8 +124,9 @@ def flop_counter():
 
 def measure(run_step, root, optimizer, others, steps=2):
     """Run `steps` optimizer steps under torch's memory tracker (FSDPMemTracker when root is FSDP-sharded,
-    MemTracker otherwise) and count the FLOPs of the last. others: modules outside root whose tensors count
-    too (the EMA target, the predictor). Returns {'peak': {category: bytes}, 'peak_total', 'peak_module',
+    MemTracker otherwise) and count the FLOPs of the last. run_step(next_forward) calls next_forward() before
+    each micro-batch's forward (the tracker's per-module statistics hold one forward; its peak keeps them
+    all). others: modules outside root whose tensors count too (the EMA target, the predictor). Returns {'peak': {category: bytes}, 'peak_total', 'peak_module',
     'flops'} for this rank."""
     from torch.distributed._tools.fsdp2_mem_tracker import FSDPMemTracker
     from torch.distributed._tools.mem_tracker import MemTracker
@@ -137,19 +138,43 @@ def measure(run_step, root, optimizer, others, steps=2):
         tracker.track_external(*others)
     else:
         tracker.track_external(root, optimizer, *others)
+        no_hook = NoHook()  # MemTracker hooks every parameter's gradient, and a frozen one (the EMA target) refuses
+        for p in (p for m in [root, *others] for p in m.parameters()):
+            if not p.requires_grad:
+                tracker._param_to_grad_hook_handles[p] = (no_hook, no_hook)
     counter = flop_counter()
-    with own_propagation_mode(), tracker:
-        for i in range(steps):
-            if i and sharded:
-                tracker.reset_mod_stats()  # per-module stats hold one step (the peak snapshot keeps them all)
-            with counter if i == steps - 1 else contextlib.nullcontext():
-                run_step()
+    at_peak = []  # (peak so far, the module running then), kept before each forward clears the module stats
+
+    def before_forward(module, args):
+        # the tracker's per-module statistics hold one forward of each module, and a step runs root several
+        # times (micro-batches; with LoRA the EMA target is root again); its peak snapshot keeps them all
+        if module is root:
+            total = peak_total(tracker)
+            at_peak.append((total, module_at_peak(tracker, total)))
+            tracker.reset_mod_stats()
+
+    hook = torch.nn.modules.module.register_module_forward_pre_hook(before_forward)  # before the tracker's own
+    try:
+        with own_propagation_mode(), tracker:
+            for i in range(steps):
+                with counter if i == steps - 1 else contextlib.nullcontext():
+                    run_step()
+    finally:
+        hook.remove()
     snapshot = tracker.get_tracker_snapshot("peak")
     device = next(iter(snapshot))
     peak = {getattr(k, "value", str(k)): v for k, v in snapshot[device].items()}
     total = peak.pop("Total")
-    return {"peak": peak, "peak_total": total, "peak_module": module_at_peak(tracker, total),
+    found = [m for t, m in at_peak + [(total, module_at_peak(tracker, total))] if t == total and " " not in m]
+    return {"peak": peak, "peak_total": total, "peak_module": found[0] if found else OPTIMIZER_STEP,
             "flops": counter.get_total_flops()}
+
+
+class NoHook:
+    """Stands for the gradient hooks of a frozen parameter, which has no gradient to watch."""
+
+    def remove(self):
+        pass
 
 
 @contextlib.contextmanager
@@ -168,10 +193,18 @@ def own_propagation_mode():
         _sharding_prop.detect_fake_mode = detect
 
 
+OPTIMIZER_STEP = "the optimizer step (no module running)"
+
+
+def peak_total(tracker):
+    snapshot = tracker.get_tracker_snapshot("peak")
+    return next(iter(snapshot.values()))["Total"]
+
+
 def module_at_peak(tracker, total):
-    """The innermost module (its name) running when memory peaked: the deepest of those whose own peak is
-    the global one; 'the optimizer step' when no module was running then."""
-    best = "the optimizer step (no module running)"
+    """The innermost module (its name) running when memory reached `total`, from the per-module statistics:
+    the deepest of those whose own peak is it; OPTIMIZER_STEP when none."""
+    best = OPTIMIZER_STEP
     for stats in tracker.memory_tracking.values():
         for snaps in stats.snapshots.values():
             for snap in snaps:
@@ -197,13 +230,16 @@ def forward_flops(cfg, batch, length, logits):
 def analytic_step_flops(cfg, masked, batch, length, jepa, checkpointing, predictor_layers, lora):
     """FLOPs of one optimizer step on one rank, by hand: per micro-batch the online forward F (the LM head at
     its masked positions, `masked` lists them per micro-batch), its backward 2F (input and weight gradients;
-    with LoRA about F, the frozen base needs input gradients only; adapters left out), one more forward of the
-    blocks under activation checkpointing, and for DLLM-JEPA the EMA target's forward (no LM head) and the
+    with LoRA about F, the frozen base needs input gradients only; adapters left out), the blocks' forward
+    again under activation checkpointing (but their last layer), and for DLLM-JEPA the EMA target's forward (no LM head) and the
     predictor (k blocks on one vector per example, trained)."""
     blocks = forward_flops(cfg, batch, length, 0)
+    # non-reentrant checkpointing stops recomputing a block once the tensors its backward needs are back:
+    # each block's last linear layer (the MLP's down projection) is not run again
+    recompute = blocks - 2 * cfg.n_layers * cfg.d_model * cfg.mlp_hidden * batch * length
     total = 0
     for logits in masked:
-        total += forward_flops(cfg, batch, length, logits) * (2 if lora else 3) + (blocks if checkpointing else 0)
+        total += forward_flops(cfg, batch, length, logits) * (2 if lora else 3) + (recompute if checkpointing else 0)
         if jepa:
             total += blocks + 3 * forward_flops_blocks(cfg, predictor_layers, batch)
     return total

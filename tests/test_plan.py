@@ -1,0 +1,83 @@
+"""train.py --dry_run (harness/plan.py): the plan on fake tensors against the same tracker on real tensors and
+two real processes, the FLOP count against the count by hand, the fit advice, and the model's shape offline."""
+
+import json
+
+import pytest
+from conftest import run_script
+
+import model as M
+from harness import plan
+
+TINY = ["train.py", "--preset=tiny", "--dry_run=true", "--dtype=float32", "--batch_size=2", "--total_batch=8",
+        "--grad_accum=0", "--max_len=96"]
+
+
+def plan_json(tmp_path, name, extra, nproc=1, port=29661):
+    out = tmp_path / f"{name}.json"
+    proc = run_script([*TINY, *extra, f"--dry_run_out={out}"], nproc=nproc, port=port)
+    return json.load(open(out)), proc
+
+
+def test_the_dry_run_equals_the_real_two_process_run(tmp_path):
+    """The same flags (2 ranks, 2 micro-batches a step: unsharded gradients held between them) planned on
+    fake tensors and measured on real ones with gloo: every category of the peak equal to the byte but the
+    activations, which the dry run reads 1.5 MB high (the same offset at vocabularies of 512 and 4,096 and at
+    batches of 2 and 4: a fixed amount, 3% of this tiny run's total, nothing beside an 8B model's); the same
+    module at the peak, the same FLOPs."""
+    fake, proc = plan_json(tmp_path, "fake", ["--dry_run_world=2"])
+    real, _ = plan_json(tmp_path, "real", ["--dry_run_real=true"], nproc=2)
+    f, r = fake["plan"], real["plan"]
+    assert f["grad_accum"] == r["grad_accum"] == 2 and f["world"] == r["world"] == 2
+    for category, value in r["peak"].items():
+        assert abs(f["peak"][category] - value) <= (2 * 2 ** 20 if category == "Activation" else 0), category
+    assert f["peak_total"] == pytest.approx(r["peak_total"], abs=2 * 2 ** 20)
+    assert f["peak_module"] == r["peak_module"] and f["flops"] == r["flops"]
+    assert "peak memory on one rank, by category" in proc.stdout and "fits --gpu_memory=80" in proc.stdout
+
+
+@pytest.mark.parametrize("extra", [[], ["--activation_checkpointing=true"], ["--jepa_weight=0"],
+                                   ["--dry_run_world=1"]])
+def test_counted_flops_equal_the_count_by_hand(tmp_path, extra):
+    found, _ = plan_json(tmp_path, "p", ["--dry_run_world=2", *extra])
+    p = found["plan"]
+    assert p["flops"] == pytest.approx(p["analytic_flops"], rel=0.02)
+    assert p["flops_per_token"] == pytest.approx(p["flops"] * p["world"] / p["tokens_per_step"])
+
+
+def test_fit_advice_finds_a_setting_that_fits_or_says_none_does(tmp_path):
+    """The tiny run needs well under 0.1 GiB beside the 2 GiB reserve: at 2.05 GiB a smaller batch fits; at
+    1 GiB (below the reserve) nothing can."""
+    found, _ = plan_json(tmp_path, "none", ["--dry_run_world=2", "--gpu_memory=1"])
+    assert not found["plan"]["fits"] and "none" in found["nearest_fit"]
+    full, _ = plan_json(tmp_path, "full", ["--dry_run_world=2"])
+    needed = full["plan"]["needs_gib"]
+    tight, proc = plan_json(tmp_path, "tight", ["--dry_run_world=2", f"--gpu_memory={needed - 0.001}"])
+    fit = tight["nearest_fit"]
+    assert "settings" in fit and fit["needs_gib"] <= needed - 0.001
+    assert "nearest setting that fits: --activation_checkpointing=True" in proc.stdout
+
+
+def test_the_model_shape_offline(monkeypatch):
+    import train
+    train.configure(["--task=gsm8k"])
+    cfg, origin = train.plan_model_config()
+    assert cfg == M.PRESETS["llada-8b"] and "offline" in origin
+    train.configure(["--task=gsm8k", "--model=Dream-org/Dream-v0-Base-7B"])
+    assert train.plan_model_config()[0] == M.PRESETS["dream-7b"]
+
+
+def test_estimates_and_analytic_forward_by_hand():
+    cfg = M.PRESETS["tiny"]
+    # one block: q, o 192x192 each; k, v 192x64 each (2 KV heads of 32); MLP 3 x 192x512; 4 blocks
+    per_token = 4 * (2 * 192 * 192 + 2 * 192 * 64 + 3 * 192 * 512)
+    attention = 4 * 2 * 6 * 10 * 10 * 32
+    assert plan.forward_flops(cfg, 1, 10, 3) == 2 * per_token * 10 + 2 * attention + 2 * 192 * 512 * 3
+    e = plan.estimates(989e12 * plan.MFU, 1000, 10)
+    assert e["H100"]["step_s"] == pytest.approx(1.0) and e["H100"]["tokens_per_s"] == pytest.approx(1000)
+    assert e["H100"]["epoch_s"] == pytest.approx(10.0)
+
+
+def test_lora_is_refused_with_the_reason(tmp_path):
+    proc = run_script([*TINY, "--lora_rank=4"], check=False)
+    assert proc.returncode == 2 and "does not plan LoRA runs yet" in proc.stderr and "Traceback" not in proc.stderr
