@@ -718,7 +718,7 @@ def plan_once(model_cfg, world):
             clip_gradients(models, params)
             apply_step(models, optimizer, lr)
 
-        found = plan.measure(step, models.online, optimizer, [models.target, models.predictor])
+        found = plan.measure(step, models.online, optimizer, {"EMA target": models.target, "predictor": models.predictor})
         with plan.real_values():  # the LM head's positions, for the count by hand: the same views again
             found["masked_positions"] = [masked_count(micro_batch(i, examples, model_cfg.eos_token_id, 0, dev),
                                                       model_cfg.mask_token_id) for i in group]
@@ -739,8 +739,6 @@ def masked_count(batch_and_noise, mask_token_id):
 def plan_summary(found, models, model_cfg, world, accum):
     """The plan's numbers from the measurement: the EMA target's and predictor's own bytes, FLOPs counted and
     by hand, tokens per step, the estimates, and whether it fits --gpu_memory."""
-    local = lambda m: 0 if m is None else sum(  # noqa: E731
-        (p.to_local() if isinstance(p, DTensor) else p).numel() * p.element_size() for p in m.parameters())
     tokens = world * batch_size * accum * max_len
     analytic = plan.analytic_step_flops(model_cfg, found["masked_positions"], batch_size, max_len, jepa_weight > 0,
                                         activation_checkpointing, predictor_layers, lora_rank > 0)
@@ -748,8 +746,7 @@ def plan_summary(found, models, model_cfg, world, accum):
     need = found["peak_total"] / 2 ** 30 + RESERVE_GIB
     return {**found, "world": world, "grad_accum": accum, "batch_size": batch_size, "max_len": max_len,
             "activation_checkpointing": activation_checkpointing, "lora_rank": lora_rank,
-            "ema_target_bytes": local(models.target if isinstance(models.target, nn.Module) else None),
-            "predictor_bytes": local(models.predictor), "analytic_flops": analytic, "tokens_per_step": tokens,
+            "analytic_flops": analytic, "tokens_per_step": tokens,
             "flops_per_token": found["flops"] * world / tokens, "steps_per_epoch": steps_per_epoch,
             "estimates": plan.estimates(found["flops"], tokens, steps_per_epoch), "needs_gib": need,
             "fits": need <= gpu_memory}
@@ -794,11 +791,10 @@ def print_plan(report):
     print(f"dry run: {model} ({report['model_config_from']}), task {task}, {p['world']} rank(s) x batch "
           f"{p['batch_size']} x accum {p['grad_accum']} x {p['max_len']} tokens, activation checkpointing "
           f"{p['activation_checkpointing']}, LoRA rank {p['lora_rank']}, lambda {jepa_weight}")
-    print("peak memory on one rank, by category (torch FSDPMemTracker):")
+    print("peak memory on one rank, by category (torch's memory tracker):")
     for name, value in p["peak"].items():
-        print(f"  {name:22} {gib(value)}")
-    print(f"  {'total':22} {gib(p['peak_total'])}   at {p['peak_module']}")
-    print(f"  of which EMA target parameters {gib(p['ema_target_bytes'])}, predictor parameters {gib(p['predictor_bytes'])}")
+        print(f"  {name:28} {gib(value)}")
+    print(f"  {'total':28} {gib(p['peak_total'])}   at {p['peak_module']}")
     print(f"FLOPs per optimizer step, one rank: {p['flops']:.4g} counted, {p['analytic_flops']:.4g} by hand; "
           f"{p['flops_per_token']:.4g} per trained token")
     for gpu, e in p["estimates"].items():

@@ -133,13 +133,11 @@ def measure(run_step, root, optimizer, others, steps=2):
     from torch.distributed.fsdp import FSDPModule
     sharded = isinstance(root, FSDPModule)
     tracker = FSDPMemTracker(root, optimizer) if sharded else MemTracker()
-    others = [m for m in others if isinstance(m, torch.nn.Module)]
-    if sharded:
-        tracker.track_external(*others)
-    else:
-        tracker.track_external(root, optimizer, *others)
+    others = {name: m for name, m in others.items() if isinstance(m, torch.nn.Module)}
+    if not sharded:
+        tracker.track_external(root, optimizer, *others.values())
         no_hook = NoHook()  # MemTracker hooks every parameter's gradient, and a frozen one (the EMA target) refuses
-        for p in (p for m in [root, *others] for p in m.parameters()):
+        for p in (p for m in [root, *others.values()] for p in m.parameters()):
             if not p.requires_grad:
                 tracker._param_to_grad_hook_handles[p] = (no_hook, no_hook)
     counter = flop_counter()
@@ -166,7 +164,10 @@ def measure(run_step, root, optimizer, others, steps=2):
     peak = {getattr(k, "value", str(k)): v for k, v in snapshot[device].items()}
     total = peak.pop("Total")
     found = [m for t, m in at_peak + [(total, module_at_peak(tracker, total))] if t == total and " " not in m]
-    return {"peak": peak, "peak_total": total, "peak_module": found[0] if found else OPTIMIZER_STEP,
+    if sharded:  # not followed by FSDPMemTracker: their sharded parameters, there all along
+        for name, module in others.items():
+            peak[f"{name} (sharded param)"] = local_bytes(module)
+    return {"peak": peak, "peak_total": sum(peak.values()), "peak_module": found[0] if found else OPTIMIZER_STEP,
             "flops": counter.get_total_flops()}
 
 
@@ -194,6 +195,12 @@ def own_propagation_mode():
 
 
 OPTIMIZER_STEP = "the optimizer step (no module running)"
+
+
+def local_bytes(module):
+    """Bytes of this rank's share of a module's parameters (an FSDP2 DTensor's local shard)."""
+    from torch.distributed.tensor import DTensor
+    return sum((p.to_local() if isinstance(p, DTensor) else p).numel() * p.element_size() for p in module.parameters())
 
 
 def peak_total(tracker):

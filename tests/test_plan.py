@@ -34,6 +34,7 @@ def test_the_dry_run_equals_the_real_two_process_run(tmp_path):
     assert f["peak_total"] == pytest.approx(r["peak_total"], abs=2 * 2 ** 20)
     assert f["peak_module"] == r["peak_module"] and f["flops"] == r["flops"]
     assert "peak memory on one rank, by category" in proc.stdout and "fits --gpu_memory=80" in proc.stdout
+    assert f["peak"]["EMA target (sharded param)"] == f["peak"]["Sharded Param"]  # a copy of the online model
 
 
 @pytest.mark.parametrize("extra", [[], ["--activation_checkpointing=true"], ["--jepa_weight=0"],
