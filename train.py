@@ -80,6 +80,9 @@ batch_size = 2  # per device
 grad_accum = 0  # micro-batches per step; 0 = total_batch / (world x batch_size)
 total_batch = 32  # the paper's effective batch (8 GPUs x 2 x 2), on any number of GPUs; 0 = use grad_accum
 max_steps = 0  # > 0: the schedule's length in optimizer steps, instead of epochs
+reduce_every_micro_batch = False  # FSDP2: reduce-scatter the gradients after every micro-batch, not only the
+#   last: no full-size fp32 gradient held between micro-batches (about 30 GiB a GPU for LLaDA-8B: --dry_run
+#   shows it), for grad_accum times the gradient traffic; the sum is the same up to float rounding
 seed = 42
 # system
 device = "auto"  # auto = cuda if available, else cpu
@@ -448,8 +451,8 @@ def accumulate(models, trainable, group, make_batch, mask_token_id, autocast):
     sums, tokens = {}, 0
     for i, indices in enumerate(group):
         for m in trainable.values():
-            if isinstance(m, FSDPModule):  # reduce-scatter the gradients only after the last micro-batch
-                m.set_requires_gradient_sync(i == len(group) - 1)
+            if isinstance(m, FSDPModule):  # reduce-scatter the gradients after the last micro-batch (or each)
+                m.set_requires_gradient_sync(reduce_every_micro_batch or i == len(group) - 1)
         batch, noise = make_batch(indices)
         with autocast:
             res = jepa.objective(models.online, batch, mask_token_id, t_low=t_low, t_high=t_high,
@@ -767,13 +770,16 @@ def fit_advice(model_cfg, world):
     """The nearest setting that fits --gpu_memory, found by re-planning: activation checkpointing on, then the
     per-GPU batch halved (the effective batch kept by accumulation), then LoRA rank 16, then twice, four and
     eight times the ranks (LoRA, the one-GPU mode, is not planned yet). {'settings', 'needs_gib'} of the first that fits, or {'none': ...}."""
-    candidates = [] if activation_checkpointing else [{"activation_checkpointing": True}]
+    on = {"activation_checkpointing": True}
+    candidates = [] if activation_checkpointing else [dict(on)]
+    if resolve_grad_accum(world) > 1 and not reduce_every_micro_batch:
+        on["reduce_every_micro_batch"] = True
+        candidates.append(dict(on))
     b = batch_size
     while b > 1:
         b //= 2
-        candidates.append({"activation_checkpointing": True, "batch_size": b})
-    if not lora_rank:  # (LoRA is not planned yet: see plan_main)
-        candidates += [{"activation_checkpointing": True, "batch_size": 1, "dry_run_world": world * k} for k in (2, 4, 8)]
+        candidates.append(on | {"batch_size": b, "reduce_every_micro_batch": True})
+    candidates += [on | {"batch_size": 1, "reduce_every_micro_batch": True, "dry_run_world": world * k} for k in (2, 4, 8)]
     for change in candidates:
         ranks = change.get("dry_run_world", world)
         if total_batch and total_batch % (ranks * change.get("batch_size", batch_size)):

@@ -82,3 +82,13 @@ def test_estimates_and_analytic_forward_by_hand():
 def test_lora_is_refused_with_the_reason(tmp_path):
     proc = run_script([*TINY, "--lora_rank=4"], check=False)
     assert proc.returncode == 2 and "does not plan LoRA runs yet" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_reducing_every_micro_batch_frees_the_unsharded_gradients(tmp_path):
+    """Two micro-batches a step hold every parameter's full-size gradient between them; reduce-scattered
+    after each, a rank holds only its shard: the peak falls by about the unsharded gradients' size."""
+    held, _ = plan_json(tmp_path, "held", ["--dry_run_world=2"])
+    each, _ = plan_json(tmp_path, "each", ["--dry_run_world=2", "--reduce_every_micro_batch=true"])
+    full_grads = 2 * held["plan"]["peak"]["Sharded Param"]  # fp32, two ranks
+    assert held["plan"]["peak_total"] - each["plan"]["peak_total"] >= 0.5 * full_grads
+    assert each["plan"]["flops"] == held["plan"]["flops"]

@@ -191,6 +191,19 @@ def test_one_and_two_process_losses_agree(tmp_path):
     assert a[1]["diffusion_loss"] == pytest.approx(b[1]["diffusion_loss"], rel=1e-4)  # after one identical update
 
 
+def test_reducing_every_micro_batch_trains_the_same(tmp_path):
+    # two ranks, two micro-batches each: the gradients reduce-scattered after each micro-batch sum to those
+    # reduce-scattered once (float rounding apart), so the logged losses and norms agree
+    once, each = str(tmp_path / "once"), str(tmp_path / "each")
+    run(TINY + ["--max_steps=2", "--grad_accum=2", f"--out_dir={once}"], nproc=2, port=29638)
+    run(TINY + ["--max_steps=2", "--grad_accum=2", "--reduce_every_micro_batch=true", f"--out_dir={each}"], nproc=2,
+        port=29639)
+    a, b = read_log(once), read_log(each)
+    for key in ("diffusion_loss", "jepa_loss", "grad_norm"):
+        assert a[0][key] == pytest.approx(b[0][key], rel=1e-5, abs=1e-6), key
+    assert a[1]["diffusion_loss"] == pytest.approx(b[1]["diffusion_loss"], rel=1e-4)
+
+
 def test_bfloat16_paths_agree_with_float32(tmp_path):
     # the GPU's mixed precision, run on the CPU: autocast in one process, FSDP2's MixedPrecisionPolicy (bf16
     # parameters in compute, fp32 gradient reduction) under torchrun. Both must track the fp32 run to bf16
