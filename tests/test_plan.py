@@ -69,8 +69,11 @@ def test_fit_advice_finds_a_setting_that_fits_or_says_none_does(tmp_path):
     assert "nearest setting that fits: --activation_checkpointing=True" in proc.stdout
 
 
-def test_the_model_shape_offline(monkeypatch):
+def test_the_model_shape_offline():
+    import importlib
+
     import train
+    train = importlib.reload(train)  # the settings other tests configured are module globals
     train.configure(["--task=gsm8k"])
     cfg, origin = train.plan_model_config()
     assert cfg == M.PRESETS["llada-8b"] and "offline" in origin
