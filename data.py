@@ -270,7 +270,7 @@ def train_tokenizer(texts, vocab_size=512, split_punctuation=False):
     split_punctuation: every ASCII punctuation character is its own pre-token before BPE, so `(`, `)`,
     `|`, `*`, `{`, `\\` are always one token each, whatever their neighbours. Without it the BPE learns
     tokens like `((`, `)*(` and `}\\`, so one bracket is spelt several ways and a regex splits at about
-    1.4 characters per token with its syntax smeared across tokens (issue 22 measured this on NL-RX)."""
+    1.4 characters per token with its syntax smeared across tokens (measured on NL-RX's regexes)."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
     specials = ["<|endoftext|>", "<|mdm_mask|>", "<|startoftext|>"]

@@ -107,7 +107,7 @@ def score_gsm8k(prediction, item, seed=0):
 # NL-RX
 
 
-CONSTANT_ANSWERS = {"empty_language": "~(.*)", "all_strings": ".*"}  # the two floors of issue 21
+CONSTANT_ANSWERS = {"empty_language": "~(.*)", "all_strings": ".*"}  # the two constant answers' floors
 
 
 def score_regex(prediction, item, seed=0):

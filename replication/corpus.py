@@ -11,7 +11,7 @@ The replication corpus (fixed here, so that every machine builds the same one fr
   code     the Python standard library of the running interpreter (sysconfig's "stdlib"), every .py file
            outside test folders, site-packages and the generated tables (encodings/: codec byte maps;
            pydoc_data/: help text dumped into one string), sorted by path; so it depends on the Python
-           version. The tables were 9.7% of the first recipe and its base sampled hex rows (issue 22).
+           version. The tables were 9.7% of the first recipe and its base sampled hex rows.
 Nothing of NL-RX (the fine-tuning task) is in it.
 
   python -m replication.corpus --code_out out-replication/held-out-code.txt

@@ -1,5 +1,5 @@
 """
-The tests the replication reports a difference between two arms with (issue 22): exact, small, and free of
+The tests the replication reports a difference between two arms with: exact, small, and free of
 any dependency past the standard library, so that a reader can check each against a textbook.
 
   per-seed paired differences d_1..d_n  --paired_t-->  mean, t, df, two-sided p   (Student, A&S 26.7.3-4)
