@@ -1,4 +1,4 @@
-"""probe.py: drift, effective rank, cosine diversity, forgetting masks, the MMLU subset, and the command
+"""probe.py and metrics/forgetting.py: drift, effective rank, cosine diversity, forgetting masks, the MMLU subset, and the command
 end to end on tiny checkpoints."""
 
 import json
@@ -12,6 +12,7 @@ from conftest import SHARED, needs_shared, run_script, tiny_tokenizer
 import data as D
 import model as M
 import probe as P
+from metrics import forgetting as FM
 
 
 
@@ -293,14 +294,14 @@ def test_forgetting_measures_of_the_base_against_itself():
     raw = P.forgetting_pass(base, s, list(range(12)), 4, keep_logprobs=True)
     again = P.forgetting_pass(base, s, list(range(12)), 5, base_logprobs=raw.pop("logprobs"))  # other batching
     assert again["kl"].abs().max() < 1e-6
-    a, b = P.forgetting_measures(raw), P.forgetting_measures(again)
+    a, b = FM.forgetting_measures(raw), FM.forgetting_measures(again)
     assert 0.5 < a["temperature"] < 2 and b["kl_from_base"] == pytest.approx(0.0, abs=1e-6)
     for k in a:
         assert a[k] == pytest.approx(b[k], abs=1e-6), k
     # temperature 1 on the odd samples is the plain loss there; the fitted one can only do better on the fit half
-    one = P.TEMPERATURES.tolist().index(1.0)
+    one = FM.TEMPERATURES.tolist().index(1.0)
     assert (raw["ce_at_t"][1, one] / (raw["half"] == 1).sum()).item() == pytest.approx(a["loss_report_half"], rel=1e-5)
-    assert P.retention(a["token_loss"] + 1.0, a["token_loss"], b["token_loss"]) == pytest.approx(1.0)
+    assert FM.retention(a["token_loss"] + 1.0, a["token_loss"], b["token_loss"]) == pytest.approx(1.0)
 
 
 def test_logits_times_two_change_kl_but_not_top_k_or_the_calibrated_loss():
@@ -308,7 +309,7 @@ def test_logits_times_two_change_kl_but_not_top_k_or_the_calibrated_loss():
     sharp = FrequencyLM(base.head.detach(), scale=2.0)
     raw = P.forgetting_pass(base, s, list(range(12)), 4, keep_logprobs=True)
     other = P.forgetting_pass(sharp, s, list(range(12)), 4, base_logprobs=raw.pop("logprobs"))
-    a, b = P.forgetting_measures(raw), P.forgetting_measures(other)
+    a, b = FM.forgetting_measures(raw), FM.forgetting_measures(other)
     assert torch.equal(raw["top1"], other["top1"]) and torch.equal(raw["top5"], other["top5"])
     assert b["kl_from_base"] > 0.01 and b["loss"] != pytest.approx(a["loss"], abs=0.01)
     assert b["temperature"] == 2 * a["temperature"]
@@ -316,25 +317,25 @@ def test_logits_times_two_change_kl_but_not_top_k_or_the_calibrated_loss():
 
 
 def test_retention_is_none_where_the_base_does_not_beat_the_unigram():
-    assert P.retention(5.0, 4.0, 4.5) == pytest.approx(0.5)
-    assert P.retention(5.0, 4.0, 5.5) == pytest.approx(-0.5)  # worse than token frequencies alone
-    assert P.retention(4.0, 4.0, 3.0) is None and P.retention(3.9, 4.0, 3.0) is None
+    assert FM.retention(5.0, 4.0, 4.5) == pytest.approx(0.5)
+    assert FM.retention(5.0, 4.0, 5.5) == pytest.approx(-0.5)  # worse than token frequencies alone
+    assert FM.retention(4.0, 4.0, 3.0) is None and FM.retention(3.9, 4.0, 3.0) is None
 
 
 def test_unigram_logprobs_count_with_the_prior():
-    logp = P.unigram_logprobs([[1, 1, 2], [1]], vocab_size=4)
+    logp = FM.unigram_logprobs([[1, 1, 2], [1]], vocab_size=4)
     expected = torch.tensor([0.5, 3.5, 1.5, 0.5]) / 6.0
     assert torch.allclose(logp.exp(), expected.double())
 
 
 def test_forgetting_data_names_and_samples(tmp_path, tok):
-    assert P.parse_forgetting_data("gsm=a/test.jsonl,b/all.code") == [("gsm", "a/test.jsonl"), ("all", "b/all.code")]
+    assert FM.parse_forgetting_data("gsm=a/test.jsonl,b/all.code") == [("gsm", "a/test.jsonl"), ("all", "b/all.code")]
     with pytest.raises(P.ConfigError, match="used twice"):
-        P.parse_forgetting_data("x=a.txt,x=b.txt")
+        FM.parse_forgetting_data("x=a.txt,x=b.txt")
     rows = tmp_path / "t.jsonl"
     rows.write_text(json.dumps({"question": "how many lines " * 8, "answer": "twelve numbers " * 8, "n": 3}) + "\n"
                     + json.dumps({"text": "short"}) + "\n")
-    assert P.text_documents(str(rows)) == ["how many lines " * 8 + "\n\n" + "twelve numbers " * 8, "short"]
+    assert FM.text_documents(str(rows)) == ["how many lines " * 8 + "\n\n" + "twelve numbers " * 8, "short"]
     got, cut = P.text_samples(str(rows), tok, 1, 20)  # 'short' has fewer than 32 tokens: not a sample
     assert len(got) == 1 and len(got[0]) == 20 and cut == 1
     plain = tmp_path / "code.txt"
