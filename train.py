@@ -644,13 +644,6 @@ def save_model(online, source, distributed, master, log, name):
 # -----------------------------------------------------------------------------
 # the dry run: the run these settings launch, planned on fake tensors (harness/plan.py)
 
-# training examples per task, for the epoch time (the dry run reads no data): GSM8K's train.jsonl (openai/
-# grade-school-math), LLM-JEPA's NL-RX and Spider train files (rbalestr-lab/llm-jepa), Django's standard
-# 16,000-pair train split (Oda et al. 2015); tests/test_train.py checks them against the files where present
-TRAIN_SIZES = {"gsm8k": 7473, "nlrx": 8000, "nlrx-turk": 8000, "spider": 6587, "django": 16000}
-RESERVE_GIB = 2.0  # beside the tracked tensors: the CUDA context, NCCL's buffers, the allocator's fragmentation
-
-
 def plan_main(cfg):
     """--dry_run: plan the run, print the plan (and the nearest setting that fits when it does not), write
     it as JSON to --dry_run_out."""
@@ -666,7 +659,7 @@ def plan_main(cfg):
     report = {"settings": cfg, "model_config_from": origin, "plan": found}
     if not found["fits"] and not dry_run_real:
         report["nearest_fit"] = fit_advice(model_cfg, world)
-    print_plan(report)
+    plan.print_plan(report)
     if dry_run_out:
         from harness.outputs import write_json
         write_json(dry_run_out, report)
@@ -745,8 +738,8 @@ def plan_summary(found, models, model_cfg, world, accum):
     tokens = world * batch_size * accum * max_len
     analytic = plan.analytic_step_flops(model_cfg, found["masked_positions"], batch_size, max_len, jepa_weight > 0,
                                         activation_checkpointing, predictor_layers, lora_rank > 0)
-    steps_per_epoch = math.ceil(TRAIN_SIZES.get(task, 0) / (world * batch_size * accum)) if task in TRAIN_SIZES else 0
-    need = found["peak_total"] / 2 ** 30 + RESERVE_GIB
+    steps_per_epoch = math.ceil(plan.TRAIN_SIZES.get(task, 0) / (world * batch_size * accum)) if task in plan.TRAIN_SIZES else 0
+    need = found["peak_total"] / 2 ** 30 + plan.RESERVE_GIB
     return {**found, "world": world, "grad_accum": accum, "batch_size": batch_size, "max_len": max_len,
             "activation_checkpointing": activation_checkpointing, "lora_rank": lora_rank,
             "analytic_flops": analytic, "tokens_per_step": tokens,
@@ -767,19 +760,11 @@ def overridden(**values):
 
 
 def fit_advice(model_cfg, world):
-    """The nearest setting that fits --gpu_memory, found by re-planning: activation checkpointing on, then the
-    per-GPU batch halved (the effective batch kept by accumulation), then LoRA rank 16, then twice, four and
-    eight times the ranks (LoRA, the one-GPU mode, is not planned yet). {'settings', 'needs_gib'} of the first that fits, or {'none': ...}."""
-    on = {"activation_checkpointing": True}
-    candidates = [] if activation_checkpointing else [dict(on)]
-    if resolve_grad_accum(world) > 1 and not reduce_every_micro_batch:
-        on["reduce_every_micro_batch"] = True
-        candidates.append(dict(on))
-    b = batch_size
-    while b > 1:
-        b //= 2
-        candidates.append(on | {"batch_size": b, "reduce_every_micro_batch": True})
-    candidates += [on | {"batch_size": 1, "reduce_every_micro_batch": True, "dry_run_world": world * k} for k in (2, 4, 8)]
+    """The nearest setting that fits --gpu_memory: the first of plan.fit_candidates whose plan fits, as
+    {'settings', 'needs_gib'}, or {'none': ...}. A candidate whose ranks and batch do not divide
+    --total_batch is skipped."""
+    candidates = plan.fit_candidates(world, batch_size, activation_checkpointing,
+                                     resolve_grad_accum(world) > 1 and not reduce_every_micro_batch)
     for change in candidates:
         ranks = change.get("dry_run_world", world)
         if total_batch and total_batch % (ranks * change.get("batch_size", batch_size)):
@@ -789,29 +774,6 @@ def fit_advice(model_cfg, world):
         if found["fits"]:
             return {"settings": change, "needs_gib": found["needs_gib"]}
     return {"none": f"no setting tried fits {gpu_memory:g} GiB: {', '.join(map(str, candidates))}"}
-
-
-def print_plan(report):
-    p = report["plan"]
-    gib = lambda b: f"{b / 2 ** 30:8.2f} GiB"  # noqa: E731
-    print(f"dry run: {model} ({report['model_config_from']}), task {task}, {p['world']} rank(s) x batch "
-          f"{p['batch_size']} x accum {p['grad_accum']} x {p['max_len']} tokens, activation checkpointing "
-          f"{p['activation_checkpointing']}, LoRA rank {p['lora_rank']}, lambda {jepa_weight}")
-    print("peak memory on one rank, by category (torch's memory tracker):")
-    for name, value in p["peak"].items():
-        print(f"  {name:28} {gib(value)}")
-    print(f"  {'total':28} {gib(p['peak_total'])}   at {p['peak_module']}")
-    print(f"FLOPs per optimizer step, one rank: {p['flops']:.4g} counted, {p['analytic_flops']:.4g} by hand; "
-          f"{p['flops_per_token']:.4g} per trained token")
-    for gpu, e in p["estimates"].items():
-        epoch = f", epoch ({p['steps_per_epoch']} steps) {e['epoch_s'] / 3600:.2f} h" if p["steps_per_epoch"] else ""
-        print(f"  {gpu} at MFU {plan.MFU}: {e['step_s']:.2f} s a step, {e['tokens_per_s']:,.0f} tokens/s{epoch}")
-    print(f"needs {p['needs_gib']:.1f} GiB a GPU ({RESERVE_GIB:g} GiB reserve included): "
-          f"{'fits' if p['fits'] else 'does not fit'} --gpu_memory={gpu_memory:g}")
-    if "nearest_fit" in report:
-        fit = report["nearest_fit"]
-        print("nearest setting that fits: " + (" ".join(f"--{k}={v}" for k, v in fit["settings"].items())
-                                               + f" ({fit['needs_gib']:.1f} GiB)" if "settings" in fit else fit["none"]))
 
 
 if __name__ == "__main__":

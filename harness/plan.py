@@ -34,6 +34,11 @@ CONSTANT_LIMIT = 1 << 24  # elements: the batch's tensors (ids, masks, noise) li
 PROMPT_FRACTION = 0.25  # of each planned example: prompt, never masked (GSM8K's prompts are about a quarter)
 # dense bf16 tensor-core peaks per GPU, from NVIDIA's datasheets (A100 SXM: 312 TFLOPS; H100 SXM: 989 TFLOPS)
 GPU_PEAK_FLOPS = {"A100": 312e12, "H100": 989e12}
+# training examples per task, for the epoch time (the dry run reads no data): GSM8K's train.jsonl (openai/
+# grade-school-math), LLM-JEPA's NL-RX and Spider train files (rbalestr-lab/llm-jepa), Django's standard
+# 16,000-pair train split (Oda et al. 2015); tests/test_plan.py checks them against the files where present
+TRAIN_SIZES = {"gsm8k": 7473, "nlrx": 8000, "nlrx-turk": 8000, "spider": 6587, "django": 16000}
+RESERVE_GIB = 2.0  # beside the tracked tensors: the CUDA context, NCCL's buffers, the allocator's fragmentation
 MFU = 0.4  # the utilisation the time estimates assume (a well-tuned FSDP run of an 8B model reaches 0.35-0.5)
 
 
@@ -269,3 +274,49 @@ def estimates(flops_per_rank, tokens_per_step, steps_per_epoch, mfu=MFU):
         out[gpu] = {"step_s": step, "tokens_per_s": tokens_per_step / step if step else math.inf,
                     "epoch_s": step * steps_per_epoch}
     return out
+
+
+# -----------------------------------------------------------------------------
+# the advice and the report
+
+
+def fit_candidates(world, batch_size, checkpointing, reduce_helps):
+    """The settings the fit advice plans, nearest first: activation checkpointing on, then the gradients
+    reduce-scattered every micro-batch (reduce_helps: there are several and they are not yet), then the
+    per-GPU batch halved down to 1 (the effective batch kept by accumulation), then twice, four and eight
+    times the ranks at batch 1. LoRA, the one-GPU mode, is not planned yet."""
+    on = {"activation_checkpointing": True}
+    candidates = [] if checkpointing else [dict(on)]
+    if reduce_helps:
+        on["reduce_every_micro_batch"] = True
+        candidates.append(dict(on))
+    b = batch_size
+    while b > 1:
+        b //= 2
+        candidates.append(on | {"batch_size": b, "reduce_every_micro_batch": True})
+    return candidates + [on | {"batch_size": 1, "reduce_every_micro_batch": True, "dry_run_world": world * k}
+                         for k in (2, 4, 8)]
+
+
+def print_plan(report):
+    """The plan as a table (report: train.py's, with its settings)."""
+    p, s = report["plan"], report["settings"]
+    gib = lambda b: f"{b / 2 ** 30:8.2f} GiB"  # noqa: E731
+    print(f"dry run: {s['model']} ({report['model_config_from']}), task {s['task']}, {p['world']} rank(s) x batch "
+          f"{p['batch_size']} x accum {p['grad_accum']} x {p['max_len']} tokens, activation checkpointing "
+          f"{p['activation_checkpointing']}, LoRA rank {p['lora_rank']}, lambda {s['jepa_weight']}")
+    print("peak memory on one rank, by category (torch's memory tracker):")
+    for name, value in p["peak"].items():
+        print(f"  {name:28} {gib(value)}")
+    print(f"  {'total':28} {gib(p['peak_total'])}   at {p['peak_module']}")
+    print(f"FLOPs per optimizer step, one rank: {p['flops']:.4g} counted, {p['analytic_flops']:.4g} by hand; "
+          f"{p['flops_per_token']:.4g} per trained token")
+    for gpu, e in p["estimates"].items():
+        epoch = f", epoch ({p['steps_per_epoch']} steps) {e['epoch_s'] / 3600:.2f} h" if p["steps_per_epoch"] else ""
+        print(f"  {gpu} at MFU {MFU}: {e['step_s']:.2f} s a step, {e['tokens_per_s']:,.0f} tokens/s{epoch}")
+    print(f"needs {p['needs_gib']:.1f} GiB a GPU ({RESERVE_GIB:g} GiB reserve included): "
+          f"{'fits' if p['fits'] else 'does not fit'} --gpu_memory={s['gpu_memory']:g}")
+    if "nearest_fit" in report:
+        fit = report["nearest_fit"]
+        print("nearest setting that fits: " + (" ".join(f"--{k}={v}" for k, v in fit["settings"].items())
+                                               + f" ({fit['needs_gib']:.1f} GiB)" if "settings" in fit else fit["none"]))

@@ -4,7 +4,7 @@ two real processes, the FLOP count against the count by hand, the fit advice, an
 import json
 
 import pytest
-from conftest import run_script
+from conftest import SHARED, run_script
 
 import model as M
 from harness import plan
@@ -105,3 +105,14 @@ def test_reducing_every_micro_batch_frees_the_unsharded_gradients(tmp_path):
     full_grads = 2 * held["plan"]["peak"]["Sharded Param"]  # fp32, two ranks
     assert held["plan"]["peak_total"] - each["plan"]["peak_total"] >= 0.5 * full_grads
     assert each["plan"]["flops"] == held["plan"]["flops"]
+
+
+@pytest.mark.skipif(not __import__("os").path.isdir(SHARED), reason="../shared/data (the real release files) is not beside this checkout")
+def test_train_sizes_are_the_release_files():
+    import os
+
+    import data
+    for task, folder in (("gsm8k", "gsm8k/openai"), ("nlrx", "nl_rx/llm_jepa"), ("nlrx-turk", "nl_rx/llm_jepa")):
+        assert len(data.load_task(task, "train", os.path.join(SHARED, folder))) == plan.TRAIN_SIZES[task], task
+    for task, path in (("spider", "spider/llm_jepa/spider_train.jsonl"), ("django", "django/splits/train.code")):
+        assert len(open(os.path.join(SHARED, path)).read().splitlines()) == plan.TRAIN_SIZES[task], task
