@@ -647,10 +647,6 @@ def save_model(online, source, distributed, master, log, name):
 def plan_main(cfg):
     """--dry_run: plan the run, print the plan (and the nearest setting that fits when it does not), write
     it as JSON to --dry_run_out."""
-    if lora_rank:
-        raise ConfigError("--dry_run does not plan LoRA runs yet: torch's memory tracker follows one forward of a "
-                          "module before its backward, and LoRA's EMA target runs the online model a second time; "
-                          "plan the full fine-tuning run, or measure LoRA with bench.py")
     model_cfg, origin = plan_model_config()
     world = dry_run_world
     found = plan_once(model_cfg, world)
@@ -709,12 +705,14 @@ def plan_once(model_cfg, world):
                 batch = micro_batch(indices, examples, model_cfg.eos_token_id, 0, dev)
             return plan.constant(mode, batch)
 
+        tracked = models._replace(target=plan.trackable(models.target))  # the same computation
+
         def step():
-            accumulate(models, trainable, group, make_batch, model_cfg.mask_token_id, autocast)
+            accumulate(tracked, trainable, group, make_batch, model_cfg.mask_token_id, autocast)
             clip_gradients(models, params)
             apply_step(models, optimizer, lr)
 
-        found = plan.measure(step, models.online, optimizer, {"EMA target": models.target, "predictor": models.predictor})
+        found = plan.measure(step, models.online, optimizer, {"EMA target": tracked.target, "predictor": models.predictor})
         with plan.real_values():  # the LM head's positions, for the count by hand: the same views again
             found["masked_positions"] = [masked_count(micro_batch(i, examples, model_cfg.eos_token_id, 0, dev),
                                                       model_cfg.mask_token_id) for i in group]
@@ -737,7 +735,8 @@ def plan_summary(found, models, model_cfg, world, accum):
     by hand, tokens per step, the estimates, and whether it fits --gpu_memory."""
     tokens = world * batch_size * accum * max_len
     analytic = plan.analytic_step_flops(model_cfg, found["masked_positions"], batch_size, max_len, jepa_weight > 0,
-                                        activation_checkpointing, predictor_layers, lora_rank > 0)
+                                        activation_checkpointing, predictor_layers,
+                                        (lora_rank, lora_targets.split(",")) if lora_rank else None)
     steps_per_epoch = math.ceil(plan.TRAIN_SIZES.get(task, 0) / (world * batch_size * accum)) if task in plan.TRAIN_SIZES else 0
     need = found["peak_total"] / 2 ** 30 + plan.RESERVE_GIB
     return {**found, "world": world, "grad_accum": accum, "batch_size": batch_size, "max_len": max_len,
@@ -762,12 +761,14 @@ def overridden(**values):
 def fit_advice(model_cfg, world):
     """The nearest setting that fits --gpu_memory: the first of plan.fit_candidates whose plan fits, as
     {'settings', 'needs_gib'}, or {'none': ...}. A candidate whose ranks and batch do not divide
-    --total_batch is skipped."""
+    --total_batch is skipped, and LoRA where the L2 anchor is on."""
     candidates = plan.fit_candidates(world, batch_size, activation_checkpointing,
-                                     resolve_grad_accum(world) > 1 and not reduce_every_micro_batch)
+                                     resolve_grad_accum(world) > 1 and not reduce_every_micro_batch, lora_rank)
     for change in candidates:
         ranks = change.get("dry_run_world", world)
         if total_batch and total_batch % (ranks * change.get("batch_size", batch_size)):
+            continue
+        if "lora_rank" in change and anchor_l2:  # the L2 anchor is for full fine-tuning
             continue
         with overridden(**change):
             found = plan_once(model_cfg, ranks)

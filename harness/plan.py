@@ -39,6 +39,7 @@ GPU_PEAK_FLOPS = {"A100": 312e12, "H100": 989e12}
 # 16,000-pair train split (Oda et al. 2015); tests/test_plan.py checks them against the files where present
 TRAIN_SIZES = {"gsm8k": 7473, "nlrx": 8000, "nlrx-turk": 8000, "spider": 6587, "django": 16000}
 RESERVE_GIB = 2.0  # beside the tracked tensors: the CUDA context, NCCL's buffers, the allocator's fragmentation
+LORA_ADVICE_RANK = 16  # the LoRA rank the fit advice tries for a full fine-tuning run that does not fit
 MFU = 0.4  # the utilisation the time estimates assume (a well-tuned FSDP run of an 8B model reaches 0.35-0.5)
 
 
@@ -139,7 +140,9 @@ def measure(run_step, root, optimizer, others, steps=2):
     sharded = isinstance(root, FSDPModule)
     tracker = FSDPMemTracker(root, optimizer) if sharded else MemTracker()
     others = {name: m for name, m in others.items() if isinstance(m, torch.nn.Module)}
-    if not sharded:
+    if sharded:
+        register_sharded(tracker, others.values())
+    else:
         tracker.track_external(root, optimizer, *others.values())
         no_hook = NoHook()  # MemTracker hooks every parameter's gradient, and a frozen one (the EMA target) refuses
         for p in (p for m in [root, *others.values()] for p in m.parameters()):
@@ -151,7 +154,7 @@ def measure(run_step, root, optimizer, others, steps=2):
     def before_forward(module, args):
         # the tracker's per-module statistics hold one forward of each module, and a step runs root several
         # times (micro-batches; with LoRA the EMA target is root again); its peak snapshot keeps them all
-        if module is root:
+        if module is root and torch.is_grad_enabled():  # not the EMA target's no-grad pass (LoRA)
             total = peak_total(tracker)
             at_peak.append((total, module_at_peak(tracker, total)))
             tracker.reset_mod_stats()
@@ -169,11 +172,49 @@ def measure(run_step, root, optimizer, others, steps=2):
     peak = {getattr(k, "value", str(k)): v for k, v in snapshot[device].items()}
     total = peak.pop("Total")
     found = [m for t, m in at_peak + [(total, module_at_peak(tracker, total))] if t == total and " " not in m]
-    if sharded:  # not followed by FSDPMemTracker: their sharded parameters, there all along
+    if sharded:  # counted among the sharded parameters by register_sharded: named apart
         for name, module in others.items():
             peak[f"{name} (sharded param)"] = local_bytes(module)
+            peak["Sharded Param"] -= local_bytes(module)
     return {"peak": peak, "peak_total": sum(peak.values()), "peak_module": found[0] if found else OPTIMIZER_STEP,
             "flops": counter.get_total_flops()}
+
+
+def register_sharded(tracker, modules):
+    """Count the sharded parameters of FSDP roots other than the tracked one (the EMA target, the predictor)
+    as sharded parameters from the start. FSDPMemTracker follows one root and takes no external modules; left
+    alone, it met their storages only when an op returned them (FSDP's lazy initialisation inside the first
+    forward, the EMA update's in-place lerp) and counted them as activations, on top of their bytes named
+    apart. So their lazy initialisation runs here, before the tracker, and their storages are registered."""
+    from torch.distributed._tools.fsdp2_mem_tracker import _FSDPRefType
+    from torch.distributed.fsdp import FSDPModule
+    for module in modules:
+        if isinstance(module, FSDPModule):
+            module._get_fsdp_state()._lazy_init()
+        for p in [*module.parameters(), *module.buffers()]:
+            tracker._update_and_maybe_create_winfos(p, _FSDPRefType.SHARDED_PARAM)
+
+
+class SecondPass(torch.nn.Module):
+    """The LoRA EMA target (jepa.AdapterEMATarget) as a module of its own, for the tracker only: its call runs
+    the online model a second time before that model's backward, which torch's trackers refuse of a root
+    module and take, inside another module, as a submodule used twice in one step. Its EMA adapters are
+    registered as buffers so that the tracker counts their bytes (they are plain tensors in the real run).
+    The computation is the target's own."""
+
+    def __init__(self, target):
+        super().__init__()
+        object.__setattr__(self, "target", target)  # not a submodule: the online model is root's
+        for i, t in enumerate(target.ema):
+            self.register_buffer(f"ema_adapter_{i}", t, persistent=False)
+
+    def forward(self, input_ids, **kwargs):
+        return self.target(input_ids, **kwargs)
+
+
+def trackable(target):
+    """The EMA target as the tracker can follow it: a LoRA target wrapped in SecondPass, else itself."""
+    return target if target is None or isinstance(target, torch.nn.Module) else SecondPass(target)
 
 
 class NoHook:
@@ -203,9 +244,10 @@ OPTIMIZER_STEP = "the optimizer step (no module running)"
 
 
 def local_bytes(module):
-    """Bytes of this rank's share of a module's parameters (an FSDP2 DTensor's local shard)."""
+    """Bytes of this rank's share of a module's parameters and buffers (an FSDP2 DTensor's local shard)."""
     from torch.distributed.tensor import DTensor
-    return sum((p.to_local() if isinstance(p, DTensor) else p).numel() * p.element_size() for p in module.parameters())
+    tensors = [*module.parameters(), *module.buffers()]
+    return sum((p.to_local() if isinstance(p, DTensor) else p).numel() * p.element_size() for p in tensors)
 
 
 def peak_total(tracker):
@@ -230,39 +272,89 @@ def module_at_peak(tracker, total):
 # the analytic count and the estimates
 
 
+def linear_shapes(cfg):
+    """{name: (in, out)} of each block's linear layers, named as lora.LORA_TARGETS names them."""
+    d, q, kv, m = cfg.d_model, cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim, cfg.mlp_hidden
+    return {"q": (d, q), "k": (d, kv), "v": (d, kv), "o": (q, d), "gate": (d, m), "up": (d, m), "down": (m, d)}
+
+
+# the first block's linear layers whose input is the (frozen) embedding: with LoRA nothing before them
+# needs a gradient, so their input gradients are never computed
+FIRST_INPUTS = ("q", "k", "v")
+
+
 def forward_flops(cfg, batch, length, logits):
     """A forward of the backbone on batch x length tokens with the LM head at `logits` positions: 2 FLOPs per
-    multiply-add of every linear layer, plus attention's two batched products (QK^T and AV)."""
-    d, hd = cfg.d_model, cfg.head_dim
-    per_token = cfg.n_layers * (2 * d * cfg.n_heads * hd + 2 * d * cfg.n_kv_heads * hd + 3 * d * cfg.mlp_hidden)
-    attention = cfg.n_layers * 2 * cfg.n_heads * length * length * hd
-    return 2 * per_token * batch * length + 2 * attention * batch + 2 * d * cfg.vocab_size * logits
+    multiply-add of every linear layer, plus attention's two batched products."""
+    per_token = cfg.n_layers * sum(i * o for i, o in linear_shapes(cfg).values())
+    return 2 * per_token * batch * length + attention_flops(cfg, batch, length) + 2 * cfg.d_model * cfg.vocab_size * logits
 
 
-def analytic_step_flops(cfg, masked, batch, length, jepa, checkpointing, predictor_layers, lora):
+def attention_flops(cfg, batch, length):
+    """Attention's two batched products (QK^T and AV) in every layer. Its backward is 2.5 times this: the
+    gradients' four products and the scores recomputed (flash attention keeps no score matrix)."""
+    return 2 * cfg.n_layers * 2 * cfg.n_heads * length * length * cfg.head_dim * batch
+
+
+def analytic_step_flops(cfg, masked, batch, length, jepa, checkpointing, predictor_layers, lora=None):
     """FLOPs of one optimizer step on one rank, by hand: per micro-batch the online forward F (the LM head at
     its masked positions, `masked` lists them per micro-batch), its backward 2F (input and weight gradients;
-    with LoRA about F, the frozen base needs input gradients only; adapters left out), the blocks' forward
-    again under activation checkpointing (but their last layer), and for DLLM-JEPA the EMA target's forward (no LM head) and the
-    predictor (k blocks on one vector per example, trained)."""
+    attention's 2.5 times its forward),
+    the blocks' forward again under activation checkpointing (but their last layer), and for DLLM-JEPA the EMA
+    target's forward (no LM head) and the predictor (k blocks on one vector per example, trained).
+    lora = (rank, targets): the frozen base's backward computes input gradients only (none for the first
+    block's q, k, v, whose input is the embedding) while attention's backward stays whole, and the
+    adapters add their own forward and backward (lora_flops)."""
+    n = batch * length
     blocks = forward_flops(cfg, batch, length, 0)
-    # non-reentrant checkpointing stops recomputing a block once the tensors its backward needs are back:
-    # each block's last linear layer (the MLP's down projection) is not run again
-    recompute = blocks - 2 * cfg.n_layers * cfg.d_model * cfg.mlp_hidden * batch * length
+    recompute = recompute_flops(cfg, n, blocks, lora)
+    first_inputs = 2 * n * sum(i * o for t, (i, o) in linear_shapes(cfg).items() if t in FIRST_INPUTS)
     total = 0
     for logits in masked:
-        total += forward_flops(cfg, batch, length, logits) * (2 if lora else 3) + (recompute if checkpointing else 0)
+        forward, attention = forward_flops(cfg, batch, length, logits), attention_flops(cfg, batch, length)
+        if lora:
+            total += 2 * forward + 1.5 * attention - first_inputs + lora_flops(cfg, n, *lora, jepa)
+        else:
+            total += 3 * forward + 0.5 * attention
+        total += recompute if checkpointing else 0
         if jepa:
-            total += blocks + 3 * forward_flops_blocks(cfg, predictor_layers, batch)
+            total += blocks + predictor_flops(cfg, predictor_layers, batch)
     return total
 
 
-def forward_flops_blocks(cfg, layers, vectors):
-    """k blocks on `vectors` sequences of length one (the predictor): the linear layers' FLOPs, attention over
-    one position included."""
-    d, hd = cfg.d_model, cfg.head_dim
-    per = 2 * d * cfg.n_heads * hd + 2 * d * cfg.n_kv_heads * hd + 3 * d * cfg.mlp_hidden
-    return layers * (2 * per * vectors + 4 * cfg.n_heads * hd * vectors)
+def recompute_flops(cfg, tokens, blocks, lora):
+    """What activation checkpointing runs again in the backward. Non-reentrant checkpointing stops a block's
+    recomputation once the last tensor its backward needs is back: without LoRA the down projection's input,
+    so that product is not run again; with LoRA on the down projection the adapter's x A^T, computed after the
+    frozen down projection (which does run again), so only its B product is not."""
+    down = 2 * cfg.n_layers * cfg.d_model * cfg.mlp_hidden * tokens
+    if not lora:
+        return blocks - down
+    rank, targets = lora
+    adapters = lora_forward_flops(cfg, tokens, rank, targets)
+    if "down" in targets:
+        return blocks + adapters - 2 * tokens * rank * cfg.n_layers * cfg.d_model
+    return blocks - down + adapters
+
+
+def lora_forward_flops(cfg, tokens, rank, targets):
+    """The adapters' forward, x A^T B^T in every block."""
+    return 2 * tokens * rank * cfg.n_layers * sum(i + o for t, (i, o) in linear_shapes(cfg).items() if t in targets)
+
+
+def lora_flops(cfg, tokens, rank, targets, jepa):
+    """The adapters' FLOPs on one micro-batch: forward, backward twice that (the gradients of A, of B, of A's
+    output, and of the input but in the first block's q, k, v), and the EMA adapters' forward."""
+    skipped = 2 * tokens * rank * sum(i for t, (i, o) in linear_shapes(cfg).items() if t in targets and t in FIRST_INPUTS)
+    return lora_forward_flops(cfg, tokens, rank, targets) * (4 if jepa else 3) - skipped
+
+
+def predictor_flops(cfg, layers, vectors):
+    """The predictor's forward and backward: k blocks on `vectors` sequences of length one, attention over
+    one position (its backward 2.5 times its forward, as everywhere)."""
+    linear = 2 * layers * vectors * sum(i * o for i, o in linear_shapes(cfg).values())
+    attention = layers * 4 * cfg.n_heads * cfg.head_dim * vectors
+    return 3 * linear + 3.5 * attention
 
 
 def estimates(flops_per_rank, tokens_per_step, steps_per_epoch, mfu=MFU):
@@ -280,11 +372,12 @@ def estimates(flops_per_rank, tokens_per_step, steps_per_epoch, mfu=MFU):
 # the advice and the report
 
 
-def fit_candidates(world, batch_size, checkpointing, reduce_helps):
+def fit_candidates(world, batch_size, checkpointing, reduce_helps, lora_rank):
     """The settings the fit advice plans, nearest first: activation checkpointing on, then the gradients
     reduce-scattered every micro-batch (reduce_helps: there are several and they are not yet), then the
-    per-GPU batch halved down to 1 (the effective batch kept by accumulation), then twice, four and eight
-    times the ranks at batch 1. LoRA, the one-GPU mode, is not planned yet."""
+    per-GPU batch halved down to 1 (the effective batch kept by accumulation), then, for full fine-tuning,
+    LoRA at LORA_ADVICE_RANK (a frozen bfloat16 base: another method than the paper's, named as such), at the
+    batch and at 1, then twice, four and eight times the ranks at batch 1."""
     on = {"activation_checkpointing": True}
     candidates = [] if checkpointing else [dict(on)]
     if reduce_helps:
@@ -294,6 +387,9 @@ def fit_candidates(world, batch_size, checkpointing, reduce_helps):
     while b > 1:
         b //= 2
         candidates.append(on | {"batch_size": b, "reduce_every_micro_batch": True})
+    if not lora_rank:
+        candidates += [on | {"lora_rank": LORA_ADVICE_RANK, "batch_size": b, "reduce_every_micro_batch": True}
+                       for b in dict.fromkeys((batch_size, 1))]
     return candidates + [on | {"batch_size": 1, "reduce_every_micro_batch": True, "dry_run_world": world * k}
                          for k in (2, 4, 8)]
 
