@@ -107,6 +107,7 @@ dry_run = False
 dry_run_world = 8  # the ranks (GPUs) the plan is for
 dry_run_out = ""  # also write the plan here as JSON
 dry_run_real = False  # the plan's check: measure the same two steps on real tensors on this launch's own ranks
+dry_run_largest_batch = False  # also find the largest per-GPU batch that fits (re-planned at powers of two)
 gpu_memory = 80.0  # GB one GPU holds: the plan says whether the run fits, and if not the nearest setting that does
 preset = ""
 config = ""
@@ -114,7 +115,8 @@ config = ""
 # resumable state saved under any other different setting belongs to another run (harness/run_state.py)
 NOT_IDENTITY = ("out_dir", "log_every", "save_every", "snapshot_every", "resume", "overwrite", "stop_step",
                 "dist_timeout", "preset", "config", "device", "activation_checkpointing", "wandb_log", "wandb_project",
-                "wandb_run_name", "dry_run", "dry_run_world", "dry_run_out", "dry_run_real", "gpu_memory")
+                "wandb_run_name", "dry_run", "dry_run_world", "dry_run_out", "dry_run_real", "dry_run_largest_batch",
+                "gpu_memory")
 
 PRESETS = {
     "aggressive": dict(t_low=0.2, t_high=0.7, lr=1e-5),  # the main task table
@@ -655,6 +657,8 @@ def plan_main(cfg):
     report = {"settings": cfg, "model_config_from": origin, "plan": found}
     if not found["fits"] and not dry_run_real:
         report["nearest_fit"] = fit_advice(model_cfg, world)
+    if dry_run_largest_batch and not dry_run_real:
+        report["largest_batch"] = largest_batch(model_cfg, world)
     plan.print_plan(report)
     if dry_run_out:
         from harness.outputs import write_json
@@ -775,6 +779,20 @@ def fit_advice(model_cfg, world):
         if found["fits"]:
             return {"settings": change, "needs_gib": found["needs_gib"]}
     return {"none": f"no setting tried fits {gpu_memory:g} GiB: {', '.join(map(str, candidates))}"}
+
+
+def largest_batch(model_cfg, world):
+    """The largest per-GPU batch that fits --gpu_memory among 1, 2, 4, ..., each planned as one micro-batch a
+    step (accumulation 1, so the effective batch is ranks x batch), as {'batch_size', 'needs_gib'}; batch_size
+    0 when even 1 does not fit. Memory grows with the batch, so the doubling stops at the first that fails."""
+    best = {"batch_size": 0, "needs_gib": None}
+    b = 1
+    while True:
+        with overridden(batch_size=b, total_batch=0, grad_accum=1):
+            found = plan_once(model_cfg, world)
+        if not found["fits"]:
+            return best
+        best, b = {"batch_size": b, "needs_gib": found["needs_gib"]}, 2 * b
 
 
 if __name__ == "__main__":

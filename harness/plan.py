@@ -412,6 +412,10 @@ def print_plan(report):
         print(f"  {gpu} at MFU {MFU}: {e['step_s']:.2f} s a step, {e['tokens_per_s']:,.0f} tokens/s{epoch}")
     print(f"needs {p['needs_gib']:.1f} GiB a GPU ({RESERVE_GIB:g} GiB reserve included): "
           f"{'fits' if p['fits'] else 'does not fit'} --gpu_memory={s['gpu_memory']:g}")
+    if "largest_batch" in report:
+        big = report["largest_batch"]
+        print(f"largest per-GPU batch that fits (accumulation 1, powers of two): {big['batch_size']}"
+              + (f" ({big['needs_gib']:.1f} GiB)" if big["batch_size"] else ""))
     if "nearest_fit" in report:
         fit = report["nearest_fit"]
         print("nearest setting that fits: " + (" ".join(f"--{k}={v}" for k, v in fit["settings"].items())

@@ -95,6 +95,16 @@ def test_fit_advice_finds_a_setting_that_fits_or_says_none_does(tmp_path):
     assert "nearest setting that fits: --activation_checkpointing=True" in proc.stdout
 
 
+def test_the_largest_batch_fits_and_twice_it_does_not(tmp_path):
+    tight = ["--dry_run_world=2", "--gpu_memory=2.05"]
+    found, proc = plan_json(tmp_path, "big", [*tight, "--dry_run_largest_batch=true"])
+    b = found["largest_batch"]["batch_size"]
+    assert b >= 1 and f"largest per-GPU batch that fits (accumulation 1, powers of two): {b}" in proc.stdout
+    for size, fits in ((b, True), (2 * b, False)):
+        p, _ = plan_json(tmp_path, f"b{size}", [*tight, f"--batch_size={size}", "--total_batch=0", "--grad_accum=1"])
+        assert p["plan"]["fits"] == fits and p["plan"]["grad_accum"] == 1
+
+
 def test_the_model_shape_offline():
     import importlib
 
