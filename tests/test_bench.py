@@ -15,7 +15,17 @@ def test_bench_runs_and_reports(tmp_path):
     result = json.load(open(out))
     assert [r["variant"] for r in result["train"]] == ["baseline", "jepa", "two_grad", "jepa_lora"]
     assert all(r["step_s"] > 0 and r["peak_memory_gb"] > 0 for r in result["train"])
-    assert set(result["ratios"]) == {"jepa/baseline", "two_grad/jepa", "jepa/baseline_range", "two_grad/jepa_range"}
+    assert set(result["ratios"]) == {"jepa/baseline", "two_grad/jepa", "jepa/baseline_range", "two_grad/jepa_range",
+                                     "jepa/baseline_flops", "two_grad/jepa_flops"}
+    flops = result["flops_counted"]  # the steps' own products: DLLM-JEPA adds the EMA forward and the predictor
+    assert flops["baseline"] < flops["jepa"] < flops["two_grad"]
+    assert result["ratios"]["jepa/baseline_flops"] == flops["jepa"] / flops["baseline"]
+    over = result["jepa_overhead"]
+    assert set(over["pieces_s"]) == {"target view (masking)", "EMA target forward",
+                                     "pooling, predictor, loss (fwd+bwd)", "EMA update"}
+    step = {r["variant"]: r["step_s"] for r in result["train"]}
+    assert over["jepa_minus_baseline_s"] == step["jepa"] - step["baseline"]
+    assert "time beyond them" in proc.stdout and "measured jepa - baseline" in proc.stdout
     low, high = result["ratios"]["jepa/baseline_range"]
     assert low <= result["ratios"]["jepa/baseline"] <= high  # the median of the step-by-step ratios
     assert all(r["step_s_range"][0] <= r["step_s"] <= r["step_s_range"][1] for r in result["train"])
