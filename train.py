@@ -19,25 +19,26 @@ import shutil
 import signal
 import sys
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from functools import partial
-from typing import NamedTuple, Optional
+from types import SimpleNamespace
 
 import torch
 import torch.distributed as dist
 import torch.nn as nn
-from torch.distributed.fsdp import FSDPModule
 from torch.distributed.tensor import DTensor
 
 import data
 import jepa
 import lora as loralib
 import model as modellib
-from harness import plan, run_folder, run_state
-from harness import runtime
+from harness import run_folder, run_state, runtime
 from configurator import check_ranges, configure as apply_settings, setting_keys
 from harness.errors import ConfigError
 from harness.outputs import disk_errors
+from training import dry_run as planning
+from training.step import (Source, accumulate, apply_step, build_models, clip_gradients, make_optimizer,
+                           micro_batch, resolve_grad_accum)
 
 # -----------------------------------------------------------------------------
 # configuration (the paper's aggressive setting, §4.1 and A.10)
@@ -137,6 +138,11 @@ def configure(argv):
     cfg = apply_settings(globals(), KEYS, argv, PRESETS)
     validate()
     return cfg
+
+
+def settings():
+    """The run's settings as one object (training/step.py's functions take them so)."""
+    return SimpleNamespace(**{k: globals()[k] for k in KEYS})
 
 
 def validate():
@@ -298,14 +304,6 @@ def agree(sums, grad_norm, stop, dev, distributed, world):
     return dict(zip(keys + ["grad_norm"], values[:-1])), values[-1] > 0
 
 
-class Source(NamedTuple):
-    """What the run starts from: the model's config, its tokenizer, and the release it came from."""
-    model_cfg: modellib.ModelConfig
-    tokenizer: object
-    ckpt_dir: Optional[str]  # None: random initialisation (the tiny preset)
-    release_config: Optional[dict]
-
-
 def load_source(documents):
     """The tokenizer and config of --model: a release (hub id or directory), or a random-init preset whose
     tokenizer is trained here: on the text task's documents, or (tiny) on the offline task."""
@@ -317,115 +315,6 @@ def load_source(documents):
     release_config = modellib.read_release_config(ckpt_dir)
     model_cfg = modellib.config_from_release(release_config, os.path.join(ckpt_dir, "config.json"))
     return Source(model_cfg, modellib.load_tokenizer(ckpt_dir, model_cfg), ckpt_dir, release_config)
-
-
-def resolve_grad_accum(world):
-    """Micro-batches per optimizer step. --total_batch (the paper's 32) fixes the effective batch on any
-    number of ranks: accumulation = total_batch / (world x batch_size), which must divide evenly; with
-    --total_batch 0, --grad_accum is used as given."""
-    if not total_batch:
-        return grad_accum
-    per_step = world * batch_size
-    if total_batch % per_step:
-        raise ConfigError(f"--total_batch={total_batch} is not a multiple of {world} rank(s) x --batch_size="
-                          f"{batch_size}; change one of them (or pass --total_batch=0 and --grad_accum)")
-    if grad_accum and grad_accum != total_batch // per_step:
-        raise ConfigError(f"--grad_accum={grad_accum} gives an effective batch of {per_step * grad_accum}, not "
-                          f"--total_batch={total_batch}; pass one of them (the other 0)")
-    return total_batch // per_step
-
-
-class Models(NamedTuple):
-    online: nn.Module  # f_theta (with LoRA adapters when lora_rank > 0)
-    target: Optional[nn.Module]  # f_theta', the EMA copy (None for the baseline)
-    predictor: Optional[nn.Module]  # g_phi (None for the baseline)
-    anchor_base: Optional[list]  # theta_base for the L2 anchor (None unless anchor_l2 > 0)
-
-
-def build_models(source, dev, compute_dtype, mesh, master):
-    """The online model, EMA target, predictor and anchor copy, on every path a run can take:
-
-      path                  online weights                                  EMA target
-      tiny (random init)    seeded init on every rank, saved as base/       a copy (sharded alike under torchrun)
-      one process           from_pretrained in fp32 (LoRA: base in the      a copy (LoRA: AdapterEMATarget, an
-                            compute dtype, adapters fp32)                   EMA of the adapters only)
-      torchrun, FSDP2       built on meta, sharded per block, filled from   a copy made before sharding, sharded
-                            rank 0's copy (broadcast_from_rank0)            and filled alike (LoRA: adapter EMA)
-
-    Every random draw is seeded so that all ranks hold shards of the same full tensors as one process."""
-    lora = dict(rank=lora_rank, alpha=lora_alpha, dropout=lora_dropout, targets=lora_targets.split(","))
-
-    def with_lora(net):  # seeded, so every rank (and rank 0's full copy) draws the same adapters
-        if lora_rank:
-            torch.manual_seed(seed + 1)
-            loralib.add_lora(net, **lora)
-        return net
-
-    torch.manual_seed(seed)  # random init draws the same full tensors on every rank, as in one process
-    if source.ckpt_dir is None:  # random init; the dry run's shapes-only source (no tokenizer) saves nothing
-        # as from a checkpoint below: with LoRA the base never moves, so it is held in the compute dtype
-        with default_dtype(compute_dtype if lora_rank else torch.float32):
-            online = on_device(modellib.Transformer(source.model_cfg), dev)
-        if master and source.tokenizer is not None:
-            online.save_pretrained(os.path.join(out_dir, "base"), tokenizer=source.tokenizer)
-    elif mesh is not None:  # one host copy of the weights (rank 0's), not one per rank
-        with torch.device("meta"):
-            online = modellib.Transformer(source.model_cfg)
-    else:  # full fine-tuning keeps float32 master weights; with LoRA the base never moves, so it is held in the
-        # compute dtype (LLaDA-8B in bf16: 16 GB instead of 32) and only the adapters are float32
-        online = modellib.from_pretrained(source.ckpt_dir, dtype=compute_dtype if lora_rank else torch.float32,
-                                          device=dev)
-    with_lora(online)
-    online.activation_checkpointing = activation_checkpointing
-    # full fine-tuning: the EMA copy is made before sharding; LoRA: the adapter EMA after loading, below
-    target = jepa.make_target_encoder(online) if jepa_weight > 0 and not lora_rank else None
-    torch.manual_seed(seed + 2)  # the predictor's own stream: the same weights whatever was drawn before
-    predictor = on_device(jepa.Predictor(source.model_cfg, predictor_layers), dev) if jepa_weight > 0 else None
-    if mesh is not None:
-        from torch.distributed.fsdp import MixedPrecisionPolicy
-        mp_policy = MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32)
-        for module in (online, target, predictor):
-            if module is not None and len(module.blocks) > 0:
-                runtime.shard(module, mesh, mp_policy)
-        if source.ckpt_dir is not None:
-            full_init = with_lora(modellib.from_pretrained(source.ckpt_dir, dtype=torch.float32)).state_dict() \
-                if master else None
-            for module in (online, target):
-                if module is not None:
-                    module.to_empty(device=dev)
-                    runtime.load_full_state(module, full_init)
-            del full_init
-            if target is not None:
-                target.requires_grad_(False)
-    if jepa_weight > 0 and lora_rank:
-        target = jepa.make_target_encoder(online)
-    return Models(online, target, predictor, jepa.snapshot_parameters(online) if anchor_l2 > 0 else None)
-
-
-@contextmanager
-def default_dtype(dt):
-    """Parameters created in the block get dtype dt."""
-    saved = torch.get_default_dtype()
-    torch.set_default_dtype(dt)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(saved)
-
-
-def on_device(module, dev):
-    """A module built on the CPU, moved to dev; a move to the CPU is skipped (a no-op for real tensors, and
-    the dry run's FakeTensors cannot be moved in place)."""
-    return module if dev.type == "cpu" else module.to(dev)
-
-
-def make_optimizer(trainable):
-    """AdamW over what trains (with LoRA: the adapters and the predictor), weight decay on matrices only;
-    fused: one kernel per step, on plain tensors and FSDP2's DTensors alike."""
-    params = [p for p in trainable.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
-              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=lr, betas=(beta1, beta2), fused=True), params
 
 
 def check_derangeable(n_examples, world):
@@ -440,60 +329,15 @@ def check_derangeable(n_examples, world):
                           "micro-batch holds at least 2 examples")
 
 
-def micro_batch(indices, examples, eos_id, epoch, dev):
-    """One micro-batch: the collated examples on the device and their views' noise (batch, ViewNoise)."""
-    batch = {k: v.to(dev) for k, v in data.collate([examples[j] for j in indices], eos_id).items()}
-    return batch, jepa.view_noise(indices, batch["input_ids"].shape[1], jepa.epoch_stream(seed, epoch), max_len)
-
-
-def accumulate(models, trainable, group, make_batch, mask_token_id, autocast):
-    """Forward and backward over one optimizer step's micro-batches (make_batch(indices) -> (batch, noise)):
-    the gradients sum to those of the mean loss. Returns the mean of each logged number (tensors, no sync)
-    and the tokens seen."""
-    sums, tokens = {}, 0
-    for i, indices in enumerate(group):
-        for m in trainable.values():
-            if isinstance(m, FSDPModule):  # reduce-scatter the gradients after the last micro-batch (or each)
-                m.set_requires_gradient_sync(reduce_every_micro_batch or i == len(group) - 1)
-        batch, noise = make_batch(indices)
-        with autocast:
-            res = jepa.objective(models.online, batch, mask_token_id, t_low=t_low, t_high=t_high,
-                                 jepa_weight=jepa_weight, predictor=models.predictor,
-                                 target_encoder=models.target, noise=noise, random_context_rate=random_context_rate,
-                                 shuffled_target=shuffled_target)
-        (res.loss / len(group)).backward()
-        for k, v in {**res.stats, "loss": res.loss}.items():
-            sums[k] = sums.get(k, 0.0) + v.detach().float() / len(group)
-        tokens += batch["input_ids"].numel()
-    return sums, tokens
-
-
-def clip_gradients(models, params):
-    """The L2 anchor's gradient (when on), then clipping; returns the gradient norm before clipping."""
-    if models.anchor_base is not None:
-        jepa.add_anchor_gradient(models.online, models.anchor_base, anchor_l2)
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf"))
-    return grad_norm.full_tensor() if isinstance(grad_norm, DTensor) else grad_norm
-
-
-def apply_step(models, optimizer, current_lr):
-    """The optimizer step at current_lr, then the EMA target's update."""
-    for param_group in optimizer.param_groups:
-        param_group["lr"] = current_lr
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    if models.target is not None:
-        jepa.ema_update(models.target, models.online, ema_decay)
-
-
 def main(argv):
     cfg = configure(argv)
     if dry_run:
-        return plan_main(cfg)
+        return planning.plan_main(settings(), cfg)
     world, rank, dev = runtime.init_distributed(device, dist_timeout)
     distributed, master = world > 1, rank == 0
     log = print if master else (lambda *a, **k: None)
-    accum = resolve_grad_accum(world)
+    s = settings()
+    accum = resolve_grad_accum(s, world)
     if not run_folder.claim(cfg | {"grad_accum": accum}, NOT_IDENTITY, master, distributed):  # as saved: resolved
         log(f"{out_dir} is a finished run ({out_dir}/final is in place): nothing to do")
         runtime.close_distributed(world)
@@ -526,10 +370,10 @@ def main(argv):
         f"x batch {batch_size} x accum {accum}; {steps_per_epoch} optimizer steps per epoch, {total_steps} in all")
 
     # ---- models and optimizer
-    models = build_models(source, dev, compute_dtype, mesh, master)
+    models = build_models(s, source, dev, compute_dtype, mesh, master)
     online, target = models.online, models.target
     trainable = nn.ModuleDict({"online": online} | ({"predictor": models.predictor} if models.predictor else {}))
-    optimizer, params = make_optimizer(trainable)
+    optimizer, params = make_optimizer(s, trainable)
     n_params = sum(p.numel() for p in online.parameters() if not p.requires_grad or not lora_rank)
     model_flops = runtime.flops_per_token(n_params, jepa=jepa_weight > 0, lora=lora_rank > 0)
     if lora_rank:  # a DTensor's numel is the full tensor's
@@ -562,15 +406,15 @@ def main(argv):
         if epoch != micro_epoch:  # the epoch's batch order, computed once per epoch
             micro, micro_epoch = data.epoch_batches(len(examples), batch_size, world, rank, seed, epoch), epoch
         group = micro[step_in_epoch * accum:(step_in_epoch + 1) * accum]
-        make_batch = partial(micro_batch, examples=examples, eos_id=source.tokenizer.eos_token_id, epoch=epoch, dev=dev)
-        sums, tokens = accumulate(models, trainable, group, make_batch, source.model_cfg.mask_token_id, autocast)
+        make_batch = partial(micro_batch, s, examples=examples, eos_id=source.tokenizer.eos_token_id, epoch=epoch, dev=dev)
+        sums, tokens = accumulate(s, models, trainable, group, make_batch, source.model_cfg.mask_token_id, autocast)
         tokens_since += tokens
-        grad_norm = clip_gradients(models, params)
+        grad_norm = clip_gradients(s, models, params)
         stats, stop_now = agree(sums, grad_norm, stop.requested, dev, distributed, world)
         check_finite(step + 1, stats)
         step += 1
         current_lr = lr_at(step, total_steps)
-        apply_step(models, optimizer, current_lr)
+        apply_step(s, models, optimizer, current_lr)
         stop_now = stop_now or bool(stop_step and step >= stop_step)
         bar.update(1)
         if step % log_every == 0 or step == total_steps or stop_now:
@@ -641,158 +485,6 @@ def save_model(online, source, distributed, master, log, name):
             shutil.rmtree(folder, ignore_errors=True)  # a snapshot rewritten after a resume
             os.replace(folder + ".tmp", folder)
         log(f"saved {folder}")
-
-
-# -----------------------------------------------------------------------------
-# the dry run: the run these settings launch, planned on fake tensors (harness/plan.py)
-
-def plan_main(cfg):
-    """--dry_run: plan the run, print the plan (and the nearest setting that fits when it does not), write
-    it as JSON to --dry_run_out."""
-    model_cfg, origin = plan_model_config()
-    world = dry_run_world
-    found = plan_once(model_cfg, world)
-    if dry_run_real and found is None:  # a rank other than 0 of the check
-        return
-    report = {"settings": cfg, "model_config_from": origin, "plan": found}
-    if not found["fits"] and not dry_run_real:
-        report["nearest_fit"] = fit_advice(model_cfg, world)
-    if dry_run_largest_batch and not dry_run_real:
-        report["largest_batch"] = largest_batch(model_cfg, world)
-    plan.print_plan(report)
-    if dry_run_out:
-        from harness.outputs import write_json
-        write_json(dry_run_out, report)
-        print(f"wrote {dry_run_out}")
-
-
-def plan_model_config():
-    """(ModelConfig, where it came from): a model.PRESETS name; a checkpoint directory's config.json or the
-    hub cache's; else, offline, the preset of the release's shape (the network is never asked)."""
-    if model in modellib.PRESETS:
-        return modellib.PRESETS[model], f"model.PRESETS[{model!r}]"
-    path = os.path.join(modellib.resolve_checkpoint_dir(model), "config.json") if os.path.isdir(model) else None
-    if path is None:
-        from huggingface_hub import try_to_load_from_cache
-        cached = try_to_load_from_cache(model, "config.json")
-        path = cached if isinstance(cached, str) else None
-    if path is not None:
-        return modellib.config_from_release(modellib.read_release_config(os.path.dirname(path)), path), path
-    shape = "dream-7b" if "dream" in model.lower() else "llada-8b" if "llada" in model.lower() else None
-    if shape is None:
-        raise ConfigError(f"--dry_run: no config.json for --model={model} here, and its name matches no preset; "
-                          f"pass a checkpoint directory or one of {', '.join(modellib.PRESETS)}")
-    return modellib.PRESETS[shape], f"model.PRESETS[{shape!r}]: no local copy of {model}'s config.json (offline)"
-
-
-def plan_once(model_cfg, world):
-    """Two optimizer steps of this configuration on `world` fake ranks (with --dry_run_real, on this launch's
-    real ranks and tensors), measured on rank 0: memory by category, FLOPs, estimates. None on other ranks."""
-    if dry_run_real:
-        world, rank, dev = runtime.init_distributed("cpu", dist_timeout)
-        from torch.distributed.device_mesh import init_device_mesh
-        mesh, mode = (init_device_mesh("cpu", (world,)) if world > 1 else None), None
-    else:
-        mesh, mode, rank, dev = plan.fake_world(world), plan.fake_mode(), 0, torch.device("cpu")
-    compute = torch.bfloat16 if dtype == "auto" else runtime.DTYPES[dtype]  # a GPU run's default: bfloat16
-    accum = resolve_grad_accum(world)
-    examples = plan.planned_examples(batch_size * accum, max_len, model_cfg.vocab_size)
-    group = [list(range(i * batch_size, (i + 1) * batch_size)) for i in range(accum)]
-    with mode or nullcontext():
-        models = build_models(Source(model_cfg, None, None, None), dev, compute, mesh, master=False)
-        trainable = nn.ModuleDict({"online": models.online} | ({"predictor": models.predictor} if models.predictor else {}))
-        optimizer, params = make_optimizer(trainable)
-        autocast = torch.autocast("cpu", dtype=compute) if world == 1 and compute != torch.float32 else nullcontext()
-
-        def make_batch(indices):
-            with plan.real_values():
-                batch = micro_batch(indices, examples, model_cfg.eos_token_id, 0, dev)
-            return plan.constant(mode, batch)
-
-        tracked = models._replace(target=plan.trackable(models.target))  # the same computation
-
-        def step():
-            accumulate(tracked, trainable, group, make_batch, model_cfg.mask_token_id, autocast)
-            clip_gradients(models, params)
-            apply_step(models, optimizer, lr)
-
-        found = plan.measure(step, models.online, optimizer, {"EMA target": tracked.target, "predictor": models.predictor})
-        with plan.real_values():  # the LM head's positions, for the count by hand: the same views again
-            found["masked_positions"] = [masked_count(micro_batch(i, examples, model_cfg.eos_token_id, 0, dev),
-                                                      model_cfg.mask_token_id) for i in group]
-    if dry_run_real:
-        runtime.close_distributed(world)
-        if rank != 0:
-            return None
-    return plan_summary(found, models, model_cfg, world, accum)
-
-
-def masked_count(batch_and_noise, mask_token_id):
-    """How many positions of a micro-batch the context view masks (where the LM head runs)."""
-    batch, noise = batch_and_noise
-    rate = (1.0 - noise.rate) if random_context_rate else t_low
-    return int(jepa.mask_view(batch["input_ids"], batch["maskable"], rate, mask_token_id, noise.context)[1].sum())
-
-
-def plan_summary(found, models, model_cfg, world, accum):
-    """The plan's numbers from the measurement: the EMA target's and predictor's own bytes, FLOPs counted and
-    by hand, tokens per step, the estimates, and whether it fits --gpu_memory."""
-    tokens = world * batch_size * accum * max_len
-    analytic = plan.analytic_step_flops(model_cfg, found["masked_positions"], batch_size, max_len, jepa_weight > 0,
-                                        activation_checkpointing, predictor_layers,
-                                        (lora_rank, lora_targets.split(",")) if lora_rank else None)
-    steps_per_epoch = math.ceil(plan.TRAIN_SIZES.get(task, 0) / (world * batch_size * accum)) if task in plan.TRAIN_SIZES else 0
-    need = found["peak_total"] / 2 ** 30 + plan.RESERVE_GIB
-    return {**found, "world": world, "grad_accum": accum, "batch_size": batch_size, "max_len": max_len,
-            "activation_checkpointing": activation_checkpointing, "lora_rank": lora_rank,
-            "analytic_flops": analytic, "tokens_per_step": tokens,
-            "flops_per_token": found["flops"] * world / tokens, "steps_per_epoch": steps_per_epoch,
-            "estimates": plan.estimates(found["flops"], tokens, steps_per_epoch), "needs_gib": need,
-            "fits": need <= gpu_memory}
-
-
-@contextmanager
-def overridden(**values):
-    """These settings changed for the block (the fit advice re-plans under them), then restored."""
-    saved = {k: globals()[k] for k in values}
-    globals().update(values)
-    try:
-        yield
-    finally:
-        globals().update(saved)
-
-
-def fit_advice(model_cfg, world):
-    """The nearest setting that fits --gpu_memory: the first of plan.fit_candidates whose plan fits, as
-    {'settings', 'needs_gib'}, or {'none': ...}. A candidate whose ranks and batch do not divide
-    --total_batch is skipped, and LoRA where the L2 anchor is on."""
-    candidates = plan.fit_candidates(world, batch_size, activation_checkpointing,
-                                     resolve_grad_accum(world) > 1 and not reduce_every_micro_batch, lora_rank)
-    for change in candidates:
-        ranks = change.get("dry_run_world", world)
-        if total_batch and total_batch % (ranks * change.get("batch_size", batch_size)):
-            continue
-        if "lora_rank" in change and anchor_l2:  # the L2 anchor is for full fine-tuning
-            continue
-        with overridden(**change):
-            found = plan_once(model_cfg, ranks)
-        if found["fits"]:
-            return {"settings": change, "needs_gib": found["needs_gib"]}
-    return {"none": f"no setting tried fits {gpu_memory:g} GiB: {', '.join(map(str, candidates))}"}
-
-
-def largest_batch(model_cfg, world):
-    """The largest per-GPU batch that fits --gpu_memory among 1, 2, 4, ..., each planned as one micro-batch a
-    step (accumulation 1, so the effective batch is ranks x batch), as {'batch_size', 'needs_gib'}; batch_size
-    0 when even 1 does not fit. Memory grows with the batch, so the doubling stops at the first that fails."""
-    best = {"batch_size": 0, "needs_gib": None}
-    b = 1
-    while True:
-        with overridden(batch_size=b, total_batch=0, grad_accum=1):
-            found = plan_once(model_cfg, world)
-        if not found["fits"]:
-            return best
-        best, b = {"batch_size": b, "needs_gib": found["needs_gib"]}, 2 * b
 
 
 if __name__ == "__main__":

@@ -109,12 +109,13 @@ def test_the_model_shape_offline():
     import importlib
 
     import train
+    from training import dry_run
     train = importlib.reload(train)  # the settings other tests configured are module globals
     train.configure(["--task=gsm8k"])
-    cfg, origin = train.plan_model_config()
+    cfg, origin = dry_run.plan_model_config(train.settings())
     assert cfg == M.PRESETS["llada-8b"] and "offline" in origin
     train.configure(["--task=gsm8k", "--model=Dream-org/Dream-v0-Base-7B"])
-    assert train.plan_model_config()[0] == M.PRESETS["dream-7b"]
+    assert dry_run.plan_model_config(train.settings())[0] == M.PRESETS["dream-7b"]
 
 
 def test_estimates_and_analytic_forward_by_hand():

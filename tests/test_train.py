@@ -105,7 +105,7 @@ def test_bad_configuration_exits_before_loading_anything(tmp_path):
 def test_total_batch_holds_on_any_number_of_ranks(world, accum):
     train = fresh_train()
     train.configure(["--task", "gsm8k"])  # the users' command: batch 2 per device, total 32
-    assert train.resolve_grad_accum(world) == accum and world * train.batch_size * accum == 32
+    assert train.resolve_grad_accum(train.settings(), world) == accum and world * train.batch_size * accum == 32
 
 
 @pytest.mark.parametrize("argv,world,message", [
@@ -117,7 +117,7 @@ def test_total_batch_mismatches_are_refused(argv, world, message):
     train = fresh_train()
     with pytest.raises(train.ConfigError, match=message):
         train.configure(["--task", "gsm8k", *argv])
-        train.resolve_grad_accum(world)
+        train.resolve_grad_accum(train.settings(), world)
 
 
 @pytest.mark.parametrize("n,batch,world,ok", [(7, 3, 1, False), (8, 3, 1, True), (9, 2, 2, False), (10, 2, 2, False), (12, 2, 2, True)])
@@ -137,7 +137,7 @@ def test_shuffled_target_refuses_a_micro_batch_of_one(n, batch, world, ok):
 def test_grad_accum_alone_when_total_batch_is_off():
     train = fresh_train()
     train.configure(["--task", "gsm8k", "--total_batch=0", "--grad_accum=3"])
-    assert train.resolve_grad_accum(8) == 3
+    assert train.resolve_grad_accum(train.settings(), 8) == 3
 
 
 def test_lr_schedule():
