@@ -346,6 +346,20 @@ def lora_flops(cfg, tokens, rank, targets, jepa):
     return lora_forward_flops(cfg, tokens, rank, targets) * (4 if jepa else 3) - skipped
 
 
+def head_flops(cfg, lora):
+    """FLOPs of the LM head per masked position in a micro-batch's forward and backward: the forward, the
+    input gradient, and (full fine-tuning) the weight gradient."""
+    return 2 * cfg.d_model * cfg.vocab_size * (2 if lora else 3)
+
+
+def whole_step_flops(counted, first, last, masked, head):
+    """The FLOPs of a step of len(masked) micro-batches from those counted on its first and last alone:
+    every micro-batch costs the same but `head` FLOPs per masked position (masked: the positions of each
+    micro-batch; first, last: those of the two counted)."""
+    common = (counted - head * (first + last)) / 2
+    return common * len(masked) + head * sum(masked)
+
+
 def predictor_flops(cfg, layers, vectors):
     """The predictor's forward and backward: k blocks on `vectors` sequences of length one, attention over
     one position (its backward 2.5 times its forward, as everywhere)."""

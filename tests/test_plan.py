@@ -82,6 +82,29 @@ def test_counted_flops_equal_the_count_by_hand(tmp_path, extra):
     assert p["flops_per_token"] == pytest.approx(p["flops"] * p["world"] / p["tokens_per_step"])
 
 
+@pytest.mark.parametrize("lora", [[], LORA])
+def test_planning_two_micro_batches_of_four_is_planning_all(lora):
+    """One rank, 4 micro-batches a step at the paper's fixed t_L: the plan of the first and last alone has
+    every FLOP of the whole step and its peak within 0.5% (the skipped micro-batches' logits)."""
+    import importlib
+
+    import train
+    from training import dry_run
+    train = importlib.reload(train)
+    train.configure([*TINY[1:], "--random_context_rate=false", "--dry_run_world=1", *lora])
+    s = train.settings()
+    cfg = M.PRESETS["tiny"]
+    two = dry_run.plan_once(s, cfg, 1)
+    try:
+        dry_run.PLANNED_MICRO_BATCHES = 99
+        every = dry_run.plan_once(s, cfg, 1)
+    finally:
+        dry_run.PLANNED_MICRO_BATCHES = 2
+    assert two["grad_accum"] == every["grad_accum"] == 4
+    assert two["flops"] == every["flops"] and two["masked_positions"] == every["masked_positions"]
+    assert two["peak_total"] == pytest.approx(every["peak_total"], rel=0.005)
+
+
 def test_fit_advice_finds_a_setting_that_fits_or_says_none_does(tmp_path):
     """The tiny run needs well under 0.1 GiB beside the 2 GiB reserve: at 2.05 GiB a smaller batch fits; at
     1 GiB (below the reserve) nothing can."""

@@ -69,9 +69,19 @@ def plan_model_config(s):
     return modellib.PRESETS[shape], f"model.PRESETS[{shape!r}]: no local copy of {s.model}'s config.json (offline)"
 
 
+# micro-batches of a step that the plan runs: the first and the last when there are more. Gradients accumulate
+# in place (under FSDP2 unsharded until the last micro-batch's reduce-scatter), so the first holds what every
+# micro-batch before the last holds and the last adds the reduce-scatter; a skipped one differs only in how many
+# positions it masks, its LM head's logits: at the paper's fixed t_L a few dozen positions, tens of MB at 8B.
+# The step's FLOPs follow exactly from the two counted (harness/plan.py's whole_step_flops). One process with
+# LoRA accumulates 16 micro-batches for the paper's batch of 32: planning them all took over 20 minutes at 8B.
+PLANNED_MICRO_BATCHES = 2
+
+
 def plan_once(s, model_cfg, world):
     """Two optimizer steps of this configuration on `world` fake ranks (with --dry_run_real, on this launch's
-    real ranks and tensors), measured on rank 0: memory by category, FLOPs, estimates. None on other ranks."""
+    real ranks and tensors), measured on rank 0: memory by category, FLOPs, estimates. None on other ranks.
+    Each step runs at most PLANNED_MICRO_BATCHES of its micro-batches."""
     if s.dry_run_real:
         world, rank, dev = runtime.init_distributed("cpu", s.dist_timeout)
         from torch.distributed.device_mesh import init_device_mesh
@@ -82,6 +92,7 @@ def plan_once(s, model_cfg, world):
     accum = resolve_grad_accum(s, world)
     examples = plan.planned_examples(s.batch_size * accum, s.max_len, model_cfg.vocab_size)
     group = [list(range(i * s.batch_size, (i + 1) * s.batch_size)) for i in range(accum)]
+    planned = group if accum <= PLANNED_MICRO_BATCHES else [group[0], group[-1]]
     with mode or nullcontext():
         models = build_models(s, Source(model_cfg, None, None, None), dev, compute, mesh, master=False)
         trainable = nn.ModuleDict({"online": models.online} | ({"predictor": models.predictor} if models.predictor else {}))
@@ -96,7 +107,7 @@ def plan_once(s, model_cfg, world):
         tracked = models._replace(target=plan.trackable(models.target))  # the same computation
 
         def step():
-            accumulate(s, tracked, trainable, group, make_batch, model_cfg.mask_token_id, autocast)
+            accumulate(s, tracked, trainable, planned, make_batch, model_cfg.mask_token_id, autocast)
             clip_gradients(s, models, params)
             apply_step(s, models, optimizer, s.lr)
 
@@ -104,6 +115,9 @@ def plan_once(s, model_cfg, world):
         with plan.real_values():  # the LM head's positions, for the count by hand: the same views again
             found["masked_positions"] = [masked_count(s, micro_batch(s, i, examples, model_cfg.eos_token_id, 0, dev),
                                                       model_cfg.mask_token_id) for i in group]
+    if planned is not group:
+        m = found["masked_positions"]
+        found["flops"] = plan.whole_step_flops(found["flops"], m[0], m[-1], m, plan.head_flops(model_cfg, s.lora_rank > 0))
     if s.dry_run_real:
         runtime.close_distributed(world)
         if rank != 0:
