@@ -25,10 +25,12 @@ Where the dry run departs from the real step (the code that runs is train.py's; 
 
 import contextlib
 import math
+import weakref
 
 import torch
 import torch.distributed as dist
 from torch.utils import _pytree as pytree
+from torch.utils._python_dispatch import TorchDispatchMode
 
 CONSTANT_LIMIT = 1 << 24  # elements: the batch's tensors (ids, masks, noise) lie far below, activations far above
 PROMPT_FRACTION = 0.25  # of each planned example: prompt, never masked (GSM8K's prompts are about a quarter)
@@ -171,8 +173,76 @@ def measure(run_step, root, optimizer, others, steps=2):
         for name, module in others.items():
             peak[f"{name} (sharded param)"] = local_bytes(module)
             peak["Sharded Param"] -= local_bytes(module)
+    resident = resident_storages([root, *others.values()], optimizer)
+    with own_propagation_mode(), LiveBytes(resident) as live:
+        run_step()
     return {"peak": peak, "peak_total": sum(peak.values()), "peak_module": tracker.peak_module,
-            "flops": counter.get_total_flops()}
+            "flops": counter.get_total_flops(), "peak_total_unhooked": sum(resident.values()) + live.peak}
+
+
+class LiveBytes(TorchDispatchMode):
+    """The bytes of the tensors an operation creates, alive at once at the most: each output's storage
+    followed by a weak reference until it is freed, and through its resizes (FSDP2 frees and refills its
+    gathered weights by resizing their storages). torch's trackers count the same way but through module
+    hooks, and their backward hooks keep tensors alive that a run frees (on one rank, activations of a
+    checkpointed 8-layer model grew with each micro-batch of a step under them, and did not here); this
+    tracker has no hooks, hence no categories and no module: it gives the plan's total. resident: the
+    storages alive before (resident_storages), which views and in-place operations return again: not new."""
+
+    def __init__(self, resident):
+        super().__init__()
+        self.resident = resident
+
+    def __enter__(self):
+        self.live, self.current, self.peak = {}, 0, 0  # live: {id: [weak reference, bytes]}
+        resize = self.original_resize = torch.UntypedStorage.resize_
+
+        def resized(storage, size):
+            out = resize(storage, size)
+            self.grow(id(storage), storage.nbytes())
+            return out
+        torch.UntypedStorage.resize_ = resized
+        return super().__enter__()
+
+    def __exit__(self, *args):
+        torch.UntypedStorage.resize_ = self.original_resize
+        return super().__exit__(*args)
+
+    def grow(self, key, size):
+        """A tracked storage's new size."""
+        if key in self.live:
+            self.current += size - self.live[key][1]
+            self.live[key][1] = size
+            self.peak = max(self.peak, self.current)
+
+    def count(self, t):
+        storage = t.untyped_storage()
+        key = id(storage)
+        if key in self.live or key in self.resident:
+            return
+
+        def freed(_, key=key):
+            self.current -= self.live.pop(key)[1]
+        self.live[key] = [weakref.ref(storage, freed), 0]
+        self.grow(key, storage.nbytes())
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        pytree.tree_map_only(torch.Tensor, self.count, out)
+        return out
+
+
+def resident_storages(modules, optimizer):
+    """{id: bytes} of the storages alive between steps: the modules' parameters and buffers (this rank's
+    shards) and the optimizer's states."""
+    from torch.distributed.tensor import DTensor
+    tensors = [t for m in modules for t in (*m.parameters(), *m.buffers())]
+    tensors += [v for state in optimizer.state.values() for v in state.values() if isinstance(v, torch.Tensor)]
+    storages = {}
+    for t in tensors:
+        local = t.to_local() if isinstance(t, DTensor) else t
+        storages[id(local.untyped_storage())] = local.untyped_storage().nbytes()
+    return storages
 
 
 def with_peak_module(tracker_class):
@@ -412,10 +482,11 @@ def print_plan(report):
     print(f"dry run: {s['model']} ({report['model_config_from']}), task {s['task']}, {p['world']} rank(s) x batch "
           f"{p['batch_size']} x accum {p['grad_accum']} x {p['max_len']} tokens, activation checkpointing "
           f"{p['activation_checkpointing']}, LoRA rank {p['lora_rank']}, lambda {s['jepa_weight']}")
-    print("peak memory on one rank, by category (torch's memory tracker):")
+    print("peak memory on one rank, by category (torch's memory tracker; its hooks keep some activations alive):")
     for name, value in p["peak"].items():
         print(f"  {name:28} {gib(value)}")
     print(f"  {'total':28} {gib(p['peak_total'])}   at {p['peak_module']}")
+    print(f"  {'total without its hooks':28} {gib(p['peak_total_unhooked'])}   (LiveBytes: what the plan needs)")
     print(f"FLOPs per optimizer step, one rank: {p['flops']:.4g} counted, {p['analytic_flops']:.4g} by hand; "
           f"{p['flops_per_token']:.4g} per trained token")
     for gpu, e in p["estimates"].items():

@@ -34,6 +34,7 @@ def test_the_dry_run_equals_the_real_two_process_run(tmp_path):
         assert abs(f["peak"][category] - value) <= (2 * 2 ** 20 if category == "Activation" else 0), category
     assert f["peak_total"] == pytest.approx(r["peak_total"], abs=2 * 2 ** 20)
     assert f["peak_module"] == r["peak_module"] and f["flops"] == r["flops"]
+    assert f["peak_total_unhooked"] == pytest.approx(r["peak_total_unhooked"], abs=2 * 2 ** 20)
     assert "peak memory on one rank, by category" in proc.stdout and "fits --gpu_memory=80" in proc.stdout
     assert f["peak"]["EMA target (sharded param)"] == f["peak"]["Sharded Param"]  # a copy of the online model
 
@@ -45,6 +46,7 @@ def test_the_dry_run_with_checkpointing_is_within_3_percent_of_the_real_run(tmp_
     real, _ = plan_json(tmp_path, "real", ["--dry_run_real=true", "--activation_checkpointing=true"], nproc=2,
                         port=29662)
     assert fake["plan"]["peak_total"] == pytest.approx(real["plan"]["peak_total"], rel=0.03)
+    assert fake["plan"]["peak_total_unhooked"] == pytest.approx(real["plan"]["peak_total_unhooked"], rel=0.03)
     assert fake["plan"]["flops"] == real["plan"]["flops"]
 
 
@@ -62,6 +64,7 @@ def test_the_lora_dry_run_equals_the_real_run(tmp_path, world):
     for category, value in r["peak"].items():
         assert abs(f["peak"][category] - value) <= (2 * 2 ** 20 if category == "Activation" else 4096), category
     assert f["peak_module"] == r["peak_module"] and f["flops"] == r["flops"]
+    assert f["peak_total_unhooked"] == pytest.approx(r["peak_total_unhooked"], abs=4096)
     if world == 1:  # float32 rank-8 adapters on 4 blocks' 7 layers (gradients, EMA copy); a 2-layer predictor
         adapters = 4 * 8 * 4 * sum(i + o for i, o in plan.linear_shapes(M.PRESETS["tiny"]).values())
         predictor = 4 * sum(p.numel() for p in jepa.Predictor(M.PRESETS["tiny"], 2).parameters())
@@ -103,6 +106,30 @@ def test_planning_two_micro_batches_of_four_is_planning_all(lora):
     assert two["grad_accum"] == every["grad_accum"] == 4
     assert two["flops"] == every["flops"] and two["masked_positions"] == every["masked_positions"]
     assert two["peak_total"] == pytest.approx(every["peak_total"], rel=0.005)
+    assert two["peak_total_unhooked"] == pytest.approx(every["peak_total_unhooked"], rel=0.005)
+
+
+@pytest.mark.parametrize("lora", [[], LORA])
+def test_the_total_without_the_trackers_hooks_holds_no_earlier_micro_batch(lora):
+    """One rank, activation checkpointing, one micro-batch a step and two: under torch's tracker the second
+    micro-batch's peak carries activations of the first (its backward hooks keep them alive: half as much
+    again); the hook-free total, the one the plan needs, grows only by the gradients held from the first
+    (and the second's own logits, within 1 MB)."""
+    import importlib
+
+    import train
+    from training import dry_run
+    train = importlib.reload(train)
+    found = {}
+    for accum in (1, 2):
+        train.configure([*TINY[1:], "--random_context_rate=false", "--dry_run_world=1", "--total_batch=0",
+                         f"--grad_accum={accum}", "--activation_checkpointing=true", *lora])
+        found[accum] = dry_run.plan_once(train.settings(), M.PRESETS["tiny"], 1)
+    one, two = found[1], found[2]
+    assert two["peak"]["Activation"] > 1.5 * one["peak"]["Activation"]
+    held_gradients = two["peak"]["Gradient"] - one["peak"]["Gradient"]
+    assert 0 <= two["peak_total_unhooked"] - one["peak_total_unhooked"] <= held_gradients + 2 ** 20
+    assert one["peak_total_unhooked"] <= one["peak_total"]
 
 
 def test_fit_advice_finds_a_setting_that_fits_or_says_none_does(tmp_path):

@@ -141,7 +141,7 @@ def plan_summary(s, found, model_cfg, world, accum):
                                         s.jepa_weight > 0, s.activation_checkpointing, s.predictor_layers, lora)
     size = plan.TRAIN_SIZES.get(s.task, 0)
     steps_per_epoch = math.ceil(size / (world * s.batch_size * accum))
-    need = found["peak_total"] / 2 ** 30 + plan.RESERVE_GIB
+    need = found["peak_total_unhooked"] / 2 ** 30 + plan.RESERVE_GIB
     return {**found, "world": world, "grad_accum": accum, "batch_size": s.batch_size, "max_len": s.max_len,
             "activation_checkpointing": s.activation_checkpointing, "lora_rank": s.lora_rank,
             "analytic_flops": analytic, "tokens_per_step": tokens,
