@@ -1,20 +1,24 @@
 """
-A training run planned instead of run (`train.py --dry_run true`): train.py's own optimizer step at the run's
+A training run planned instead of run (`train.py --dry_run true`): training/step.py's optimizer step at the run's
 real shapes on fake tensors and a fake process group of N ranks, so that memory per rank and FLOPs per step
 are known on any CPU before a GPU is rented (the method of torchtitan's memory estimator: FakeTensorMode,
 torch's FakeStore process group, torch.distributed._tools' FSDPMemTracker).
 
-  settings --train.py build_models--> online model, EMA target, predictor (LoRA adapters), wrapped by train.py's
+  settings --step.build_models--> online model, EMA target, predictor (LoRA adapters), wrapped by the run's
            own FSDP2 / mixed-precision / activation-checkpointing code on N fake ranks; every tensor a
            FakeTensor: a shape and a dtype, no storage
-  two optimizer steps (train.py's accumulate, clip, step, EMA) --FSDPMemTracker--> peak bytes per category on
-           one rank, and the module running at the peak
+  two optimizer steps (training/step.py's accumulate, clip, step, EMA) --FSDPMemTracker--> peak bytes per
+           category on one rank, and the module running at the peak
                                                                --FlopCounterMode--> FLOPs of the second step
+  one more step --LiveBytes (no module hooks)--> the peak total the fit is judged on: torch's trackers'
+           hooks keep some activations alive that the run frees, so their categories read high
   --estimate--> step time, tokens/s and epoch time at a stated MFU on A100 and H100 (bf16 dense peaks)
 
-Where the dry run departs from the real step (the code that runs is train.py's; these are its inputs):
+Where the dry run departs from the real step (the code that runs is the run's; these are its inputs):
   - batches: every example is max_len tokens long (the worst case: a real micro-batch pads to its longest
     row), PROMPT_FRACTION of it prompt, token ids drawn at random; no data file is read.
+  - micro-batches: a step runs its first and last only (training/dry_run.py's PLANNED_MICRO_BATCHES); the
+    FLOPs of the others are added exactly (whole_step_flops).
   - masks: the views' masks are drawn on real tensors as in training and enter the fake step as constants
     (FakeMode), so boolean indexing (logits only at the masked positions) gets a real count: one draw at the
     configured rates, not their mean (a few tokens apart at these sizes).
