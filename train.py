@@ -109,7 +109,7 @@ dry_run_world = 8  # the ranks (GPUs) the plan is for
 dry_run_out = ""  # also write the plan here as JSON
 dry_run_real = False  # the plan's check: measure the same two steps on real tensors on this launch's own ranks
 dry_run_largest_batch = False  # also find the largest per-GPU batch that fits (re-planned at powers of two)
-gpu_memory = 80.0  # GB one GPU holds: the plan says whether the run fits, and if not the nearest setting that does
+gpu_memory = 80.0  # GiB one GPU holds: the plan says whether the run fits, and if not the nearest setting that does
 preset = ""
 config = ""
 # the settings that do not define a run (where it writes, how often it logs and saves, where it runs): a

@@ -473,8 +473,8 @@ def fit_candidates(world, batch_size, checkpointing, reduce_helps, lora_rank):
         b //= 2
         candidates.append(on | {"batch_size": b, "reduce_every_micro_batch": True})
     if not lora_rank:
-        candidates += [on | {"lora_rank": LORA_ADVICE_RANK, "batch_size": b, "reduce_every_micro_batch": True}
-                       for b in dict.fromkeys((batch_size, 1))]
+        candidates += [on | {"lora_rank": LORA_ADVICE_RANK, "batch_size": size, "reduce_every_micro_batch": True}
+                       for size in dict.fromkeys((batch_size, 1))]
     return candidates + [on | {"batch_size": 1, "reduce_every_micro_batch": True, "dry_run_world": world * k}
                          for k in (2, 4, 8)]
 
@@ -500,7 +500,8 @@ def print_plan(report):
           f"{'fits' if p['fits'] else 'does not fit'} --gpu_memory={s['gpu_memory']:g}")
     if "largest_batch" in report:
         big = report["largest_batch"]
-        print(f"largest per-GPU batch that fits (accumulation 1, powers of two): {big['batch_size']}"
+        print(f"largest per-GPU batch that fits (accumulation 1, powers of two): "
+              f"{'at least ' if big.get('at_least') else ''}{big['batch_size']}"
               + (f" ({big['needs_gib']:.1f} GiB)" if big["batch_size"] else ""))
     if "nearest_fit" in report:
         fit = report["nearest_fit"]

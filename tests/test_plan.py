@@ -155,6 +155,18 @@ def test_the_largest_batch_fits_and_twice_it_does_not(tmp_path):
         assert p["plan"]["fits"] == fits and p["plan"]["grad_accum"] == 1
 
 
+def test_the_largest_batch_search_stops_where_nothing_fills_the_gpu(monkeypatch):
+    import importlib
+
+    import train
+    from training import dry_run
+    train = importlib.reload(train)
+    train.configure([*TINY[1:], "--dry_run_world=1", "--gpu_memory=100000"])
+    monkeypatch.setattr(dry_run, "LARGEST_BATCH_TRIED", 2)
+    assert dry_run.largest_batch(train.settings(), M.PRESETS["tiny"]) == {
+        "batch_size": 2, "needs_gib": pytest.approx(2.0, abs=0.1), "at_least": True}
+
+
 def test_the_model_shape_offline():
     import importlib
 

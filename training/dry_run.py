@@ -174,14 +174,18 @@ def fit_advice(s, model_cfg):
     return {"none": f"no setting tried fits {s.gpu_memory:g} GiB: {', '.join(map(str, candidates))}"}
 
 
+LARGEST_BATCH_TRIED = 1024  # per GPU: the search stops there, reported as "at least"
+
+
 def largest_batch(s, model_cfg):
     """The largest per-GPU batch that fits --gpu_memory among 1, 2, 4, ..., each planned as one micro-batch a
     step (accumulation 1, so the effective batch is ranks x batch), as {'batch_size', 'needs_gib'}; batch_size
     0 when even 1 does not fit. Memory grows with the batch, so the doubling stops at the first that fails."""
     best = {"batch_size": 0, "needs_gib": None}
     b = 1
-    while True:
+    while b <= LARGEST_BATCH_TRIED:  # a --gpu_memory no batch fills would otherwise double it for ever
         found = plan_once(changed(s, batch_size=b, total_batch=0, grad_accum=1), model_cfg, s.dry_run_world)
         if not found["fits"]:
             return best
         best, b = {"batch_size": b, "needs_gib": found["needs_gib"]}, 2 * b
+    return best | {"at_least": True}
