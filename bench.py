@@ -24,6 +24,7 @@ Prints a table and writes bench.json. Targets: jepa <= 1.40 x baseline, two_grad
 batched sampler >= 4 x plain.
 """
 
+import copy
 import json
 import math
 import os
@@ -116,6 +117,11 @@ def two_grad_objective(online, batch, mask_token_id, predictor, noise, t_low, t_
     return l_diff + 1.0 - F.cosine_similarity(predicted.float(), target_embedding, dim=-1).mean()
 
 
+def median(values):
+    """The middle value (the upper one of an even count): every median this file reports."""
+    return sorted(values)[len(values) // 2]
+
+
 def synthetic_batch(cfg, dev, seed=0):
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(3, cfg.vocab_size, (batch_size, seq_len), generator=g)
@@ -183,10 +189,18 @@ def training_steps(names, dev):
                 loss = jepa.jepa_loss(predictor(jepa.pool(hidden, keep)), jepa.pool(hidden.detach(), keep))[0]
             loss.backward()
 
+        # the baseline's optimizer step skips the predictor (no gradients there); timed on a copy with
+        # gradients of its own, so the piece cannot change what the shared steps do
+        spare = copy.deepcopy(predictor)
+        for p in spare.parameters():
+            p.grad = torch.zeros_like(p)
+        predictor_update = torch.optim.AdamW(spare.parameters(), lr=1e-5, fused=True).step
+
         return {"target view (masking)": lambda: jepa.mask_view(ids, maskable, jepa.T_HIGH, cfg.mask_token_id,
                                                                noise.target),
                 "EMA target forward": target_forward,
                 "pooling, predictor, loss (fwd+bwd)": predictor_and_loss,
+                "AdamW on the predictor": predictor_update,
                 "EMA update": lambda: jepa.ema_update(target, online)}
     steps = {name: (lambda name=name: step(name)) for name in names}
     return steps, online.num_params(), (pieces() if "jepa" in names else {})
@@ -208,8 +222,7 @@ def overhead_breakdown(pieces, times, dev):
     """{piece: median seconds} of DLLM-JEPA's pieces (taking turns), their sum, and the measured difference
     of the jepa and baseline steps' medians: what the pieces do not account for is the rest."""
     piece_times = time_steps(pieces, dev)
-    medians = {name: sorted(t)[len(t) // 2] for name, t in piece_times.items()}
-    median = lambda ts: sorted(ts)[len(ts) // 2]  # noqa: E731
+    medians = {name: median(t) for name, t in piece_times.items()}
     difference = median(times["jepa"]) - median(times["baseline"])
     return {"pieces_s": medians, "sum_s": sum(medians.values()), "jepa_minus_baseline_s": difference}
 
@@ -229,7 +242,7 @@ def time_steps(steps, dev):
 
 def variant_row(variant, times, n_params, dev, memory=None):
     """The table's row: median step time and its range, tokens/s, MFU, peak memory (its own process)."""
-    seconds = sorted(times)[len(times) // 2]
+    seconds = median(times)
     tokens = batch_size * seq_len
     # two_grad: forward and backward of both views, 2 x 6N
     flops = tokens * (12 * n_params if variant == "two_grad" else
@@ -351,9 +364,9 @@ def run_decoding(dev):
                                                         False)
                 records.append({"scores": scoring.score(decoding_task, prediction, items[i])})
             tokens = sum(len(ids) for ids in outputs[v].values())
-            median = sorted(times[v])[len(times[v]) // 2]
-            results.append({"setting": setting, "variant": v, "seconds_median": median,
-                            "seconds_range": [min(times[v]), max(times[v])], "tokens_per_s": tokens / median,
+            seconds = median(times[v])
+            results.append({"setting": setting, "variant": v, "seconds_median": seconds,
+                            "seconds_range": [min(times[v]), max(times[v])], "tokens_per_s": tokens / seconds,
                             "nfe": nfe[v], "same_as_exact": sum(outputs[v][i] == outputs["exact"][i] for i in outputs[v])
                             / len(items) if "exact" in outputs else None,
                             "scores": {k: x for k, x in scoring.summarize(records).items() if isinstance(x, float)}})
@@ -421,9 +434,9 @@ def main(argv):
     ratios = {}
     for a, b in (("jepa", "baseline"), ("two_grad", "jepa")):
         if a in times and b in times:  # step by step (the two steps of a turn saw the same machine)
-            each = sorted(x / y for x, y in zip(times[a], times[b]))
-            ratios[f"{a}/{b}"] = each[len(each) // 2]
-            ratios[f"{a}/{b}_range"] = [each[0], each[-1]]
+            each = [x / y for x, y in zip(times[a], times[b])]
+            ratios[f"{a}/{b}"] = median(each)
+            ratios[f"{a}/{b}_range"] = [min(each), max(each)]
             ratios[f"{a}/{b}_flops"] = flops[a] / flops[b]
     result = {"config": cfg, "device": torch.cuda.get_device_name(dev) if use_cuda else "cpu",
               "train": rows, "ratios": ratios, "flops_counted": flops, "table_1_flop_ratios": FLOP_RATIOS,

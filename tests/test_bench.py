@@ -22,7 +22,7 @@ def test_bench_runs_and_reports(tmp_path):
     assert result["ratios"]["jepa/baseline_flops"] == flops["jepa"] / flops["baseline"]
     over = result["jepa_overhead"]
     assert set(over["pieces_s"]) == {"target view (masking)", "EMA target forward",
-                                     "pooling, predictor, loss (fwd+bwd)", "EMA update"}
+                                     "pooling, predictor, loss (fwd+bwd)", "AdamW on the predictor", "EMA update"}
     step = {r["variant"]: r["step_s"] for r in result["train"]}
     assert over["jepa_minus_baseline_s"] == step["jepa"] - step["baseline"]
     assert "time beyond them" in proc.stdout and "measured jepa - baseline" in proc.stdout
