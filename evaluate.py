@@ -141,17 +141,29 @@ def score_generation(ids, item, index, prompt, tokenizer, stop_ids, use_chat, ma
     return record
 
 
-def producing_settings(ckpt_dir, n_steps, length, block, use_chat):
+def producing_settings(ckpt_dir, items, n_steps, length, block, use_chat):
     """What decides a record: the model, the items, the prompts, the sampler and the scorers. A resume under
     other values would mix two evaluations in one summary, so records carry a digest of these and a resume
-    with other values is refused. --limit, --batch_size and --early_stop are not among them: greedy decoding
-    is the same in any batch, and with temperature each item draws from its own generator (item_generators)."""
-    return {"checkpoint": os.path.abspath(ckpt_dir), "task": task, "shots": shots, "split": split,
+    with other values is refused. The weights and the items are digested by content: a checkpoint retrained in
+    place, or a test file rewritten under the same path, is another evaluation. --limit, --batch_size and
+    --early_stop are not among them: greedy decoding is the same in any batch, and with temperature each item
+    draws from its own generator (item_generators)."""
+    return {"checkpoint": os.path.abspath(ckpt_dir), "weights_sha256": modellib.weights_digest(ckpt_dir),
+            "items_sha256": digest(items), "task": task, "shots": shots, "split": split,
             "val_holdout": val_holdout, "data_dir": os.path.abspath(data_dir) if data_dir else "", "steps": n_steps,
             "gen_length": length, "block_length": block, "temperature": temperature, "cfg_scale": cfg_scale,
             "threshold": threshold, "remasking": remasking, "logits_eos_inf": logits_eos_inf,
             "confidence_eos_eot_inf": confidence_eos_eot_inf, "cache": cache,
             "chat": use_chat, "seed": seed, "sql_max_steps": sql_max_steps}
+
+
+def load_items():
+    """(the items to score, the train items the shots are drawn from): all of them, before --limit."""
+    if split == "val":
+        items = data.holdout_split(data.load_task(task, "train", data_dir or None), val_holdout, "val")
+    else:
+        items = data.load_task(task, "eval", data_dir or None)
+    return items, data.load_task(task, "train", data_dir or None) if shots else []
 
 
 def item_generators(indices, dev):
@@ -231,7 +243,8 @@ def main(argv):
     length = gen_length or data.TASKS[task]["gen_length"]
     block = block_length or min(128, length)
     n_steps = steps or min(128, length)
-    settings = producing_settings(ckpt_dir, n_steps, length, block, use_chat)
+    items, train_items = load_items()
+    settings = producing_settings(ckpt_dir, items, n_steps, length, block, use_chat)
     check_resumable(stem, done, settings)  # before the model is loaded
     if world > 1:
         dist.barrier()  # every rank has read the old parts before rank 0 clears them
@@ -241,11 +254,6 @@ def main(argv):
                 os.remove(p)
     model = modellib.load_for_inference(ckpt_dir, dtype=resolve_dtype(dtype, dev), device=dev)
     tokenizer = modellib.load_tokenizer(ckpt_dir, model.cfg)
-    if split == "val":
-        items = data.holdout_split(data.load_task(task, "train", data_dir or None), val_holdout, "val")
-    else:
-        items = data.load_task(task, "eval", data_dir or None)
-    train_items = data.load_task(task, "train", data_dir or None) if shots else []
     if limit:
         items = items[:limit]
     if not items:

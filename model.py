@@ -13,6 +13,7 @@ the hub: GSAI-ML/LLaDA-8B-Base's modeling_llada.py, Dream-org/Dream-v0-Base-7B's
 """
 
 import glob
+import hashlib
 import json
 import os
 import re
@@ -434,6 +435,18 @@ def checkpoint_files(ckpt_dir):
         with safe_open(path, framework="pt") as f:
             out.update({k: path for k in f.keys()})
     return out
+
+
+def weights_digest(ckpt_dir):
+    """A short sha256 of the checkpoint's weight files, byte for byte: what an evaluation's records were made
+    from. Reading every byte costs a few seconds a GiB, once a run; a sampled hash would pass a checkpoint
+    edited between its samples as unchanged."""
+    h = hashlib.sha256()
+    for path in sorted(set(checkpoint_files(ckpt_dir).values())):
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 24):
+                h.update(chunk)
+    return h.hexdigest()[:16]
 
 
 def read_release_config(ckpt_dir):

@@ -246,6 +246,36 @@ def test_resume_refuses_records_of_other_settings(tmp_path):
     assert summary["items"] == summary["n"] == 4 and len(read_jsonl(tmp_path / "ev" / "tiny-regex-0shot.jsonl")) == 4
 
 
+def test_resume_refuses_a_checkpoint_or_data_file_changed_in_place(tmp_path):
+    # a resume keyed on paths alone summed records of two models (a checkpoint retrained in place) or of two
+    # test files (one rewritten under the same --data_dir) into one summary, with rc 0
+    ckpt = tiny_checkpoint(tmp_path / "ckpt")
+    data_dir = tmp_path / "nlrx"
+    data_dir.mkdir()
+
+    def write_items(outputs):
+        rows = [{"messages": [{"role": "user", "content": f"lines with {o}"}, {"role": "assistant", "content": o}]}
+                for o in outputs]
+        for split in ("train", "test"):
+            (data_dir / f"synth_{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    write_items(["a", "b", "c", "d"])
+    args = ["evaluate.py", f"--checkpoint={ckpt}", "--task=nlrx", f"--data_dir={data_dir}", "--gen_length=8",
+            "--steps=4", f"--out_dir={tmp_path / 'ev'}"]
+    run_script([*args, "--limit=2"])
+    torch.manual_seed(1)  # the same path, other weights
+    M.Transformer(M.PRESETS["tiny"]).save_pretrained(ckpt, tokenizer=tiny_tokenizer())
+    proc = run_script([*args, "--resume=true"], check=False)
+    assert proc.returncode == 2 and "made under other settings (weights_sha256: " in proc.stderr
+    assert "items_sha256" not in proc.stderr and "Traceback" not in proc.stderr
+    tiny_checkpoint(tmp_path / "ckpt")  # the first weights again: resumable
+    write_items(["a", "b", "c", "e"])
+    proc = run_script([*args, "--resume=true"], check=False)
+    assert proc.returncode == 2 and "(items_sha256: " in proc.stderr and "weights_sha256" not in proc.stderr
+    write_items(["a", "b", "c", "d"])
+    run_script([*args, "--resume=true"])
+    assert len(read_jsonl(tmp_path / "ev" / "nlrx-0shot.jsonl")) == 4
+
+
 def test_sampled_records_do_not_depend_on_batch_or_resume(tmp_path, monkeypatch):
     """Issue 24 item 13: with temperature > 0 one generator drew for the whole batch (seeded by rank), so a
     resumed evaluation drew other noise for its remaining items than an uninterrupted one, and another
