@@ -274,7 +274,8 @@ def main(argv):
     mine.sort(key=lambda i: (len(prompt_of[i]), i))  # batches of like lengths: less padding (records keep their index)
     from tqdm import tqdm
     # disk_errors outside the file too: a full disk fails the write, and then the close's own flush
-    with disk_errors(f"{stem}.rank{rank}.jsonl"), open_for_append(f"{stem}.rank{rank}.jsonl") as out:
+    with disk_errors(f"{stem}.rank{rank}.jsonl", "free some space and resume with --resume=true (the records "
+                     "written so far are kept)"), open_for_append(f"{stem}.rank{rank}.jsonl") as out:
         for start in tqdm(range(0, len(mine), batch_size), disable=not master, desc=f"{task} {shots}-shot"):
             idx = mine[start:start + batch_size]
             prompts = [prompt_of[i] for i in idx]

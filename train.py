@@ -340,6 +340,8 @@ def main(argv):
     accum = resolve_grad_accum(s, world)
     if not run_folder.claim(cfg | {"grad_accum": accum}, NOT_IDENTITY, master, distributed):  # as saved: resolved
         log(f"{out_dir} is a finished run ({out_dir}/final is in place): nothing to do")
+        if master and run_state.remove_all(out_dir):  # a stop between final/ and the states' deletion
+            log(f"removed the resumable state left beside {out_dir}/final")
         runtime.close_distributed(world)
         return
     compute_dtype = runtime.resolve_dtype(dtype, dev)
@@ -422,7 +424,7 @@ def main(argv):
             record = {"step": step, "epoch": epoch, "lr": current_lr, "tokens_per_s": tps,
                       "mfu": (tps * model_flops / (peak * world)) if peak else None, **stats}
             if master:
-                with disk_errors(log_file.name):
+                with disk_errors(log_file.name, run_state.resume_advice(out_dir)):
                     log_file.write(json.dumps(record) + "\n")
                     log_file.flush()
                 if wandb_run is not None:
@@ -436,8 +438,8 @@ def main(argv):
             check_weights(step, params, dev, distributed)
         if snapshot_every and step % snapshot_every == 0 and step < total_steps:
             save_model(online, source, distributed, master, log, os.path.join("snapshots", f"step{step}"))
-        if stop_now or step == total_steps or (save_every and step % save_every == 0):
-            # at the last step too: a kill or a full disk during the final save then loses nothing
+        if stop_now or (save_every and step % save_every == 0) or \
+                (step == total_steps and last_state_fits(online, trainable, target, optimizer, distributed, log)):
             run_state.save(out_dir, trainable, target, optimizer, step, identity, distributed)
         if stop_now:
             log(f"stopped after step {step}; resume with --resume=true")
@@ -446,14 +448,30 @@ def main(argv):
     bar.close()
     if step >= total_steps:
         save_model(online, source, distributed, master, log, "final")
-        if master:  # final/ is whole: the last state has done its job (an 8B one is large)
-            for name in run_state.NAMES:
-                run_state.remove_state(os.path.join(out_dir, name))
+        if master:
+            run_state.remove_all(out_dir)
     if log_file:
         log_file.close()
     if wandb_run is not None:
         wandb_run.finish()
     runtime.close_distributed(world)
+
+
+def last_state_fits(online, trainable, target, optimizer, distributed, log):
+    """Whether to write a state at the last step, before the final model: a kill during the final save then
+    loses nothing. Only where the disk holds that state and the final model after it (run_state.
+    last_state_room): the end of a run never needs more room than the final model alone."""
+    fits, needs, free = run_state.last_state_room(out_dir, trainable, target, optimizer, final_bytes(online),
+                                                  distributed)
+    if not fits:
+        log(f"no room for a last resumable state before final/ ({needs} bytes needed, {free} free): writing "
+            f"final/ directly")
+    return fits
+
+
+def final_bytes(online):
+    """The bytes final/ takes: every parameter, full size (not a rank's shard), in the dtype it is saved in."""
+    return sum(p.numel() * p.element_size() for p in online.parameters())
 
 
 def start_wandb(cfg):
@@ -472,7 +490,7 @@ def save_model(online, source, distributed, master, log, name):
     state = runtime.full_state_dict(online, distributed)
     if master:
         folder = os.path.join(out_dir, name)
-        with disk_errors(folder):
+        with disk_errors(folder, run_state.resume_advice(out_dir, final_bytes(online))):
             if lora_rank:
                 if name == "final":
                     loralib.save_adapters(state, online.lora, os.path.join(out_dir, "adapter"))

@@ -31,7 +31,7 @@ import torch
 import torch.distributed as dist
 
 from harness.errors import RunError
-from harness.outputs import disk_errors
+from harness.outputs import LOW_DISK_BYTES, disk_errors
 from harness.runtime import all_gather_objects
 
 NAMES = ("resume", "resume.tmp", "resume.old")
@@ -140,6 +140,15 @@ def remove_state(folder):
     shutil.rmtree(folder, ignore_errors=True)
 
 
+def remove_all(out_dir):
+    """Delete every state of the run: once final/ is whole they have done their job (an 8B one is large).
+    Returns whether there was one."""
+    held = [os.path.join(out_dir, n) for n in NAMES if os.path.isdir(os.path.join(out_dir, n))]
+    for folder in held:
+        remove_state(folder)
+    return bool(held)
+
+
 def swap_point(name):
     """A named point of the swap; the tests raise here to stand for a kill at exactly that moment."""
 
@@ -191,6 +200,17 @@ def promote(out_dir, folder):
         os.replace(folder, current)
 
 
+def resume_advice(out_dir, needs=None):
+    """What a run stopped by a full disk should do: resume where a complete state is on disk (its meta.json
+    read, the checksums left to the resume), else train again. `needs`: the bytes to free, where known."""
+    steps = [meta["step"] for meta in (read_meta(os.path.join(out_dir, n)) for n in NAMES
+                                       if os.path.isdir(os.path.join(out_dir, n))) if meta is not None]
+    room = f"free at least {needs} bytes" if needs else "free some space"
+    if steps:
+        return f"{room} and resume with --resume=true (from the state of step {max(steps)})"
+    return f"{room} and train again: no resumable state is on disk (--save_every N writes one every N steps)"
+
+
 def has_state(out_dir):
     return any(os.path.isdir(os.path.join(out_dir, n)) for n in NAMES)
 
@@ -219,7 +239,7 @@ def save(out_dir, trainable, target, optimizer, step, run_identity, distributed)
         remove_state(tmp)
     if distributed:
         dist.barrier()
-    with disk_errors(tmp):
+    with disk_errors(tmp, resume_advice(out_dir)):
         dcp.save(state_dicts(trainable, target, optimizer), checkpoint_id=tmp, no_dist=not distributed)
         torch.save({"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available()
                     else None}, os.path.join(tmp, f"rng_{rank}.pt"))  # only LoRA dropout draws from them
@@ -232,6 +252,43 @@ def save(out_dir, trainable, target, optimizer, step, run_identity, distributed)
             swap_in(out_dir)
     if distributed:
         dist.barrier()
+
+
+def tensor_bytes(tree):
+    """The bytes of every tensor in a nested dict or list, this rank's shards only (what this rank writes)."""
+    if isinstance(tree, dict):
+        return sum(tensor_bytes(v) for v in tree.values())
+    if isinstance(tree, (list, tuple)):
+        return sum(tensor_bytes(v) for v in tree)
+    if isinstance(tree, torch.Tensor):
+        local = tree.to_local() if hasattr(tree, "to_local") else tree
+        return local.numel() * local.element_size()
+    return 0
+
+
+def folder_bytes(folder):
+    """The bytes of the files in a folder (0 when there is none)."""
+    if not os.path.isdir(folder):
+        return 0
+    return sum(os.path.getsize(os.path.join(folder, n)) for n in os.listdir(folder)
+               if os.path.isfile(os.path.join(folder, n)))
+
+
+def last_state_room(out_dir, trainable, target, optimizer, final_bytes, distributed):
+    """(fits, needs, free): whether the disk holds a state written now and the final model after it, in
+    bytes. save() deletes a resume.tmp/ left by a kill, writes the new state, and the swap deletes resume/
+    and resume.old/ before the final model is written: the end needs max(state - tmp, state + final - all
+    three) beyond what is free. Where it lacks that room the run writes its final model directly and needs
+    no more room than that model ever did. Rank 0 decides for every rank (the ranks save together)."""
+    rank, _ = _rank_world(distributed)
+    state = sum(all_gather_objects(tensor_bytes(state_dicts(trainable, target, optimizer)), distributed))
+    decision = None
+    if rank == 0:
+        on_disk = {n: folder_bytes(os.path.join(out_dir, n)) for n in NAMES}
+        needs = max(state - on_disk["resume.tmp"], state + final_bytes - sum(on_disk.values()))
+        free = shutil.disk_usage(out_dir).free
+        decision = (free >= needs + LOW_DISK_BYTES, needs, free)
+    return all_gather_objects(decision, distributed)[0]
 
 
 def load(out_dir, trainable, target, optimizer, run_identity, distributed, log=print):

@@ -343,11 +343,23 @@ def test_a_second_run_on_a_held_folder_stops(tmp_path):
     run(TINY + ["--max_steps=1", "--overwrite=true", f"--out_dir={out}"])  # released: the folder is usable
 
 
-def test_a_kill_during_the_final_save_loses_no_step(tmp_path, monkeypatch):
-    # issue 24 item 9: no resumable state was written at the last step, so a kill during the final save lost
-    # every step since the last periodic save (with save_every 0, the tiny preset's, the whole run)
-    import importlib
+def main_in_process(T, args, monkeypatch):
+    """train.main(args) in this process, single-threaded; what a stopped process would release (its lock,
+    its signal handlers) is released whatever it raises."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        T.main(args)
+    finally:
+        if T.run_folder._lock is not None:
+            T.run_folder._lock.close()
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
 
+
+def test_a_kill_during_the_final_save_loses_no_step(tmp_path, monkeypatch):
+    # no resumable state was written at the last step, so a kill during the final save lost every step since
+    # the last periodic save (with save_every 0, the tiny preset's, the whole run)
     import train
     T = importlib.reload(train)  # its defaults: earlier in-process tests may have changed its settings
     out, full = str(tmp_path / "run"), str(tmp_path / "full")
@@ -363,15 +375,8 @@ def test_a_kill_during_the_final_save_loses_no_step(tmp_path, monkeypatch):
             raise Killed
         return real(*args)
     monkeypatch.setattr(T, "save_model", killed_at_final)
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        with pytest.raises(Killed):
-            T.main(TINY + ["--max_steps=3", f"--out_dir={out}"])
-    finally:
-        T.run_folder._lock.close()  # what a killed process holds goes with it: its lock, its signal handlers
-        for sig, handler in handlers.items():
-            signal.signal(sig, handler)
+    with pytest.raises(Killed):
+        main_in_process(T, TINY + ["--max_steps=3", f"--out_dir={out}"], monkeypatch)
     assert T.run_state.has_state(out) and not os.path.exists(os.path.join(out, "final"))
     run(TINY + ["--max_steps=3", "--resume=true", f"--out_dir={out}"])
     assert [r["step"] for r in read_log(out)] == [1, 2, 3]
@@ -379,6 +384,78 @@ def test_a_kill_during_the_final_save_loses_no_step(tmp_path, monkeypatch):
     fa, fb = load_file(os.path.join(full, "final", "model.safetensors")), \
         load_file(os.path.join(out, "final", "model.safetensors"))
     assert all(torch.equal(fa[k], fb[k]) for k in fa)
+
+
+def disk_with_room_for(monkeypatch, room):
+    """A disk that reports `room` bytes free beyond the low-disk margin, and on which a resumable state (larger
+    than the tiny model's final/) does not fit."""
+    import errno
+    import shutil
+    from collections import namedtuple
+
+    import torch.distributed.checkpoint as dcp
+
+    from harness.outputs import LOW_DISK_BYTES
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(1 << 40, 0, LOW_DISK_BYTES + room))
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(dcp, "save", full)
+
+
+def test_a_disk_with_room_for_final_but_not_a_last_state_finishes(tmp_path, monkeypatch, capsys):
+    # the last-step state (37 MB for the tiny run) was written before final/ (7 MB), so a disk with room for
+    # final/ but not for the state lost the run's last stretch, where a run without that state finished
+    import train
+    T = importlib.reload(train)
+    out = str(tmp_path / "run")
+    disk_with_room_for(monkeypatch, 16 << 20)
+    main_in_process(T, TINY + ["--max_steps=3", f"--out_dir={out}"], monkeypatch)
+    printed = capsys.readouterr().out
+    assert "no room for a last resumable state before final/" in printed and "writing final/ directly" in printed
+    assert os.path.exists(os.path.join(out, "final", "model.safetensors")) and not T.run_state.has_state(out)
+
+
+@pytest.mark.parametrize("save_every", [0, 1])
+def test_a_full_disk_at_the_final_save_says_whether_a_resume_can_continue(tmp_path, monkeypatch, save_every):
+    # "free some space and resume" was said where no state was on disk to resume from
+    import errno
+
+    import train
+    from harness.errors import RunError
+    T = importlib.reload(train)
+    out = str(tmp_path / "run")
+    if not save_every:
+        disk_with_room_for(monkeypatch, 16 << 20)
+
+    real = T.modellib.save_checkpoint
+
+    def full_at_final(state_dict, cfg, folder, **kwargs):
+        if os.path.basename(folder) == "final.tmp":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(state_dict, cfg, folder, **kwargs)
+    monkeypatch.setattr(T.modellib, "save_checkpoint", full_at_final)
+    with pytest.raises(RunError) as e:
+        main_in_process(T, TINY + ["--max_steps=3", f"--save_every={save_every}", f"--out_dir={out}"], monkeypatch)
+    n_bytes = sum(p.numel() * 4 for p in T.modellib.Transformer(T.modellib.PRESETS["tiny"]).parameters())
+    assert f"free at least {n_bytes} bytes" in str(e.value)
+    if save_every:
+        assert "resume with --resume=true (from the state of step 3)" in str(e.value)
+    else:
+        assert "train again: no resumable state is on disk" in str(e.value) and "resume" not in str(e.value)
+
+
+def test_a_state_left_beside_final_is_removed(tmp_path):
+    # a stop between final/'s rename and the states' deletion left a state on disk for good
+    import shutil
+    out, stopped = str(tmp_path / "run"), str(tmp_path / "stopped")
+    run(TINY + ["--max_steps=3", f"--out_dir={out}"])
+    run(TINY + ["--max_steps=3", "--stop_step=2", f"--out_dir={stopped}"])
+    shutil.copytree(os.path.join(stopped, "resume"), os.path.join(out, "resume"))
+    proc = run(TINY + ["--max_steps=3", "--resume=true", f"--out_dir={out}"])
+    assert "nothing to do" in proc.stdout and "removed the resumable state left beside" in proc.stdout
+    assert not os.path.exists(os.path.join(out, "resume"))
 
 
 def test_a_finished_run_with_a_derived_accumulation_resumes_to_nothing(tmp_path):
