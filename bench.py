@@ -60,6 +60,7 @@ predictor_layers = 3
 lora_rank = 16  # rank of the jepa_lora variant
 variants = "baseline,jepa,two_grad"  # which to run; add jepa_lora for the one-GPU mode's peak memory
 device = "auto"
+trust_remote_code = False  # run a tokenizer shipped as code beside a checkpoint (Dream's): for sources you trust
 dtype = "auto"  # auto = bfloat16 on GPU (autocast compute, float32 master weights), float32 on CPU
 sampler = True
 sampler_prompts = 8
@@ -304,7 +305,7 @@ def run_early_stop(dev):
     import data
     ckpt_dir = modellib.resolve_checkpoint_dir(early_stop_checkpoint)
     net = modellib.load_for_inference(ckpt_dir, dtype=resolve_dtype(dtype, dev), device=dev)
-    tokenizer = modellib.load_tokenizer(ckpt_dir, net.cfg)
+    tokenizer = modellib.load_tokenizer(ckpt_dir, net.cfg, trust_remote_code)
     items = data.load_task(early_stop_task, "eval", early_stop_data_dir or None)[:early_stop_items or None]
     prompts = sorted((data.format_example(early_stop_task, x, tokenizer)[0] for x in items), key=len)
     batches = [prompts[i:i + sampler_prompts] for i in range(0, len(prompts), sampler_prompts)]
@@ -334,7 +335,8 @@ def run_decoding(dev):
     import data
     from metrics import scoring
     net = modellib.load_for_inference(decoding_checkpoint, dtype=resolve_dtype(dtype, dev), device=dev)
-    tokenizer = modellib.load_tokenizer(modellib.resolve_checkpoint_dir(decoding_checkpoint), net.cfg)
+    tokenizer = modellib.load_tokenizer(modellib.resolve_checkpoint_dir(decoding_checkpoint), net.cfg,
+                                       trust_remote_code)
     items = data.load_task(decoding_task, "eval", decoding_data_dir or None)[:decoding_items]
     prompts = [data.format_example(decoding_task, x, tokenizer)[0] for x in items]
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # as evaluate.py batches them

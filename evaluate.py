@@ -36,6 +36,7 @@ from harness.runtime import (DIST_TIMEOUT, check_ranks_agree, close_distributed,
 # -----------------------------------------------------------------------------
 # settings
 checkpoint = "out"
+trust_remote_code = False  # run a tokenizer shipped as code beside the checkpoint (Dream's): for sources you trust
 task = "gsm8k"
 data_dir = ""  # local release files; empty = the hub (gsm8k, spider)
 spider_db_dir = ""  # Spider's database/ folder (<db_id>/<db_id>.sqlite); empty = <data_dir>/database
@@ -253,7 +254,7 @@ def main(argv):
             if os.path.exists(p):
                 os.remove(p)
     model = modellib.load_for_inference(ckpt_dir, dtype=resolve_dtype(dtype, dev), device=dev)
-    tokenizer = modellib.load_tokenizer(ckpt_dir, model.cfg)
+    tokenizer = modellib.load_tokenizer(ckpt_dir, model.cfg, trust_remote_code)
     if limit:
         items = items[:limit]
     if not items:

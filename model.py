@@ -519,10 +519,22 @@ def load_for_inference(name_or_path, dtype=torch.float32, device="cpu"):
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 
 
-def load_tokenizer(name_or_path, cfg=None):
+def tokenizer_code(ckpt_dir):
+    """The .py files a checkpoint's tokenizer_config.json names in its auto_map (a tokenizer class shipped
+    beside the weights, as Dream's tokenization_dream.py): code that AutoTokenizer runs when trusted."""
+    path = os.path.join(ckpt_dir, "tokenizer_config.json")
+    if not os.path.exists(path):
+        return []
+    auto_map = read_json_object(path, "tokenizer_config.json").get("auto_map") or {}
+    names = [n for v in auto_map.values() for n in (v if isinstance(v, list) else [v]) if isinstance(n, str)]
+    return sorted({n.split("--")[-1].rsplit(".", 1)[0] + ".py" for n in names})
+
+
+def load_tokenizer(name_or_path, cfg=None, trust_remote_code=False):
     """The release's tokenizer through transformers.AutoTokenizer, with the mask token set explicitly
-    (LLaDA's tokenizer does not declare one) and pad = EOS. trust_remote_code covers tokenizer classes
-    shipped beside a release; the model itself never runs remote code."""
+    (LLaDA's tokenizer does not declare one) and pad = EOS. A tokenizer class shipped as code beside the
+    checkpoint (Dream's) runs only with trust_remote_code: a .py in a downloaded or shared folder is a
+    program; the model itself never runs remote code."""
     from transformers import AutoTokenizer
     ckpt_dir = resolve_checkpoint_dir(name_or_path)
     cfg = cfg or config_from_release(read_release_config(ckpt_dir), os.path.join(ckpt_dir, "config.json"))
@@ -533,7 +545,13 @@ def load_tokenizer(name_or_path, cfg=None):
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # AutoTokenizer reads config.json and warns that it knows no 'llada'
     try:
-        tok = AutoTokenizer.from_pretrained(ckpt_dir, trust_remote_code=True)
+        tok = AutoTokenizer.from_pretrained(ckpt_dir, trust_remote_code=trust_remote_code)
+    except ValueError as e:  # transformers refuses a tokenizer that exists only as shipped code
+        if "trust_remote_code" not in str(e):
+            raise
+        raise InputError(f"{ckpt_dir}'s tokenizer is code shipped beside it "
+                         f"({', '.join(tokenizer_code(ckpt_dir)) or 'see tokenizer_config.json'}), which runs only "
+                         f"on request: read it, then pass --trust_remote_code=true (Dream's releases need this)") from None
     finally:
         hf_logging.set_verbosity(verbosity)
     tok.mask_token = tok.convert_ids_to_tokens(cfg.mask_token_id)
@@ -581,7 +599,11 @@ def save_checkpoint(state_dict, cfg, out_dir, tokenizer=None, source_config=None
     with open(os.path.join(out_dir, "config.json"), "w") as f:
         json.dump(rc, f, indent=2)
     if source_dir and os.path.abspath(source_dir) != os.path.abspath(out_dir):
-        for py in glob.glob(os.path.join(source_dir, "*.py")):  # the release's remote code, untouched
+        # the release's model code, untouched, so that the checkpoint loads in the release's own code too
+        # (which runs it only when its user passes trust_remote_code=True there); never the tokenizer's code,
+        # which this project's loaders would run: a trusted tokenizer writes its own file (save_pretrained)
+        for py in set(glob.glob(os.path.join(source_dir, "*.py"))) - \
+                {os.path.join(source_dir, f) for f in tokenizer_code(source_dir)}:
             shutil.copy(py, out_dir)
     source_generation = os.path.join(source_dir or "", "generation_config.json")
     if source_dir and os.path.exists(source_generation):

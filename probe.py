@@ -46,6 +46,7 @@ from harness.runtime import (DIST_TIMEOUT, all_gather_objects, close_distributed
 # -----------------------------------------------------------------------------
 # settings
 base = ""  # the pre-trained checkpoint (hub id, release directory or train.py output's base/)
+trust_remote_code = False  # run a tokenizer shipped as code beside the checkpoint (Dream's): for sources you trust
 checkpoints = ""  # comma-separated fine-tuned checkpoints (train.py output directories work)
 names = ""  # comma-separated names for them; default: the paths
 ratio = ""  # comma-separated 'a/b' pairs of names: drift ratios (e.g. jepa/baseline)
@@ -336,7 +337,7 @@ def main(argv):
     check_out_dir()
 
     base_dir = modellib.resolve_checkpoint_dir(base)
-    tokenizer = modellib.load_tokenizer(base_dir)
+    tokenizer = modellib.load_tokenizer(base_dir, trust_remote_code=trust_remote_code)
     texts = load_texts(tokenizer, master)
     questions = [] if mmlu_dir == "none" else mmlu_subset(data.load_mmlu("test", mmlu_dir or None), mmlu_questions, seed)
     mine = {name: list(range(rank, len(t["samples"]), world)) for name, t in texts.items()}
@@ -400,7 +401,8 @@ def unigram_models(texts, vocab_size):
     """{text name: unigram log probabilities}: one model of --unigram_text for every text, else each text's
     own samples."""
     if unigram_text:
-        tokenizer = modellib.load_tokenizer(modellib.resolve_checkpoint_dir(base))
+        tokenizer = modellib.load_tokenizer(modellib.resolve_checkpoint_dir(base),
+                                            trust_remote_code=trust_remote_code)
         documents = data.read_documents([p for p in unigram_text.split(",") if p])
         shared = unigram_logprobs((data.encode_plain(tokenizer, d) for d in documents), vocab_size)
         return {name: shared for name in texts}

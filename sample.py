@@ -20,6 +20,7 @@ from sampler import generate
 # -----------------------------------------------------------------------------
 # settings
 checkpoint = "out-small-base"  # a train.py output folder, a checkpoint folder or a hub id
+trust_remote_code = False  # run a tokenizer shipped as code beside the checkpoint (Dream's): for sources you trust
 prompt = ""  # empty: a fully masked canvas
 n = 4  # samples
 gen_length = 64
@@ -37,7 +38,7 @@ def main(argv):
     _, _, dev = init_distributed(device)
     ckpt_dir = modellib.resolve_checkpoint_dir(checkpoint)
     net = modellib.load_for_inference(ckpt_dir, dtype=resolve_dtype(dtype, dev), device=dev)
-    tokenizer = modellib.load_tokenizer(ckpt_dir, net.cfg)
+    tokenizer = modellib.load_tokenizer(ckpt_dir, net.cfg, trust_remote_code)
     prompt_ids = data.encode_plain(tokenizer, prompt)
     generator = torch.Generator(device=dev).manual_seed(seed)
     out = generate(net, [prompt_ids] * n, steps=steps, gen_length=gen_length, block_length=block_length,

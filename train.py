@@ -46,6 +46,7 @@ from training.step import (Source, accumulate, apply_step, build_models, clip_gr
 task = "gsm8k"
 data_dir = ""  # local release files; empty = the hub (gsm8k, spider)
 model = "GSAI-ML/LLaDA-8B-Base"  # hub id, checkpoint directory, or a model.PRESETS name (random init)
+trust_remote_code = False  # run a tokenizer shipped as code beside the checkpoint (Dream's): for sources you trust
 chat = "auto"  # chat template: 'auto' (models whose name says Instruct), 'true', 'false'
 max_len = 1024  # longer examples are dropped (and counted), never truncated
 val_holdout = 0  # > 0: train without these many seeded items of the training split (evaluate.py --split=val)
@@ -117,7 +118,7 @@ config = ""
 NOT_IDENTITY = ("out_dir", "log_every", "save_every", "snapshot_every", "resume", "overwrite", "stop_step",
                 "dist_timeout", "preset", "config", "device", "activation_checkpointing", "wandb_log", "wandb_project",
                 "wandb_run_name", "dry_run", "dry_run_world", "dry_run_out", "dry_run_real", "dry_run_largest_batch",
-                "gpu_memory")
+                "gpu_memory", "trust_remote_code")
 
 PRESETS = {
     "aggressive": dict(t_low=0.2, t_high=0.7, lr=1e-5),  # the main task table
@@ -314,7 +315,7 @@ def load_source(documents):
     ckpt_dir = modellib.resolve_checkpoint_dir(model)
     release_config = modellib.read_release_config(ckpt_dir)
     model_cfg = modellib.config_from_release(release_config, os.path.join(ckpt_dir, "config.json"))
-    return Source(model_cfg, modellib.load_tokenizer(ckpt_dir, model_cfg), ckpt_dir, release_config)
+    return Source(model_cfg, modellib.load_tokenizer(ckpt_dir, model_cfg, trust_remote_code), ckpt_dir, release_config)
 
 
 def check_derangeable(n_examples, world):

@@ -24,6 +24,7 @@ refused, naming the values.
 
 import json
 import os
+import pickle
 import shutil
 import zlib
 
@@ -323,7 +324,11 @@ def load(out_dir, trainable, target, optimizer, run_identity, distributed, log=p
         set_model_state_dict(target, state["target"])
     rng_path = os.path.join(folder, f"rng_{_rank_world(distributed)[0]}.pt")
     if os.path.exists(rng_path):
-        rng = torch.load(rng_path, weights_only=False)
+        try:
+            rng = torch.load(rng_path, weights_only=True)  # tensors only: an unpickled object could run code
+        except pickle.UnpicklingError:
+            raise RunError(f"{rng_path} holds objects besides tensors, which train.py never writes: a state "
+                           f"from elsewhere; it was not loaded") from None
         torch.set_rng_state(rng["cpu"])
         if rng["cuda"] is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(rng["cuda"])

@@ -307,6 +307,45 @@ def test_a_checkpoint_without_tokenizer_files_is_named(tmp_path):
         M.load_tokenizer(str(tmp_path / "ckpt"))
 
 
+def checkpoint_with_tokenizer_code(path, marker):
+    """A tiny checkpoint whose tokenizer is a class shipped beside it (as Dream's tokenization_dream.py is),
+    with a modeling .py beside it too (as the releases' remote code); importing the tokenizer's file leaves
+    `marker` on disk."""
+    from conftest import tiny_tokenizer
+    torch.manual_seed(0)
+    M.Transformer(M.PRESETS["tiny"]).save_pretrained(str(path), tokenizer=tiny_tokenizer())
+    (path / "tokenization_shipped.py").write_text(
+        f"open({str(marker)!r}, 'w').write('ran')\n"
+        "from transformers import PreTrainedTokenizerFast\n\n\nclass ShippedTokenizer(PreTrainedTokenizerFast):\n"
+        "    pass\n")
+    (path / "modeling_shipped.py").write_text("raise SystemExit('the model code never runs here')\n")
+    config = json.loads((path / "tokenizer_config.json").read_text())
+    config.update(tokenizer_class="ShippedTokenizer", auto_map={"AutoTokenizer": [None, "tokenization_shipped.ShippedTokenizer"]})
+    (path / "tokenizer_config.json").write_text(json.dumps(config))
+    return str(path)
+
+
+def test_code_shipped_beside_a_checkpoint_runs_only_on_request(tmp_path):
+    # the tokenizer was loaded with trust_remote_code=True: a .py named by tokenizer_config.json's auto_map ran
+    # under every script, and train.py copied it into final/, where it ran again
+    from conftest import run_script
+
+    from harness.errors import InputError
+    marker = tmp_path / "ran"
+    ckpt = checkpoint_with_tokenizer_code(tmp_path / "ckpt", marker)
+    with pytest.raises(InputError, match="tokenization_shipped.py.*--trust_remote_code=true"):
+        M.load_tokenizer(ckpt)
+    proc = run_script(["evaluate.py", f"--checkpoint={ckpt}", "--task=tiny-regex", "--limit=1",
+                       f"--out_dir={tmp_path / 'ev'}"], check=False)
+    assert proc.returncode == 2 and "--trust_remote_code=true" in proc.stderr and "Traceback" not in proc.stderr
+    assert not marker.exists()
+    assert type(M.load_tokenizer(ckpt, trust_remote_code=True)).__name__ == "ShippedTokenizer" and marker.exists()
+    # a checkpoint written from it carries the model's code (for the release's own loader), not the tokenizer's
+    M.save_checkpoint(M.Transformer(M.PRESETS["tiny"]).state_dict(), M.PRESETS["tiny"], str(tmp_path / "out"),
+                      source_dir=ckpt)
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.py")) == ["modeling_shipped.py"]
+
+
 def test_presets_match_reference_numbers():
     llada, dream = M.PRESETS["llada-8b"], M.PRESETS["dream-7b"]
     assert (llada.n_layers, llada.d_model, llada.n_heads, llada.n_kv_heads, llada.mlp_hidden, llada.vocab_size) == \

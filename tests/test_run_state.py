@@ -137,3 +137,25 @@ def test_a_state_from_another_run_is_refused(tmp_path):
         load(tmp_path, {"seed": 7, "lr": 2e-3, "world_size": 1})
     with pytest.raises(RunError, match="world_size: 1 -> 2"):
         load(tmp_path, {**IDENTITY, "world_size": 2})
+
+
+class Payload:
+    """An object whose unpickling runs code: what a crafted file inside resume/ could hold."""
+    def __reduce__(self):
+        return (os.makedirs, ("RAN-FROM-A-PICKLE",))
+
+
+def test_a_pickled_object_in_a_states_rng_file_does_not_run(tmp_path, monkeypatch):
+    # the random-generator file was read with weights_only=False: any object pickled into it ran on --resume
+    # (the checksums are CRC-32s, which whoever crafts the file recomputes)
+    monkeypatch.chdir(tmp_path)
+    save(tmp_path / "run", seed=1, step=3)
+    folder = str(tmp_path / "run" / "resume")
+    torch.save({"cpu": torch.get_rng_state(), "cuda": None, "extra": Payload()}, os.path.join(folder, "rng_0.pt"))
+    meta = json.load(open(os.path.join(folder, "meta.json")))
+    meta["checksums"] = RS.checksums(folder, False)
+    with open(os.path.join(folder, "meta.json"), "w") as f:
+        json.dump(RS.seal({k: meta[k] for k in RS.META_KEYS}), f)
+    with pytest.raises(RunError, match="rng_0.pt holds objects besides tensors"):
+        load(tmp_path / "run")
+    assert not (tmp_path / "RAN-FROM-A-PICKLE").exists()
