@@ -35,7 +35,7 @@ import model as modellib
 from harness import run_folder, run_state, runtime
 from configurator import check_ranges, configure as apply_settings, setting_keys
 from harness.errors import ConfigError
-from harness.outputs import disk_errors
+from harness.outputs import disk_errors, write_json
 from training import dry_run as planning
 from training.step import (Source, accumulate, apply_step, build_models, clip_gradients, make_optimizer,
                            micro_batch, resolve_grad_accum)
@@ -345,6 +345,9 @@ def main(argv):
             log(f"removed the resumable state left beside {out_dir}/final")
         runtime.close_distributed(world)
         return
+    use_chat = data.uses_chat(chat, model)
+    if master and not resume:  # the marker of a run of train.py, before any other file (harness/run_folder.py)
+        write_run_config(cfg, use_chat, world, accum)
     compute_dtype = runtime.resolve_dtype(dtype, dev)
     mesh = None
     if distributed:
@@ -354,7 +357,6 @@ def main(argv):
     # ---- tokenizer and data (before the model: a data error should not cost a model load)
     documents = data.read_documents([p for p in text_files.split(",") if p]) if task == "text" else None
     source = load_source(documents)
-    use_chat = data.uses_chat(chat, model)
     if task == "text":
         examples = data.pack(documents, source.tokenizer, max_len)
         log(f"text: {len(documents)} documents, {sum(len(e['response_ids']) for e in examples):,} tokens "
@@ -389,9 +391,8 @@ def main(argv):
     step = run_state.load(out_dir, trainable, target, optimizer, identity, distributed, log) if resume else 0
     if master:
         run_folder.trim_log(os.path.join(out_dir, "log.jsonl"), step)
-        with open(os.path.join(out_dir, "train_config.json"), "w") as f:  # 'chat' resolved, for evaluate.py
-            json.dump(cfg | {"chat": "true" if use_chat else "false", "world_size": world, "grad_accum": accum},
-                      f, indent=2)
+        if resume:  # the state was this run's: its settings as now (out_dir, cadence, ...)
+            write_run_config(cfg, use_chat, world, accum)
     stop = StopFlag()
 
     # mixed precision: one process autocasts; under torchrun FSDP2's MixedPrecisionPolicy casts instead
@@ -456,6 +457,12 @@ def main(argv):
     if wandb_run is not None:
         wandb_run.finish()
     runtime.close_distributed(world)
+
+
+def write_run_config(cfg, use_chat, world, accum):
+    """<out_dir>/train_config.json: the settings as the run uses them ('chat' resolved, for evaluate.py)."""
+    write_json(os.path.join(out_dir, "train_config.json"),
+               cfg | {"chat": "true" if use_chat else "false", "world_size": world, "grad_accum": accum})
 
 
 def last_state_fits(online, trainable, target, optimizer, distributed, log):

@@ -59,8 +59,8 @@ def claim(cfg, not_identity, master, distributed):
         prepare_output_dir(out_dir)
         global _lock
         _lock = lock(out_dir)
-        if overwrite and not resume:
-            for entry in held:
+        if overwrite and not resume:  # the marker last: a kill midway leaves a folder --overwrite still takes
+            for entry in sorted(held, key=lambda e: e == "train_config.json"):
                 path = os.path.join(out_dir, entry)
                 shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
     if distributed:

@@ -365,9 +365,6 @@ def test_a_kill_during_the_final_save_loses_no_step(tmp_path, monkeypatch):
     out, full = str(tmp_path / "run"), str(tmp_path / "full")
     run(TINY + ["--max_steps=3", f"--out_dir={full}"])
     assert not T.run_state.has_state(full)  # once final/ is whole the last state is deleted
-
-    class Killed(Exception):
-        pass
     real = T.save_model
 
     def killed_at_final(*args):
@@ -456,6 +453,54 @@ def test_a_state_left_beside_final_is_removed(tmp_path):
     proc = run(TINY + ["--max_steps=3", "--resume=true", f"--out_dir={out}"])
     assert "nothing to do" in proc.stdout and "removed the resumable state left beside" in proc.stdout
     assert not os.path.exists(os.path.join(out, "resume"))
+
+
+class Killed(Exception):
+    pass
+
+
+def test_a_kill_after_base_is_written_leaves_a_folder_overwrite_takes(tmp_path, monkeypatch):
+    # train_config.json, the marker --overwrite needs, was written after base/: a kill in between left a folder
+    # that a plain run, --overwrite and --resume all refused
+    import train
+    T = importlib.reload(train)
+    out = str(tmp_path / "run")
+    real = T.modellib.Transformer.save_pretrained
+
+    def killed_after(self, folder, **kwargs):
+        real(self, folder, **kwargs)
+        raise Killed
+    monkeypatch.setattr(T.modellib.Transformer, "save_pretrained", killed_after)
+    with pytest.raises(Killed):
+        main_in_process(T, TINY + ["--max_steps=1", f"--out_dir={out}"], monkeypatch)
+    assert sorted(os.listdir(out)) == [".lock", "base", "train_config.json"]
+    monkeypatch.undo()
+    run(TINY + ["--max_steps=1", "--overwrite=true", f"--out_dir={out}"])
+    assert os.path.exists(os.path.join(out, "final"))
+
+
+def test_a_kill_inside_overwrite_leaves_a_folder_overwrite_takes(tmp_path, monkeypatch):
+    # --overwrite deleted the marker before the state: a kill in between left a state no command would touch
+    import shutil
+
+    import train
+    T = importlib.reload(train)
+    out = str(tmp_path / "run")
+    run(TINY + ["--max_steps=2", "--stop_step=1", f"--out_dir={out}"])
+    real, calls = shutil.rmtree, []
+
+    def killed_at_the_second(path, *args, **kwargs):
+        calls.append(path)
+        if len(calls) == 2:
+            raise Killed
+        return real(path, *args, **kwargs)
+    monkeypatch.setattr(T.run_folder.shutil, "rmtree", killed_at_the_second)
+    with pytest.raises(Killed):
+        main_in_process(T, TINY + ["--max_steps=1", "--overwrite=true", f"--out_dir={out}"], monkeypatch)
+    assert os.path.exists(os.path.join(out, "train_config.json"))
+    monkeypatch.undo()
+    run(TINY + ["--max_steps=1", "--overwrite=true", f"--out_dir={out}"])
+    assert [r["step"] for r in read_log(out)] == [1]
 
 
 def test_a_finished_run_with_a_derived_accumulation_resumes_to_nothing(tmp_path):
