@@ -37,11 +37,11 @@ from dataclasses import replace
 import torch
 import torch.nn.functional as F
 
-from sampler import cut_at_stop, generate, num_transfer_tokens
+from sampler import check_schedule, cut_at_stop, generate, num_transfer_tokens
 import jepa
 import lora as loralib
 import model as modellib
-from configurator import configure, setting_keys
+from configurator import check_ranges, configure, setting_keys
 from harness.errors import ConfigError
 from harness import plan, runtime
 from harness.outputs import disk_errors, prepare_output_dir
@@ -402,12 +402,19 @@ def main(argv):
         raise ConfigError(f"variants must be among {VARIANTS}")
     if not 0 < prompt_len < seq_len:
         raise ConfigError("need 0 < prompt_len < seq_len")
+    check_ranges(globals(), {"batch_size": (1, None), "iters": (1, None), "warmup": (0, None),
+                             "predictor_layers": (0, 64), "lora_rank": (1, None), "sampler_prompts": (1, None),
+                             "early_stop_items": (0, None), "decoding_items": (1, None), "decoding_repeats": (1, None),
+                             "decoding_threshold": (0.000001, 1)})
+    check_schedule(sampler_gen_length, sampler_block_length, sampler_steps, "--sampler_")
+    check_schedule(early_stop_gen_length, early_stop_block_length, early_stop_steps, "--early_stop_")
     if set(v for v in decoding_variants.split(",") if v) - set(DECODING):
         raise ConfigError(f"--decoding_variants must be among {', '.join(DECODING)}")
     for setting in decoding_settings.split(","):
         parts = setting.split("/")
         if len(parts) != 3 or not all(p.isdigit() and int(p) > 0 for p in parts):
             raise ConfigError(f"--decoding_settings: {setting!r} is not gen/block/steps (e.g. 256/32/256)")
+        check_schedule(*map(int, parts), f"--decoding_settings={setting}: ")
     _, _, dev = init_distributed(device)
     use_cuda, compute_dtype = dev.type == "cuda", resolve_dtype(dtype, dev)  # a bad --dtype fails here
     if not only:

@@ -129,6 +129,9 @@ def configure(settings, keys, argv, presets=None):
     return {k: settings[k] for k in keys}
 
 
+SEED_RANGE = (0, 2**32 - 1)  # what every generator here takes (numpy's too) without overflowing
+
+
 def check_ranges(settings, ranges):
     """Raise ConfigError naming the first setting outside its range; ranges maps a key to (low, high),
     both inclusive, None for no bound. Called before anything is loaded, so a nonsense value (a negative

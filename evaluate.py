@@ -25,8 +25,8 @@ import torch
 import data
 import model as modellib
 from metrics import scoring
-from sampler import CACHES, REMASKING, cut_at_stop, generate
-from configurator import check_ranges, configure, setting_keys
+from sampler import CACHES, REMASKING, check_schedule, cut_at_stop, generate
+from configurator import SEED_RANGE, check_ranges, configure, setting_keys
 from harness.errors import ConfigError, read_json_object
 from harness.outputs import disk_errors, prepare_output_dir, refuse_used, write_json, write_jsonl
 from harness.run_folder import run_config
@@ -226,13 +226,17 @@ def main(argv):
     check_ranges(globals(), {"shots": (0, None), "limit": (0, None), "temperature": (0, None), "cfg_scale": (0, None),
                              "batch_size": (1, None), "sql_max_steps": (1, None), "steps": (0, None),
                              "gen_length": (0, None), "block_length": (0, None), "val_holdout": (0, None),
-                             "threshold": (0, 1)})
+                             "threshold": (0, 1), "seed": SEED_RANGE})
     if remasking not in REMASKING:
         raise ConfigError(f"--remasking={remasking!r} is not one of {', '.join(REMASKING)}")
     if cache not in CACHES:
         raise ConfigError(f"--cache={cache!r} is not one of {', '.join(CACHES)}")
     if cache != "none" and cfg_scale > 0:
         raise ConfigError("--cache runs without classifier-free guidance: set --cfg_scale 0 or --cache none")
+    length = gen_length or data.TASKS[task]["gen_length"]
+    block = block_length or min(128, length)
+    n_steps = steps or min(128, length)
+    check_schedule(length, block, n_steps)
     import torch.distributed as dist
     world, rank, dev = init_distributed(device, dist_timeout)
     master = rank == 0
@@ -241,9 +245,6 @@ def main(argv):
     stem = output_stem(ckpt_dir)
     done = previous_records(stem) if resume else {}
     use_chat = data.uses_chat(chat, checkpoint, run_config(ckpt_dir))
-    length = gen_length or data.TASKS[task]["gen_length"]
-    block = block_length or min(128, length)
-    n_steps = steps or min(128, length)
     items, train_items = load_items()
     settings = producing_settings(ckpt_dir, items, n_steps, length, block, use_chat)
     check_resumable(stem, done, settings)  # before the model is loaded
@@ -300,4 +301,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    run_main("evaluate.py", main, sys.argv[1:], lambda: dist_timeout)
+    run_main("evaluate.py", main, sys.argv[1:], lambda: dist_timeout,
+             "interrupted: the records scored so far are kept; continue them with the same flags and --resume=true")

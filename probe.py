@@ -34,7 +34,7 @@ import torch.nn.functional as F
 import data
 import jepa
 import model as modellib
-from configurator import check_ranges, configure, setting_keys
+from configurator import SEED_RANGE, check_ranges, configure, setting_keys
 from harness.errors import ConfigError, read_text
 from metrics.forgetting import (TEMPERATURES, forgetting_measures, parse_forgetting_data, retention, text_documents,
                                 unigram_logprobs)
@@ -324,7 +324,8 @@ def main(argv):
     if len(labels) != len(paths):
         raise ConfigError(f"{len(labels)} names for {len(paths)} checkpoints")
     check_ranges(globals(), {"n_samples": (1, None), "sample_len": (2, None), "forgetting_rate": (0.01, 1.0),
-                             "cos_pairs": (1, None), "mmlu_questions": (0, None), "batch_size": (1, None)})
+                             "cos_pairs": (1, None), "mmlu_questions": (0, None), "batch_size": (1, None),
+                             "seed": SEED_RANGE})
     if not (0 <= t_low <= 1 and 0 <= t_high <= 1):
         raise ConfigError(f"--t_low and --t_high must be in [0, 1] (0 = the checkpoint's own); got {t_low}, {t_high}")
     pairs = [r.split("/") for r in ratio.split(",") if r]
@@ -542,4 +543,4 @@ def plot_drift(report, path):
 
 
 if __name__ == "__main__":
-    run_main("probe.py", main, sys.argv[1:], lambda: dist_timeout)
+    run_main("probe.py", main, sys.argv[1:], lambda: dist_timeout, "interrupted: nothing was written; run it again")

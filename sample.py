@@ -13,9 +13,9 @@ import torch
 
 import data
 import model as modellib
-from configurator import configure, setting_keys
+from configurator import SEED_RANGE, check_ranges, configure, setting_keys
 from harness.runtime import init_distributed, resolve_dtype, run_main
-from sampler import generate
+from sampler import check_schedule, generate
 
 # -----------------------------------------------------------------------------
 # settings
@@ -35,6 +35,8 @@ KEYS = setting_keys(globals())
 
 def main(argv):
     configure(globals(), KEYS, argv)
+    check_ranges(globals(), {"n": (1, None), "temperature": (0, None), "seed": SEED_RANGE})
+    check_schedule(gen_length, block_length, steps)  # before the model loads
     _, _, dev = init_distributed(device)
     ckpt_dir = modellib.resolve_checkpoint_dir(checkpoint)
     net = modellib.load_for_inference(ckpt_dir, dtype=resolve_dtype(dtype, dev), device=dev)

@@ -19,6 +19,7 @@ from typing import NamedTuple, Optional
 import torch
 import torch.nn.functional as F
 
+from harness.errors import ConfigError
 from model import KVCache
 
 
@@ -83,6 +84,22 @@ CACHES = ("none", "prefix", "dual")
 
 
 @torch.no_grad()
+def check_schedule(gen_length, block_length, steps, flags="--"):
+    """Raise ConfigError (a ValueError) unless the canvas splits into whole blocks and the steps into equal
+    shares of them, as LLaDA's generate.py asserts. Scripts call it on their flags (named `flags` + the
+    name) before a model loads, so a schedule that cannot run costs no load."""
+    names = {k: f"{flags}{k}" for k in ("gen_length", "block_length", "steps")}
+    for key, value in (("gen_length", gen_length), ("block_length", block_length), ("steps", steps)):
+        if value < 1:
+            raise ConfigError(f"{names[key]}={value} must be >= 1")
+    if gen_length % block_length:
+        raise ConfigError(f"{names['gen_length']}={gen_length} must be a multiple of {names['block_length']}="
+                          f"{block_length}")
+    if steps % (gen_length // block_length):
+        raise ConfigError(f"{names['steps']}={steps} must be a multiple of the number of blocks, "
+                          f"{names['gen_length']} / {names['block_length']} = {gen_length // block_length}")
+
+
 def generate(model, prompts, *, steps, gen_length, block_length, temperature=0.0, cfg_scale=0.0,
              generator=None, on_step=None, stop_ids=None, stats=None, threshold=0.0, remasking="low_confidence",
              logits_eos_inf=False, confidence_eos_eot_inf=False, eot_id=None, cache="none"):
@@ -115,11 +132,8 @@ def generate(model, prompts, *, steps, gen_length, block_length, temperature=0.0
     if confidence_eos_eot_inf and eot_id is None:
         raise ValueError("confidence_eos_eot_inf needs eot_id, the end-of-turn token")
     cfg = model.cfg
-    if gen_length % block_length:
-        raise ValueError(f"gen_length {gen_length} must be a multiple of block_length {block_length}")
+    check_schedule(gen_length, block_length, steps)
     n_blocks = gen_length // block_length
-    if steps % n_blocks:
-        raise ValueError(f"steps {steps} must be a multiple of the number of blocks {n_blocks}")
     steps_per_block = steps // n_blocks
     dev = next(model.parameters()).device
     B, lengths = len(prompts), [len(p) for p in prompts]

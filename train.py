@@ -33,7 +33,7 @@ import jepa
 import lora as loralib
 import model as modellib
 from harness import run_folder, run_state, runtime
-from configurator import check_ranges, configure as apply_settings, setting_keys
+from configurator import SEED_RANGE, check_ranges, configure as apply_settings, setting_keys
 from harness.errors import ConfigError
 from harness.outputs import disk_errors, write_json
 from training import dry_run as planning
@@ -120,6 +120,8 @@ NOT_IDENTITY = ("out_dir", "log_every", "save_every", "snapshot_every", "resume"
                 "wandb_run_name", "dry_run", "dry_run_world", "dry_run_out", "dry_run_real", "dry_run_largest_batch",
                 "gpu_memory", "trust_remote_code")
 
+MAX_PREDICTOR_LAYERS = 64
+
 PRESETS = {
     "aggressive": dict(t_low=0.2, t_high=0.7, lr=1e-5),  # the main task table
     "wide-t": dict(t_low=0.1, t_high=0.9, lr=1.4e-6),  # the preservation experiment (§4.3)
@@ -170,8 +172,11 @@ def validate():
         raise ConfigError(f"unknown lora_targets {sorted(unknown)}; choose from {','.join(loralib.LORA_TARGETS)}")
     if lora_rank and anchor_l2:
         raise ConfigError("the L2-to-base anchor is for full fine-tuning; with LoRA the base does not move")
-    if predictor_layers < 0:
-        raise ConfigError(f"predictor_layers (k) must be >= 0, got {predictor_layers}")
+    # k: each predictor block is one of the model's (8B: 0.2B parameters a block); twice the deepest
+    # release's 32 blocks is far past any ablation, and past it a typo builds for hours
+    if not 0 <= predictor_layers <= MAX_PREDICTOR_LAYERS:
+        raise ConfigError(f"--predictor_layers (k) must be in [0, {MAX_PREDICTOR_LAYERS}], got {predictor_layers}")
+    check_ranges(globals(), {"seed": SEED_RANGE})
     if not 0 <= ema_decay < 1:
         raise ConfigError(f"ema_decay must be in [0, 1), got {ema_decay}")
     for key in ("batch_size", "max_len", "log_every"):
@@ -514,4 +519,5 @@ def save_model(online, source, distributed, master, log, name):
 
 
 if __name__ == "__main__":
-    runtime.run_main("train.py", main, sys.argv[1:], lambda: dist_timeout)
+    runtime.run_main("train.py", main, sys.argv[1:], lambda: dist_timeout,
+                     "stopped at once: where a resumable state was saved, continue with --resume=true")

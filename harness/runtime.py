@@ -113,13 +113,17 @@ def check_ranks_agree(digests, distributed):
                            f"the same files; check the copies of the data each node reads")
 
 
-def run_main(script, main_fn, argv, timeout):
+def run_main(script, main_fn, argv, timeout, interrupted="interrupted"):
     """A script's __main__ (timeout: a callable giving the --dist_timeout in force): a mistake in the flags
-    exits 2 with one line; a failed run (RunError, a stalled or dead rank) exits 1 with one line; anything
-    else is a bug and keeps its traceback. A finished run returns, or under torchrun ends here (end)."""
+    exits 2 with one line; a failed run (RunError, a stalled or dead rank) exits 1 with one line; Ctrl-C
+    exits 130 with one line (`interrupted`: what was kept and how to go on); anything else is a bug and keeps
+    its traceback. A finished run returns, or under torchrun ends here (end)."""
     code = 0
     try:
         main_fn(argv)
+    except KeyboardInterrupt:
+        print(f"\n{script}: {interrupted}", file=sys.stderr)
+        code = 130
     except ConfigError as e:
         print(f"{script}: {e}", file=sys.stderr)
         code = 2

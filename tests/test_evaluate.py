@@ -316,3 +316,50 @@ def test_decoding_options_are_recorded_with_their_forward_passes(tmp_path):
                          ("--cache=kv", "is not one of"), ("--cache=dual --cfg_scale=1", "without classifier-free")):
         proc = run_script(["evaluate.py", *args, *bad.split(), f"--out_dir={tmp_path / 'bad'}"], check=False)
         assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("script,args,message", [
+    # a negative temperature sampled, a threshold of 2 printed a row, a schedule that does not divide failed
+    # with a raw ValueError after the model loaded
+    ("sample.py", ["--temperature=-1"], "--temperature=-1.0 is out of range"),
+    ("sample.py", ["--gen_length=60", "--block_length=32"], "--gen_length=60 must be a multiple of --block_length=32"),
+    ("sample.py", ["--gen_length=64", "--block_length=16", "--steps=6"], "--steps=6 must be a multiple of the number "
+                                                                         "of blocks, --gen_length / --block_length = 4"),
+    ("sample.py", ["--seed=-1"], "--seed=-1 is out of range"),
+    ("bench.py", ["--decoding_threshold=2"], "--decoding_threshold=2.0 is out of range"),
+    ("bench.py", ["--sampler_gen_length=60"], "--sampler_gen_length=60 must be a multiple of --sampler_block_length"),
+    ("bench.py", ["--decoding_settings=256/30/256"], "--decoding_settings=256/30/256: gen_length=256 must be"),
+    ("bench.py", ["--iters=0"], "--iters=0 is out of range"),
+    ("evaluate.py", ["--task=tiny-regex", "--gen_length=30", "--block_length=16"], "--gen_length=30 must be a multiple"),
+    ("evaluate.py", ["--task=tiny-regex", "--seed=99999999999999999999"], "--seed=99999999999999999999 is out of range"),
+])
+def test_every_scripts_flags_are_checked_before_a_model_loads(tmp_path, script, args, message):
+    out = [f"--out={tmp_path / 'b.json'}"] if script == "bench.py" else \
+        [f"--out_dir={tmp_path / 'ev'}"] if script == "evaluate.py" else []
+    proc = run_script([script, f"--checkpoint={tmp_path / 'no-such-checkpoint'}", *args, *out] if script != "bench.py"
+                      else [script, *args, *out], check=False)
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_ctrl_c_ends_an_evaluation_with_one_line_saying_how_to_continue(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import ROOT
+    ckpt = tiny_checkpoint(tmp_path / "ckpt")
+    out = tmp_path / "ev"
+    proc = subprocess.Popen([sys.executable, "evaluate.py", f"--checkpoint={ckpt}", "--task=tiny-regex", "--limit=40",
+                             "--batch_size=1", "--gen_length=16", "--steps=16", f"--out_dir={out}"], cwd=ROOT,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    part = out / "tiny-regex-0shot.rank0.jsonl"
+    deadline = time.time() + 240
+    while time.time() < deadline and not (part.exists() and part.read_text().count("\n") >= 1):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "Traceback" not in stderr
+    assert "interrupted: the records scored so far are kept; continue them with the same flags and --resume=true" in stderr

@@ -91,7 +91,7 @@ def test_temperature_sampling_follows_the_distribution():
 
 def test_bad_block_and_step_settings():
     model = tiny_model()
-    with pytest.raises(ValueError, match="multiple of block_length"):
+    with pytest.raises(ValueError, match="multiple of --block_length"):
         S.generate(model, PROMPTS, steps=8, gen_length=12, block_length=8)
     with pytest.raises(ValueError, match="multiple of the number of blocks"):
         S.generate(model, PROMPTS, steps=3, gen_length=16, block_length=8)

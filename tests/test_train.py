@@ -88,6 +88,8 @@ def test_config_file(tmp_path):
     (["--epochs=0"], r"--epochs=0 is out of range"),
     (["--save_every=-1"], r"--save_every=-1 is out of range"),
     (["--shuffled_target=true", "--jepa_weight=0"], "needs a JEPA term"),
+    (["--seed=1180591620717411303424"], r"--seed=1180591620717411303424 is out of range"),  # overflowed raw
+    (["--predictor_layers=100000"], r"--predictor_layers \(k\) must be in \[0, 64\]"),  # built until killed
 ])
 def test_bad_configurations_fail_with_the_right_message(argv, message):
     train = fresh_train()
