@@ -25,7 +25,7 @@ def parse_value(key, text, default):
     if isinstance(default, (int, float)):
         try:
             value = ast.literal_eval(str(text))
-        except (ValueError, SyntaxError):
+        except (ValueError, SyntaxError, RecursionError, MemoryError):
             raise ConfigError(f"--{key} expects {TYPE_WORDS[type(default)]}, got {text!r}") from None
         if isinstance(value, bool) or not isinstance(value, (int, float)) or \
                 (isinstance(default, int) and not isinstance(value, int)):
@@ -86,13 +86,15 @@ def read_config_file(path):
         body = ast.parse(text).body
     except SyntaxError as e:
         raise InputError(f"{path}:{e.lineno}: {e.msg}") from None
+    except (RecursionError, MemoryError):  # the parser recurses once per level of nesting
+        raise InputError(f"{path}: nested too deeply to read") from None
     out = []
     for node in body:
         if not (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)):
             raise InputError(f"{path}:{node.lineno}: only 'key = literal' lines are allowed")
         try:
             out.append((node.targets[0].id, ast.literal_eval(node.value)))
-        except ValueError:
+        except (ValueError, RecursionError):
             raise InputError(f"{path}:{node.lineno}: the value of {node.targets[0].id} is not a literal") from None
     return out
 

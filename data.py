@@ -309,15 +309,25 @@ def tiny_tokenizer_texts():
 TEXT_SUFFIXES = (".txt", ".md", ".py", ".raw", ".rst")
 
 
-def read_documents(paths):
+def read_documents(paths, flag):
     """The documents of files and folders (folders: every text file below, sorted). A text file is one
-    document; a .jsonl file gives one per row (its "text" field)."""
+    document; a .jsonl file gives one per row (its "text" field). None at all (empty files, folders of other
+    files) is an InputError naming the flag the paths came from."""
+    documents = read_each(paths)
+    if not documents:
+        raise InputError(f"{flag}={','.join(paths)}: no documents (empty files, or folders with no "
+                         f"{'/'.join(TEXT_SUFFIXES + ('.jsonl',))} file)")
+    return documents
+
+
+def read_each(paths):
+    """read_documents without the check: [] when there is nothing."""
     documents = []
     for path in paths:
         if os.path.isdir(path):
             files = sorted(os.path.join(root, f) for root, dirs, names in os.walk(path) for f in names
                            if f.endswith(TEXT_SUFFIXES + (".jsonl",)))
-            documents += read_documents(files)
+            documents += read_each(files)
         elif path.endswith(".jsonl"):
             for i, line in enumerate(read_text(path, "text file").splitlines(), start=1):
                 row = parse_json(line, path, i) if line.strip() else None

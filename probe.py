@@ -404,7 +404,7 @@ def unigram_models(texts, vocab_size):
     if unigram_text:
         tokenizer = modellib.load_tokenizer(modellib.resolve_checkpoint_dir(base),
                                             trust_remote_code=trust_remote_code)
-        documents = data.read_documents([p for p in unigram_text.split(",") if p])
+        documents = data.read_documents([p for p in unigram_text.split(",") if p], "--unigram_text")
         shared = unigram_logprobs((data.encode_plain(tokenizer, d) for d in documents), vocab_size)
         return {name: shared for name in texts}
     return {name: unigram_logprobs(t["samples"], vocab_size) for name, t in texts.items()}

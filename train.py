@@ -360,7 +360,8 @@ def main(argv):
         mesh = init_device_mesh(dev.type, (world,))
 
     # ---- tokenizer and data (before the model: a data error should not cost a model load)
-    documents = data.read_documents([p for p in text_files.split(",") if p]) if task == "text" else None
+    documents = data.read_documents([p for p in text_files.split(",") if p], "--text_files") if task == "text" \
+        else None
     source = load_source(documents)
     if task == "text":
         examples = data.pack(documents, source.tokenizer, max_len)

@@ -59,6 +59,8 @@ def parse_json(text, path, line=None):
         return json.loads(text)
     except json.JSONDecodeError as e:
         raise InputError(f"{path}:{line or e.lineno}: malformed JSON ({e.msg})") from None
+    except RecursionError:  # the decoder recurses once per level
+        raise InputError(f"{path}{f':{line}' if line else ''}: JSON nested too deeply to read") from None
 
 
 def read_json_object(path, what="file"):

@@ -37,14 +37,29 @@ def test_read_documents_from_files_folders_and_jsonl(tmp_path):
     (tmp_path / "d" / "a.py").write_text("first")
     (tmp_path / "d" / "skip.bin").write_bytes(b"\x00")
     (tmp_path / "rows.jsonl").write_text(json.dumps({"text": "row one"}) + "\n" + json.dumps({"text": "row two"}) + "\n")
-    assert D.read_documents([str(tmp_path / "d"), str(tmp_path / "rows.jsonl")]) == ["first", "second", "row one", "row two"]
+    assert D.read_documents([str(tmp_path / "d"), str(tmp_path / "rows.jsonl")], "--text_files") == ["first", "second", "row one", "row two"]
     (tmp_path / "bad.jsonl").write_text('["a list"]\n')
     with pytest.raises(Exception, match=r"bad.jsonl:1: expected a JSON object"):
-        D.read_documents([str(tmp_path / "bad.jsonl")])
+        D.read_documents([str(tmp_path / "bad.jsonl")], "--text_files")
     # regression: a malformed row was a raw JSONDecodeError naming neither file nor line
     (tmp_path / "cut.jsonl").write_text(json.dumps({"text": "fine"}) + '\n{"text": "cut sh\n')
     with pytest.raises(InputError, match=r"cut.jsonl:2: malformed JSON"):
-        D.read_documents([str(tmp_path / "cut.jsonl")])
+        D.read_documents([str(tmp_path / "cut.jsonl")], "--text_files")
+    # a row nested past the decoder's recursion was a raw RecursionError
+    (tmp_path / "deep.jsonl").write_text("[" * 100000 + "]" * 100000 + "\n")
+    with pytest.raises(InputError, match=r"deep.jsonl:1: JSON nested too deeply"):
+        D.read_documents([str(tmp_path / "deep.jsonl")], "--text_files")
+
+
+def test_a_text_task_with_no_documents_is_named(tmp_path):
+    # empty files (or folders of other files) gave no examples, and the run failed later with a raw error
+    (tmp_path / "empty.txt").write_text("  \n")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "x.bin").write_bytes(b"\x00")
+    proc = run_script(["train.py", "--task=text", f"--text_files={tmp_path / 'empty.txt'},{tmp_path / 'other'}",
+                       "--model=tiny", "--max_steps=1", f"--out_dir={tmp_path / 'run'}"], check=False)
+    assert proc.returncode == 2 and "--text_files=" in proc.stderr and ": no documents" in proc.stderr
+    assert "Traceback" not in proc.stderr
 
 
 def test_wikitext_articles_split_at_level_one_titles():
@@ -108,7 +123,7 @@ def test_the_corpus_file_round_trips(tmp_path):
     docs = ["first document\nwith two lines", 'a "quoted" one', "ünïcode"]
     path = str(tmp_path / "sub" / "corpus.jsonl")
     C.write_corpus(docs, path)
-    assert D.read_documents([path]) == docs and not os.path.exists(path + ".tmp")
+    assert D.read_documents([path], "--text_files") == docs and not os.path.exists(path + ".tmp")
 
 
 def test_punctuation_is_split_before_bpe():

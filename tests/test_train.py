@@ -68,6 +68,14 @@ def test_config_file(tmp_path):
     train = fresh_train()
     with pytest.raises(train.ConfigError, match="epochs expects an integer"):
         train.configure(["--config", str(path)])
+    # nesting past the parser's or the decoder's recursion was a raw RecursionError (or MemoryError)
+    for name, text in [("deep.json", "[" * 100000 + "]" * 100000), ("deep.py", "lr = " + "-" * 100000 + "1"),
+                       ("long.py", "lr = " + "+".join(["1"] * 100000))]:
+        (tmp_path / name).write_text(text)
+        with pytest.raises(train.ConfigError, match=f"{name}.*(nested too deeply|not a literal)"):
+            fresh_train().configure(["--config", str(tmp_path / name)])
+    with pytest.raises(train.ConfigError, match="--lr expects a number"):
+        fresh_train().configure(["--lr=" + "-" * 100000 + "1"])
 
 
 @pytest.mark.parametrize("argv,message", [
