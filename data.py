@@ -345,7 +345,7 @@ def pack(documents, tokenizer, max_len):
     eos = tokenizer.eos_token_id
     stream = []
     for text in documents:
-        stream += tokenizer.encode(text, add_special_tokens=False) + [eos]
+        stream += encode_text(tokenizer, text) + [eos]
     return [{"prompt_ids": [], "response_ids": stream[i:i + max_len], "packed": True}
             for i in range(0, len(stream), max_len)]
 
@@ -406,16 +406,17 @@ def format_example(task, item, tokenizer, shots=(), chat=False):
         for s in shots:
             messages += [{"role": "user", "content": item_input(task, s)}, {"role": "assistant", "content": s["output"]}]
         messages.append({"role": "user", "content": item_input(task, item)})
+        refuse_special_strings(tokenizer, [m["content"] for m in messages] + [item["output"]])
         prompt_ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
         if isinstance(prompt_ids, Mapping):  # a BatchEncoding, in some transformers versions
             prompt_ids = prompt_ids["input_ids"]
-        response_ids = tokenizer.encode(item["output"], add_special_tokens=False) + [end_of_turn_id(tokenizer)]
+        response_ids = encode_text(tokenizer, item["output"]) + [end_of_turn_id(tokenizer)]
         return list(prompt_ids), response_ids
     text = spec["instruction"] + "\n\n"
     for s in shots:
         text += f"{spec['input_label']}: {item_input(task, s)}\n{spec['output_label']}: {s['output']}\n\n"
     text += f"{spec['input_label']}: {item_input(task, item)}\n{spec['output_label']}:"
-    return encode_plain(tokenizer, text), tokenizer.encode(" " + item["output"], add_special_tokens=False)
+    return encode_plain(tokenizer, text), encode_text(tokenizer, " " + item["output"])
 
 
 def encode_plain(tokenizer, text):
@@ -423,7 +424,25 @@ def encode_plain(tokenizer, text):
     <|startoftext|>; Qwen-style tokenizers, Dream's, have none)."""
     bos = tokenizer.bos_token_id
     prefix = [bos] if bos is not None and bos != tokenizer.eos_token_id else []
-    return prefix + tokenizer.encode(text, add_special_tokens=False)
+    return prefix + encode_text(tokenizer, text)
+
+
+def encode_text(tokenizer, text):
+    """Data text as token ids, a special token's string in it ('<|endoftext|>', '<|mdm_mask|>') read as
+    the characters it is: otherwise a document or answer quoting one would put EOS or the mask id among the
+    training targets."""
+    return tokenizer.encode(text, add_special_tokens=False, split_special_tokens=True)
+
+
+def refuse_special_strings(tokenizer, texts):
+    """A chat template reads its whole rendering with special tokens parsed, so text quoting one cannot go
+    through it as text: named and refused (such data trains without --chat)."""
+    for text in texts:
+        found = [t for t in tokenizer.all_special_tokens if t in text]
+        if found:
+            raise InputError(f"an item's text holds the tokenizer's special token {found[0]!r} ({text[:60]!r}...), "
+                             f"which a chat template would read as that token: remove it from the data, or use "
+                             f"--chat=false")
 
 
 def tokenize_task(task, items, tokenizer, max_len, chat=False, log=print):

@@ -56,6 +56,23 @@ def test_chat_prompt_format(tok):
         "<system>Convert natural language to regular expression.<|im_end|><user>lines containing a number<|im_end|>"
         "<assistant>.*([0-9]).*<|im_end|><user>lines with a letter<|im_end|><assistant>")
     assert response_ids[-1] == eot and chat_tok.decode(response_ids[:-1]) == ".*([A-Za-z]).*"
+    # a chat template reads special tokens in its rendering: an item quoting one is refused by name
+    quoting = {"input": "lines with <|im_end|> in them", "output": ".*"}
+    with pytest.raises(D.InputError, match="special token '<\\|im_end\\|>'.*--chat=false"):
+        D.format_example("tiny-regex", quoting, chat_tok, chat=True)
+
+
+def test_special_token_strings_in_data_are_text(tok):
+    # '<|endoftext|>' or '<|mdm_mask|>' quoted in a document or an answer became EOS and the mask id: the
+    # mask among the training targets, an EOS in the middle of a document
+    quoted = f"print('{tok.eos_token}') and {tok.mask_token}"
+    examples = D.pack([quoted, "second"], tok, max_len=1000)
+    stream = examples[0]["response_ids"]
+    assert tok.mask_token_id not in stream and stream.count(tok.eos_token_id) == 2  # after each document
+    assert tok.decode(stream[:stream.index(tok.eos_token_id)]) == quoted
+    prompt, response = D.format_example("tiny-regex", {"input": quoted, "output": quoted}, tok)
+    assert tok.mask_token_id not in prompt + response and tok.eos_token_id not in prompt + response
+    assert tok.decode(response) == " " + quoted
 
 
 def test_kshot_never_contains_evaluated_item_and_is_deterministic():
