@@ -35,7 +35,7 @@ import model as modellib
 from harness import run_folder, run_state, runtime
 from configurator import SEED_RANGE, check_ranges, configure as apply_settings, setting_keys
 from harness.errors import ConfigError
-from harness.outputs import disk_errors, write_json
+from harness.outputs import disk_errors, remove_entry, write_json
 from training import dry_run as planning
 from training.step import (Source, accumulate, apply_step, build_models, clip_gradients, make_optimizer,
                            micro_batch, resolve_grad_accum)
@@ -509,12 +509,12 @@ def save_model(online, source, distributed, master, log, name):
                 if name == "final":
                     loralib.save_adapters(state, online.lora, os.path.join(out_dir, "adapter"))
                 state = loralib.merge_lora(state, online.lora)
-            shutil.rmtree(folder + ".tmp", ignore_errors=True)
+            remove_entry(folder + ".tmp")  # a kill's leftover; a link is removed, never written through
             modellib.save_checkpoint(state, source.model_cfg, folder + ".tmp", tokenizer=source.tokenizer,
                                      source_config=source.release_config, source_dir=source.ckpt_dir)
             if name != "final":  # a snapshot carries its run's settings (final/ finds them beside it)
                 shutil.copy(os.path.join(out_dir, "train_config.json"), folder + ".tmp")
-            shutil.rmtree(folder, ignore_errors=True)  # a snapshot rewritten after a resume
+            remove_entry(folder)  # a snapshot rewritten after a resume
             os.replace(folder + ".tmp", folder)
         log(f"saved {folder}")
 

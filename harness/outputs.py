@@ -50,9 +50,20 @@ def refuse_used(folder, held, what, resume, overwrite, can_resume=True):
     raise ConfigError(f"{folder} already holds {what} ({', '.join(held)}); {choices}, or another --out_dir")
 
 
+def remove_entry(path):
+    """Delete the file, folder or symlink at `path` (a link itself, never what it points to); nothing there:
+    nothing to do."""
+    if os.path.islink(path) or os.path.isfile(path):
+        os.remove(path)
+    elif os.path.isdir(path):
+        shutil.rmtree(path)
+
+
 def write_whole(path, text):
-    """`text` into `path` through a .tmp rename (same folder, so the rename is atomic)."""
+    """`text` into `path` through a .tmp rename (same folder, so the rename is atomic); a .tmp left there,
+    a link among them, is removed first rather than written through."""
     with disk_errors(path):
+        remove_entry(path + ".tmp")
         with open(path + ".tmp", "w", encoding="utf-8") as f:
             f.write(text)
         os.replace(path + ".tmp", path)

@@ -24,9 +24,10 @@ from harness import run_state
 from harness.errors import ConfigError, RunError, read_json_object
 from harness.outputs import prepare_output_dir, refuse_used, write_whole
 
-# every entry a run of train.py writes (eval/: evaluate.py's results of the run)
+# every entry a run of train.py writes (eval/: evaluate.py's results of the run), and which are folders
 RUN_ENTRIES = ("final", "final.tmp", "adapter", "base", "snapshots", "eval", "log.jsonl",
                "train_config.json") + run_state.NAMES
+FOLDERS = {"final", "final.tmp", "adapter", "base", "snapshots", "eval"} | set(run_state.NAMES)
 _lock = None  # rank 0's lock on <out_dir>/.lock, held for the life of the process
 
 
@@ -44,6 +45,7 @@ def claim(cfg, not_identity, master, distributed):
     old run's files deleted). Returns False when --resume=true finds a finished run of these settings:
     there is nothing to do, and nothing was loaded."""
     out_dir, resume, overwrite = cfg["out_dir"], cfg["resume"], cfg["overwrite"]
+    check_entries(out_dir)
     if resume and not overwrite and os.path.isdir(os.path.join(out_dir, "final")):
         check_same_run(cfg, not_identity)
         return False
@@ -66,6 +68,25 @@ def claim(cfg, not_identity, master, distributed):
     if distributed:
         dist.barrier()
     return True
+
+
+def check_entries(out_dir):
+    """Every entry train.py would write, rename or delete in out_dir is a real file or folder of its kind: a
+    symlink would make a save or --overwrite act on what it points to (another run's weights), a file where
+    a folder belongs (or the reverse) would fail deep in a save."""
+    snapshots = os.path.join(out_dir, "snapshots")
+    inside = [os.path.join("snapshots", n) for n in sorted(os.listdir(snapshots))] \
+        if os.path.isdir(snapshots) and not os.path.islink(snapshots) else []
+    for entry in list(RUN_ENTRIES) + inside:
+        path = os.path.join(out_dir, entry)
+        if os.path.islink(path):
+            raise ConfigError(f"{path} is a symlink: train.py writes, renames and deletes the entries of --out_dir "
+                              f"and would act on what it points to; put the real folder there, or use another "
+                              f"--out_dir")
+        folder = entry in FOLDERS or entry.startswith("snapshots")
+        if os.path.exists(path) and os.path.isdir(path) != folder:
+            raise ConfigError(f"{path} is a {'folder' if os.path.isdir(path) else 'file'} where train.py keeps a "
+                              f"{'folder' if folder else 'file'}: move it away, or use another --out_dir")
 
 
 def check_same_run(cfg, not_identity):

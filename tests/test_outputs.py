@@ -2,6 +2,7 @@
 folder is refused without --resume/--overwrite, and a file is written whole or not at all."""
 
 import errno
+import json
 import os
 from collections import namedtuple
 
@@ -110,3 +111,14 @@ def test_a_file_is_written_whole_or_not_at_all(monkeypatch, tmp_path):
         O.write_jsonl(path, [{"b": 2}])
     monkeypatch.undo()
     assert open(path).read() == '{\n  "a": 1\n}'  # the old file, whole
+
+
+def test_a_linked_tmp_file_is_replaced_not_written_through(tmp_path):
+    # write_whole opened <path>.tmp as found: a symlink there sent the text into whatever it pointed to
+    elsewhere = tmp_path / "elsewhere.json"
+    elsewhere.write_text("someone else's file")
+    path = tmp_path / "summary.json"
+    os.symlink(elsewhere, str(path) + ".tmp")
+    O.write_json(str(path), {"a": 1})
+    assert elsewhere.read_text() == "someone else's file" and json.loads(path.read_text()) == {"a": 1}
+    assert not os.path.lexists(str(path) + ".tmp")

@@ -513,6 +513,34 @@ def test_a_kill_inside_overwrite_leaves_a_folder_overwrite_takes(tmp_path, monke
     assert [r["step"] for r in read_log(out)] == [1]
 
 
+def test_linked_or_misplaced_entries_of_a_run_folder_are_refused(tmp_path):
+    # a final.tmp linked to another checkpoint made a resumed run write its weights there (the link could not
+    # be deleted, so the save went through it) and rename the link to final/
+    import hashlib
+    victim = tmp_path / "victim"
+    run(TINY + ["--max_steps=1", f"--out_dir={victim}"])  # another run's weights
+    weights = victim / "final" / "model.safetensors"
+    before = hashlib.sha256(weights.read_bytes()).hexdigest()
+    out = tmp_path / "run"
+    run(TINY + ["--max_steps=2", "--stop_step=1", f"--out_dir={out}"])
+    os.symlink(victim / "final", out / "final.tmp")
+    proc = run(TINY + ["--max_steps=2", "--resume=true", f"--out_dir={out}"], check=False)
+    assert proc.returncode == 2 and "final.tmp is a symlink" in proc.stderr and "Traceback" not in proc.stderr
+    assert hashlib.sha256(weights.read_bytes()).hexdigest() == before
+    os.remove(out / "final.tmp")
+    (out / "snapshots").mkdir()
+    os.symlink(victim / "final", out / "snapshots" / "step1")
+    proc = run(TINY + ["--max_steps=2", "--resume=true", f"--out_dir={out}"], check=False)
+    assert proc.returncode == 2 and "step1 is a symlink" in proc.stderr
+    os.remove(out / "snapshots" / "step1")
+    os.rmdir(out / "snapshots")
+    (out / "final").write_text("not a folder")
+    proc = run(TINY + ["--max_steps=2", "--resume=true", f"--out_dir={out}"], check=False)
+    assert proc.returncode == 2 and "final is a file where train.py keeps a folder" in proc.stderr
+    os.remove(out / "final")
+    run(TINY + ["--max_steps=2", "--resume=true", f"--out_dir={out}"])
+
+
 def test_a_finished_run_with_a_derived_accumulation_resumes_to_nothing(tmp_path):
     """The failing input: --total_batch with --grad_accum 0 (derived: 8 / 4 = 2). train_config.json keeps the
     derived 2, and --resume on the finished run compared it with the flag's 0 and refused its own settings."""
