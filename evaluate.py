@@ -29,7 +29,7 @@ from sampler import CACHES, REMASKING, check_schedule, cut_at_stop, generate
 from configurator import SEED_RANGE, check_ranges, configure, setting_keys
 from harness.errors import ConfigError, read_json_object
 from harness.outputs import disk_errors, prepare_output_dir, refuse_used, write_json, write_jsonl
-from harness.run_folder import run_config
+from harness.run_folder import run_config, share
 from harness.runtime import (DIST_TIMEOUT, check_ranks_agree, close_distributed, digest, init_distributed,
                              resolve_dtype, run_main)
 
@@ -68,6 +68,7 @@ overwrite = False  # true: replace earlier results of this task and shots in out
 out_dir = ""  # empty = <run>/eval for a train.py output folder, else ./eval/<checkpoint name>
 dist_timeout = DIST_TIMEOUT  # seconds a rank waits for the others in a collective
 KEYS = setting_keys(globals())
+_run_lock = None  # the shared lock on the evaluated run's .lock (harness/run_folder.share)
 
 # -----------------------------------------------------------------------------
 # the command
@@ -242,6 +243,8 @@ def main(argv):
     master = rank == 0
 
     ckpt_dir = modellib.resolve_checkpoint_dir(checkpoint)
+    global _run_lock
+    _run_lock = share(ckpt_dir)  # held to the end: train.py --overwrite cannot delete the run under us
     stem = output_stem(ckpt_dir)
     done = previous_records(stem) if resume else {}
     use_chat = data.uses_chat(chat, checkpoint, run_config(ckpt_dir))

@@ -120,8 +120,37 @@ def lock(out_dir):
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
-        raise ConfigError(f"another run is using {out_dir} (it holds {out_dir}/.lock); wait for it, or pick another "
-                          f"--out_dir") from None
+        raise ConfigError(f"another run, or an evaluation of this one, is using {out_dir} (it holds "
+                          f"{out_dir}/.lock); wait for it, or pick another --out_dir") from None
+    return handle
+
+
+def run_of(ckpt_dir):
+    """The train.py run folder a checkpoint belongs to (its final/, base/ or snapshots/step<N>/), else None."""
+    for candidate in (os.path.join(ckpt_dir, ".."), os.path.join(ckpt_dir, "..", "..")):
+        if os.path.exists(os.path.join(candidate, "train_config.json")):
+            return os.path.normpath(candidate)
+    return None
+
+
+def share(ckpt_dir):
+    """A shared lock on the .lock of the run a checkpoint belongs to, held by an evaluation for its life: a
+    train.py --overwrite of that run (which needs the lock alone) then refuses instead of deleting the
+    checkpoint being read. None for a checkpoint outside a run, a run folder this user cannot write, or a run
+    still training (it holds the lock itself, and no --overwrite can start before it ends)."""
+    import fcntl
+    run = run_of(ckpt_dir)
+    if run is None:
+        return None
+    try:
+        handle = open(os.path.join(run, ".lock"), "a")
+    except OSError:
+        return None
+    try:
+        fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        return None
     return handle
 
 

@@ -363,3 +363,25 @@ def test_ctrl_c_ends_an_evaluation_with_one_line_saying_how_to_continue(tmp_path
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130 and "Traceback" not in stderr
     assert "interrupted: the records scored so far are kept; continue them with the same flags and --resume=true" in stderr
+
+
+def test_a_run_under_evaluation_cannot_be_overwritten(tmp_path, monkeypatch):
+    # evaluate.py took no lock: train.py --overwrite deleted the run's final/ while it was being evaluated
+    from metrics import scoring
+    run_dir = tmp_path / "run"
+    run_script(["train.py", "--preset=tiny", "--max_steps=1", "--batch_size=4", f"--out_dir={run_dir}"])
+    real_score, overwrite = scoring.score, []
+
+    def score_while_overwritten(*args, **kwargs):
+        if not overwrite:
+            overwrite.append(run_script(["train.py", "--preset=tiny", "--max_steps=1", "--batch_size=4",
+                                         "--overwrite=true", f"--out_dir={run_dir}"], check=False))
+        return real_score(*args, **kwargs)
+    monkeypatch.setattr(scoring, "score", score_while_overwritten)
+    import importlib
+    evaluate = importlib.reload(E)  # its defaults: earlier in-process tests may have changed its settings
+    evaluate.main([f"--checkpoint={run_dir}", "--task=tiny-regex", "--limit=2", "--gen_length=8", "--steps=4"])
+    monkeypatch.undo()
+    evaluate._run_lock.close()
+    assert overwrite[0].returncode == 2 and "an evaluation of this one, is using" in overwrite[0].stderr
+    assert (run_dir / "final" / "model.safetensors").exists() and (run_dir / "eval" / "tiny-regex-0shot.json").exists()
