@@ -42,6 +42,9 @@ def main(argv):
     net = modellib.load_for_inference(ckpt_dir, dtype=resolve_dtype(dtype, dev), device=dev)
     tokenizer = modellib.load_tokenizer(ckpt_dir, net.cfg, trust_remote_code)
     prompt_ids = data.encode_plain(tokenizer, prompt)
+    if len(prompt_ids) + gen_length > net.cfg.max_seq_len:  # as evaluate.py: run, extrapolated, but say so
+        print(f"warning: the prompt's {len(prompt_ids)} tokens + --gen_length={gen_length} exceed the model's "
+              f"context window of {net.cfg.max_seq_len} tokens: positions past it are extrapolated", file=sys.stderr)
     generator = torch.Generator(device=dev).manual_seed(seed)
     out = generate(net, [prompt_ids] * n, steps=steps, gen_length=gen_length, block_length=block_length,
                    temperature=temperature, generator=generator)

@@ -385,3 +385,13 @@ def test_a_run_under_evaluation_cannot_be_overwritten(tmp_path, monkeypatch):
     evaluate._run_lock.close()
     assert overwrite[0].returncode == 2 and "an evaluation of this one, is using" in overwrite[0].stderr
     assert (run_dir / "final" / "model.safetensors").exists() and (run_dir / "eval" / "tiny-regex-0shot.json").exists()
+
+
+def test_sample_warns_of_a_prompt_past_the_context_window(tmp_path):
+    # sample.py never compared prompt + canvas with the model's window (evaluate.py counts them)
+    ckpt = tiny_checkpoint(tmp_path / "ckpt")
+    window = M.PRESETS["tiny"].max_seq_len
+    args = ["sample.py", f"--checkpoint={ckpt}", "--n=1", "--steps=8", "--block_length=8"]
+    assert "context window" not in run_script([*args, "--gen_length=8"]).stderr
+    proc = run_script([*args, f"--gen_length={window}", f"--steps={window // 8}"], timeout=600)
+    assert f"+ --gen_length={window} exceed the model's context window of {window} tokens" in proc.stderr
