@@ -47,6 +47,10 @@ LRS=(1e-3 3e-4); SEEDS=(42 123 777 1001 2024)
 # the three-arm run: five seeds apart from seed 42, whose baseline is the lr 3e-4 holdout curve that chose
 # lr and epochs (the same run, bit for bit)
 THREE_SEEDS=(123 777 1001 2024 2718); THREE_ARMS=(baseline jepa control)
+for arm in ${ARMS:-}; do  # a name arm_flags does not know would train DLLM-JEPA under that name
+  case $arm in jepa|baseline) ;; *) echo "replicate.sh: ARMS=$ARMS: '$arm' is not an arm of \`arms\` (jepa, baseline)" >&2
+                                  exit 2 ;; esac
+done
 PRE=(); SHORT=()
 if [ "${SMOKE:-0}" = 1 ]; then
   R=${SMOKE_DIR:-$(mktemp -d)}; RUNS=$R/runs; BASE=$R/base; PRE=(--max_steps 3); SHORT=(--max_steps 4)
@@ -192,6 +196,7 @@ arm_flags() {  # $1 arm: its train.py flags
     baseline) echo --jepa_weight 0 ;;
     jepa) echo --jepa_weight 1 ;;
     control) echo --jepa_weight 1 --shuffled_target true ;;  # each example gets another example's target
+    *) echo "replicate.sh: no arm '$1'" >&2; return 2 ;;
   esac
 }
 

@@ -80,6 +80,16 @@ def test_small_preset():
     assert "--jepa_weight 0" in pretrain and "--random_context_rate true" in pretrain and "--model small" in pretrain
 
 
+def test_replicate_refuses_an_arm_it_does_not_know(tmp_path):
+    # ARMS=jepa,baseline (a comma) trained DLLM-JEPA under the name 'jepa,baseline': arm_flags knew no such arm
+    import subprocess
+    script = os.path.join(os.path.dirname(__file__), "..", "replication", "replicate.sh")
+    env = dict(os.environ, DATA=str(tmp_path), RUNS=str(tmp_path / "runs"), ARMS="jepa,baseline")
+    proc = subprocess.run(["bash", script, "arms"], env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "'jepa,baseline' is not an arm" in proc.stderr
+    assert not (tmp_path / "runs").exists()  # refused before anything was made
+
+
 def test_text_task_trains_from_files(tmp_path):
     (tmp_path / "docs").mkdir()
     for i in range(6):
