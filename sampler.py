@@ -54,7 +54,8 @@ class Decoding(NamedTuple):
     threshold   0: commit as many tokens per step as the step schedule says (LLaDA). > 0: commit every
                 masked token of the block whose confidence is at least the threshold, and at least the
                 most confident one, until the block is full (Fast-dLLM's parallel decoding,
-                NVlabs/Fast-dLLM llada/generate.py, arXiv:2505.22618): fewer steps, not the same outputs
+                NVlabs/Fast-dLLM llada/generate.py, arXiv:2505.22618): fewer steps, not the same outputs.
+                Its confidences are float64, as Fast-dLLM's (the default sampler's float32)
     remasking   'low_confidence' (LLaDA's default: confidence = the softmax probability of the token drawn)
                 or 'random' (confidence drawn uniformly: LLaDA's other option)
     logits_eos_inf          LLaDA's generate.py option: EOS can never be drawn (its logit is -inf)
@@ -275,8 +276,11 @@ def draw(logits, masked, opts, generator, eos_id):
         confidence = uniform(x0.shape, generator, logits.device)
     else:
         # confidence in float32 whatever the model's dtype (LLaDA's generate.py now takes the logits' dtype:
-        # in bf16 many confidences tie at 1.0 and the tie-break decides)
-        confidence = F.softmax(logits.float(), dim=-1).gather(-1, x0[..., None]).squeeze(-1)
+        # in bf16 many confidences tie at 1.0 and the tie-break decides); float64 under a threshold, as
+        # Fast-dLLM's get_transfer_index: at threshold 1.0 a float32 confidence of 1 - 2e-9 rounds to 1 and
+        # would commit where Fast-dLLM's does not
+        precision = torch.float64 if opts.threshold else torch.float32
+        confidence = F.softmax(logits.to(precision), dim=-1).gather(-1, x0[..., None]).squeeze(-1)
     return x0, torch.where(masked, confidence, -math.inf)
 
 

@@ -233,7 +233,7 @@ def reference_generate(model, prompt, steps, gen_length, block_length, threshold
             x0 = logits.argmax(-1)
             if confidence_eos_eot_inf:
                 logits[:, eot_id] = -float("inf")
-            p = torch.softmax(logits.float(), -1).gather(-1, x0[:, None])[:, 0]
+            p = torch.softmax(logits.to(torch.float64 if threshold else torch.float32), -1).gather(-1, x0[:, None])[:, 0]
             if remasking == "random":
                 p = torch.rand(hi - lo, generator=generator)
             masked = x[lo:hi] == MASK
@@ -343,3 +343,17 @@ def test_the_cache_works_with_the_early_stop_and_temperature(layout, cache):
         S.generate(model, PROMPTS, steps=8, gen_length=16, block_length=8, cache=cache, cfg_scale=1.0)
     with pytest.raises(ValueError, match="cache must be one of"):
         S.generate(model, PROMPTS, steps=8, gen_length=16, block_length=8, cache="kv")
+
+
+def test_the_threshold_compares_float64_confidences_as_fast_dllm():
+    # at threshold 1.0 a confidence of 1 - 2e-9 rounded to 1.0 in float32 and was committed; Fast-dLLM's
+    # get_transfer_index takes the softmax in float64 and commits only the block's most confident token
+    logits = torch.full((1, 2, 8), -30.0)
+    logits[0, 0, 3], logits[0, 1, 5] = 0.0, 10.0  # both far more confident than 1 - 1e-8
+    logits[0, 0, 4] = -20.0  # position 0's runner-up: confidence 1 - 2e-9, 1.0 in float32
+    masked = torch.ones(1, 2, dtype=torch.bool)
+    assert torch.softmax(logits[0, 0].float(), -1)[3] == 1.0 and torch.softmax(logits[0, 0].double(), -1)[3] < 1
+    _, confidence = S.draw(logits.clone(), masked, S.Decoding(threshold=1.0), None, eos_id=0)
+    assert S.threshold_commit(confidence, 1.0).tolist() == [[False, True]]  # the top one only
+    _, confidence = S.draw(logits.clone(), masked, S.Decoding(), None, eos_id=0)
+    assert confidence.dtype == torch.float32  # the default sampler: LLaDA's float32, unchanged
