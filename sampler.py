@@ -69,6 +69,9 @@ class Decoding(NamedTuple):
                 attending to the cached keys before the block) or only the block ('dual', attending to the
                 cached keys before and after it). With the Dream logit shift the token before the block is
                 run too, so the block's first logits come from its hidden state as in a full forward.
+                On Dream every option keeps LLaDA's rule; Fast-dLLM's Dream functions do not: they commit
+                a block's first token at its refresh forward whatever its confidence, and follow Dream's
+                own step rule without a threshold (docs/pieces.md)
     """
     temperature: float = 0.0
     cfg_scale: float = 0.0
