@@ -142,3 +142,17 @@ def test_digest_is_of_the_value():
     assert RT.digest({"a": [1, 2], "b": 0.5}) == RT.digest({"b": 0.5, "a": [1, 2]})
     assert RT.digest([[1, 2, 3], [4, 5]]) != RT.digest([[1, 2, 3], [4, 6]])
     assert RT.digest([[1, 2], [3]]) != RT.digest([[1], [2, 3]])
+
+
+def test_ctrl_c_is_one_line_saying_how_to_go_on(capsys):
+    # Ctrl-C in evaluate.py and probe.py printed a traceback
+    def interrupted(argv):
+        raise KeyboardInterrupt
+    with pytest.raises(SystemExit) as e:
+        RT.run_main("probe.py", interrupted, [], lambda: 60, "interrupted: nothing was written; run it again")
+    assert e.value.code == 130
+    assert capsys.readouterr().err.strip() == "probe.py: interrupted: nothing was written; run it again"
+    for script in ("probe.py", "evaluate.py", "train.py"):  # each names what it kept and how to go on
+        source = open(os.path.join(ROOT, script)).read()
+        call = source[source.index(f'run_main("{script}"'):]
+        assert "run it again" in call[:300] or "--resume=true" in call[:300], script
