@@ -357,12 +357,12 @@ def pack(documents, tokenizer, max_len):
 def uses_chat(setting, name, run_config=None):
     """Whether prompts use the chat template: --chat true / false, or with 'auto' what the train.py run that
     made the checkpoint used (its train_config.json, when there is one), else whether the model's name says
-    Instruct (LLaDA-8B-Instruct, Dream-v0-Instruct-7B)."""
+    Instruct (LLaDA-8B-Instruct, Dream-v0-Instruct-7B, iLLaDA-8B-Instruct) or is LLaDA 1.5."""
     if setting != "auto":
         return setting == "true"
     if run_config:
         return run_config.get("chat") == "true"
-    return "instruct" in name.lower()
+    return "instruct" in name.lower() or "llada-1.5" in name.lower()  # LLaDA 1.5: LLaDA-8B-Instruct, aligned
 
 
 def choose_shots(train_items, k, item, seed=SHOT_SEED):

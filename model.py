@@ -51,6 +51,9 @@ class ModelConfig:
     # LLaDA's config.json names no BOS (its tokenizer's <|startoftext|> is 126080); None = not in the config
     bos_token_id: Optional[int] = None
     shift_logits: bool = False  # Dream predicts token i from position i-1 (Dream's modeling_dream.py)
+    # the LM head is the embedding matrix (LLaDA's config.json "weight_tying", as iLLaDA-8B's model card says):
+    # one parameter, stored once (the release keeps only wte)
+    tie_embeddings: bool = False
 
     @property
     def head_dim(self):
@@ -82,7 +85,10 @@ PRESETS = {
         mask_token_id=1, eos_token_id=0, bos_token_id=2, shift_logits=False),
 }
 
-HUB_IDS = ("GSAI-ML/LLaDA-8B-Base", "GSAI-ML/LLaDA-8B-Instruct",
+# LLaDA 1.5 shares LLaDA-8B's layout; iLLaDA-8B is LLaDA's layout with tied embeddings, grouped-query
+# attention and mask id 5 (read from its config.json and tokenizer, not assumed: no preset here)
+HUB_IDS = ("GSAI-ML/LLaDA-8B-Base", "GSAI-ML/LLaDA-8B-Instruct", "GSAI-ML/LLaDA-1.5",
+           "GSAI-ML/iLLaDA-8B-Base", "GSAI-ML/iLLaDA-8B-Instruct",
            "Dream-org/Dream-v0-Base-7B", "Dream-org/Dream-v0-Instruct-7B")
 
 # -----------------------------------------------------------------------------
@@ -206,11 +212,18 @@ class Transformer(nn.Module):
         self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.n_layers)])
         self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.tie()
         self.activation_checkpointing = False  # run each block under torch.utils.checkpoint
         self.source_config = None  # the source checkpoint's config.json, written back by save_pretrained
         self.source_dir = None
         self.lora = None  # LoRA settings once add_lora has run
         init_weights(self)
+
+    def tie(self):
+        """With tie_embeddings the LM head's weight is the embedding's, one Parameter (its gradient the sum
+        of both uses). Called again after loading, which assigns each name a tensor of its own."""
+        if self.cfg.tie_embeddings:
+            self.lm_head.weight = self.embed.weight
 
     def num_params(self):
         return sum(p.numel() for p in self.parameters())
@@ -320,29 +333,50 @@ def release_key(name, arch):
 
 def config_from_release(rc, where="config.json"):
     """Recognise the architecture from a release's config.json (a dict) and return a ModelConfig. A key that
-    is missing or of the wrong type is an InputError naming `where`."""
+    is missing or of the wrong type is an InputError naming `where` (the file's path; a LLaDA-layout config
+    without mask_token_id takes the <|mdm_mask|> id of the tokenizer.json beside it: iLLaDA's is 5, LLaDA's
+    126336, which is also the default where neither says)."""
+    folder = os.path.dirname(where)
     try:
-        return _config_from_release(rc)
+        return _config_from_release(rc, folder if os.path.isdir(folder or ".") and folder else None)
     except (KeyError, TypeError, ValueError) as e:
         if isinstance(e, InputError):
             raise InputError(f"{where}: {e}") from None
         raise InputError(f"{where}: missing or malformed setting {e}") from None
 
 
-def _config_from_release(rc):
+def mask_id_of_tokenizer(folder):
+    """The id of <|mdm_mask|> among the added tokens of <folder>/tokenizer.json, else None."""
+    path = os.path.join(folder, "tokenizer.json")
+    if not os.path.exists(path):
+        return None
+    added = read_json_object(path, "tokenizer.json").get("added_tokens") or []
+    return next((t.get("id") for t in added if isinstance(t, dict) and t.get("content") == "<|mdm_mask|>"), None)
+
+
+def llada_mask_id(rc, tokenizer_dir):
+    """config.json's mask_token_id, else the tokenizer's <|mdm_mask|>, else LLaDA-8B's 126336."""
+    for found in (rc.get("mask_token_id"), mask_id_of_tokenizer(tokenizer_dir) if tokenizer_dir else None):
+        if found is not None:
+            return found
+    return 126336
+
+
+def _config_from_release(rc, tokenizer_dir=None):
     model_type = str(rc.get("model_type", "")).lower()
     if model_type == "llada":
-        if rc.get("weight_tying") or rc.get("include_bias") or rc.get("include_qkv_bias"):
-            raise InputError("LLaDA config with weight_tying or biases is not the released architecture")
+        if rc.get("include_bias") or rc.get("include_qkv_bias"):
+            raise InputError("LLaDA config with biases is not a released architecture")
         n_heads = rc["n_heads"]
         return ModelConfig(
             arch="llada", vocab_size=rc.get("embedding_size") or rc["vocab_size"], n_layers=rc["n_layers"],
             d_model=rc["d_model"], n_heads=n_heads, n_kv_heads=rc.get("n_kv_heads") or n_heads,
             mlp_hidden=rc.get("mlp_hidden_size") or rc.get("mlp_ratio", 4) * rc["d_model"],
             norm_eps=rc.get("rms_norm_eps", 1e-5), rope_theta=rc.get("rope_theta", 10000.0), qkv_bias=False,
-            max_seq_len=rc.get("max_sequence_length", 4096), mask_token_id=rc.get("mask_token_id", 126336),
+            max_seq_len=rc.get("max_sequence_length", 4096),
+            mask_token_id=llada_mask_id(rc, tokenizer_dir),
             eos_token_id=rc.get("eos_token_id", 126081), bos_token_id=rc.get("bos_token_id"),
-            shift_logits=False)
+            shift_logits=False, tie_embeddings=bool(rc.get("weight_tying")))
     if model_type == "dream":
         if rc.get("tie_word_embeddings"):
             raise InputError("Dream config with tie_word_embeddings is not the released architecture")
@@ -381,7 +415,7 @@ def release_config(cfg, dtype):
             "pad_token_id": cfg.pad_token_id, "precision": "amp_bf16", "residual_dropout": 0.0,
             "rms_norm_eps": cfg.norm_eps, "rope": True, "rope_full_precision": True, "rope_theta": cfg.rope_theta,
             "scale_logits": False, "torch_dtype": str(dtype).removeprefix("torch."), "use_cache": False,
-            "vocab_size": cfg.vocab_size, "weight_tying": False,
+            "vocab_size": cfg.vocab_size, "weight_tying": cfg.tie_embeddings,
         }
     return {  # Dream: the Qwen2 fields of Dream-org/Dream-v0-Base-7B's config.json
         "architectures": ["DreamModel"],
@@ -480,9 +514,11 @@ def load_release_tensors(ckpt_dir, cfg, dtype, device="cpu"):
 
 
 def param_names(cfg):
-    """The state-dict names of a Transformer with this config, without building it."""
+    """The state-dict names a release stores for a Transformer with this config, without building it (a
+    tied LM head is the embedding, stored once)."""
     with torch.device("meta"):
-        return list(Transformer(cfg).state_dict().keys())
+        names = list(Transformer(cfg).state_dict().keys())
+    return [n for n in names if not (cfg.tie_embeddings and n == "lm_head.weight")]
 
 
 def from_pretrained(name_or_path, dtype=torch.float32, device="cpu"):
@@ -494,7 +530,10 @@ def from_pretrained(name_or_path, dtype=torch.float32, device="cpu"):
     with torch.device("meta"):
         model = Transformer(cfg)
     state = load_release_tensors(ckpt_dir, cfg, dtype, device)
+    if cfg.tie_embeddings:
+        state["lm_head.weight"] = state["embed.weight"]
     model.load_state_dict(state, strict=True, assign=True)
+    model.tie()
     model.source_config, model.source_dir = rc, ckpt_dir
     return model
 
@@ -570,7 +609,8 @@ def save_checkpoint(state_dict, cfg, out_dir, tokenizer=None, source_config=None
     when the model came from a release directory."""
     from safetensors.torch import save_file
     os.makedirs(out_dir, exist_ok=True)
-    tensors = {release_key(k, cfg.arch): v.detach().contiguous().cpu() for k, v in state_dict.items()}
+    tensors = {release_key(k, cfg.arch): v.detach().contiguous().cpu() for k, v in state_dict.items()
+               if not (cfg.tie_embeddings and k == "lm_head.weight")}  # a tied head: stored once, as wte
     dtype = next(iter(tensors.values())).dtype
     shards, current, size = [], {}, 0
     for key in sorted(tensors):

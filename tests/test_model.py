@@ -212,6 +212,50 @@ def test_save_then_load_is_bit_identical(layout, tmp_path):
     assert M.load_tokenizer(str(tmp_path / "out")).mask_token_id == VOCAB - 1
 
 
+def test_a_tied_gqa_llada_layout_loads_as_illada_is_described(tmp_path):
+    # iLLaDA-8B's layout: LLaDA's keys with weight_tying (the head is wte, no ff_out), grouped-query
+    # attention, and a mask id the config does not name (5, its tokenizer's <|mdm_mask|>); model.py refused it
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                                   rms_norm_eps=1e-5, attention_bias=False, tie_word_embeddings=True,
+                                   rope_parameters={"rope_type": "default", "rope_theta": 500000.0})
+    ref = transformers.LlamaForCausalLM(cfg).eval()
+    assert ref.lm_head.weight.data_ptr() == ref.model.embed_tokens.weight.data_ptr()
+    state = write_release_checkpoint(ref, "llada", tmp_path / "src", n_shards=1)
+    state.pop("model.transformer.ff_out.weight")  # the release stores the tied head once, as wte
+    os.remove(tmp_path / "src" / "model.safetensors.index.json")
+    for f in (tmp_path / "src").glob("*.safetensors"):
+        os.remove(f)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "src" / "model.safetensors"))
+    rc = json.load(open(tmp_path / "src" / "config.json"))
+    rc["weight_tying"] = True
+    del rc["mask_token_id"]
+    json.dump(rc, open(tmp_path / "src" / "config.json", "w"))
+    vocab = {"<|endoftext|>": 0, **{f"w{i}": i for i in range(1, VOCAB)}, "<|mdm_mask|>": 5}
+    vocab.pop("w5")
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="<|endoftext|>"))
+    tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok = transformers.PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<|endoftext|>")
+    tok.add_special_tokens({"additional_special_tokens": ["<|mdm_mask|>"]})
+    tok.save_pretrained(str(tmp_path / "src"))
+
+    ours = M.from_pretrained(str(tmp_path / "src")).eval()
+    assert ours.cfg.tie_embeddings and ours.cfg.mask_token_id == 5 and ours.cfg.n_kv_heads == 2
+    assert ours.lm_head.weight is ours.embed.weight  # one parameter, as trained
+    ids = torch.randint(0, VOCAB, (2, 13))
+    with torch.no_grad():
+        assert (ours(ids).logits - reference_logits(ref, ids)).abs().max().item() < 1e-4
+    assert M.load_tokenizer(str(tmp_path / "src")).mask_token_id == 5
+    ours.save_pretrained(str(tmp_path / "out"), tokenizer=M.load_tokenizer(str(tmp_path / "src")))
+    written = load_file(tmp_path / "out" / "model.safetensors")
+    assert set(written) == set(state) and all(torch.equal(written[k], state[k]) for k in state)
+    assert json.load(open(tmp_path / "out" / "config.json"))["weight_tying"] is True
+    back = M.from_pretrained(str(tmp_path / "out"))
+    assert back.lm_head.weight is back.embed.weight and back.cfg.mask_token_id == 5
+
+
 def test_saved_dream_has_every_file_its_loader_reads(tmp_path):
     # Dream's from_pretrained reads generation_config.json: copied from the release when it has one,
     # written from the model's special tokens when it has none

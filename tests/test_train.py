@@ -201,6 +201,33 @@ def test_one_and_two_process_losses_agree(tmp_path):
     assert a[1]["diffusion_loss"] == pytest.approx(b[1]["diffusion_loss"], rel=1e-4)  # after one identical update
 
 
+def test_a_tied_model_trains_tied_on_one_and_two_ranks(tmp_path):
+    # a LLaDA layout with weight_tying (iLLaDA-8B's): one parameter for the embedding and the head, under
+    # FSDP2 too; the losses of 1 and 2 processes agree and final/ stores the head once, as the release does
+    from dataclasses import replace
+
+    from safetensors.torch import load_file
+    import model as M
+    torch.manual_seed(0)
+    source = str(tmp_path / "tied")
+    M.Transformer(replace(M.PRESETS["tiny"], tie_embeddings=True)).save_pretrained(source, tokenizer=tiny_tokenizer())
+    args = ["train.py", "--task=tiny-regex", f"--model={source}", "--max_steps=2", "--batch_size=4", "--log_every=1",
+            "--total_batch=8", "--grad_accum=0", "--device=cpu", "--dtype=float32"]
+    one, two = str(tmp_path / "one"), str(tmp_path / "two")
+    run_script([*args, f"--out_dir={one}"])
+    run_script([*args, f"--out_dir={two}"], nproc=2, port=29634)
+    for a, b in zip(read_log(one), read_log(two)):
+        for key in ("diffusion_loss", "jepa_loss", "grad_norm"):
+            assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-6), key
+    for out in (one, two):
+        final = load_file(os.path.join(out, "final", "model.safetensors"))
+        assert "model.transformer.ff_out.weight" not in final
+        back = M.from_pretrained(os.path.join(out, "final"))
+        assert back.cfg.tie_embeddings and back.lm_head.weight is back.embed.weight
+    base = load_file(os.path.join(source, "model.safetensors"))
+    assert not torch.equal(final["model.transformer.wte.weight"], base["model.transformer.wte.weight"])
+
+
 def test_reducing_every_micro_batch_trains_the_same(tmp_path):
     # two ranks, two micro-batches each: the gradients reduce-scattered after each micro-batch sum to those
     # reduce-scattered once (float rounding apart), so the logged losses and norms agree
