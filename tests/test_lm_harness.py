@@ -6,7 +6,6 @@ process and through `python -m lm_harness` on two ranks."""
 import itertools
 import json
 import math
-import os
 from dataclasses import replace
 
 import pytest
