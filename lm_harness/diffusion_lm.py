@@ -29,6 +29,7 @@ batch, on any rank, in any order. With cfg_scale > 0 the unconditional copy mask
 logits = un + (cfg_scale + 1) (cond - un), as LLaDA's.
 """
 
+import sys
 import zlib
 
 import torch
@@ -39,6 +40,7 @@ from lm_eval.api.registry import register_model
 import data
 import model as modellib
 from harness.errors import ConfigError
+from harness.run_folder import run_config
 from harness.runtime import init_distributed, resolve_dtype
 from sampler import CACHES, REMASKING, check_schedule, cut_at_stop, generate
 
@@ -123,12 +125,20 @@ class DiffusionLM(LM):
         self.mc_num, self.mc_batch, self.check_greedy, self.seed = mc_num, mc_batch, check_greedy, seed
         self.batch_size = int_arg(batch_size, "batch_size")
         self.chat_rendered = False  # set once lm-eval asks for the chat template (--apply_chat_template)
+        # an Instruct model, or a run trained on chat prompts, expects the template: lm-eval renders it only
+        # when asked, so a run without it is told once (evaluate.py's --chat auto decides by the same rule)
+        self.wants_chat = data.uses_chat("auto", checkpoint, run_config(ckpt))
+        self.told = False
 
     # ---- text to ids
 
     def encode(self, text):
         """A context as ids: evaluate.py's plain prompt (BOS first, the text as text); under a chat template
         lm-eval has rendered it, special tokens and all, so it is read as rendered."""
+        if self.wants_chat and not self.chat_rendered and not self.told:
+            print(f"warning: {self.name} expects chat prompts (an Instruct model, or trained on them); pass "
+                  f"lm-eval's --apply_chat_template to score it as it was trained", file=sys.stderr)
+            self.told = True
         if self.chat_rendered:
             return self.tokenizer.encode(text, add_special_tokens=False)
         return data.encode_plain(self.tokenizer, text)

@@ -152,3 +152,16 @@ def test_lm_eval_end_to_end_in_process_and_on_two_ranks(lm, checkpoint, tmp_path
     assert sorted(s["doc_id"] for s in two) == [0, 1, 2, 3]
     for s in two:  # every log-likelihood, to the bit (the samples file writes them as text)
         assert [float(logprob) for logprob, _ in s["filtered_resps"]] == [lp for lp, _ in one[s["doc_id"]]]
+
+
+def test_an_instruct_checkpoint_without_the_chat_template_is_named(checkpoint, tmp_path, capsys):
+    import shutil
+    instruct = tmp_path / "tiny-Instruct"
+    shutil.copytree(checkpoint, instruct)
+    lm = H.DiffusionLM(checkpoint=str(instruct), gen_length=8, device="cpu")
+    lm.encode("Description: a")
+    lm.encode("Description: b")
+    err = capsys.readouterr().err
+    assert err.count("expects chat prompts") == 1 and "pass lm-eval's --apply_chat_template" in err
+    H.DiffusionLM(checkpoint=checkpoint, gen_length=8, device="cpu").encode("Description: a")
+    assert "expects chat prompts" not in capsys.readouterr().err
