@@ -37,7 +37,7 @@ from dataclasses import replace
 import torch
 import torch.nn.functional as F
 
-from sampler import check_schedule, cut_at_stop, generate, num_transfer_tokens
+from sampler import Decoding, check_schedule, cut_at_stop, generate, num_transfer_tokens
 import jepa
 import lora as loralib
 import model as modellib
@@ -348,10 +348,10 @@ def run_decoding(dev):
         outputs, times, nfe = {}, {v: [] for v in chosen}, {}
         for repeat in range(decoding_repeats):
             for v in chosen:
-                options = {k: decoding_threshold if x is None else x for k, x in DECODING[v].items()}
+                options = Decoding(**{k: decoding_threshold if x is None else x for k, x in DECODING[v].items()})
                 stats = [{} for _ in batches]
                 out, seconds = timed(dev, lambda: [generate(net, [prompts[i] for i in b], steps=steps, gen_length=length,
-                                                            block_length=block, stop_ids=stops, stats=st, **options)
+                                                            block_length=block, stop_ids=stops, stats=st, decoding=options)
                                                    for b, st in zip(batches, stats)])
                 times[v].append(seconds)
                 if repeat == 0:

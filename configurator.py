@@ -1,13 +1,17 @@
 """
 Settings for the scripts, nanoGPT style: each script keeps its settings as module-level constants and calls
-configure(globals(), keys, argv, presets). A preset (--preset NAME), then a config file (--config FILE:
-.json, or a .py of 'key = literal' lines, read without executing anything), then flags override the
-constants, in that order. Flags work as --key=value and --key value; each value is checked against the
-type of the constant's default.
+configure(globals(), keys, argv, presets). A preset (--preset NAME: the file config/NAME.py), then a config
+file (--config FILE: .json, or a .py of 'key = literal' lines, read without executing anything), then flags
+override the constants, in that order. Flags work as --key=value and --key value; each value is checked
+against the type of the constant's default. Every setting that ends up other than its constant is printed
+once at start, with the constant and where the new value came from, so an edit of a constant that a preset
+overrides is never silently without effect.
 """
 
 import ast
 import math
+import os
+import sys
 
 from harness.errors import ConfigError, InputError, read_json_object, read_text
 
@@ -99,18 +103,28 @@ def read_config_file(path):
     return out
 
 
+PRESETS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "config")  # train.py's presets
+
+
+def preset_names(folder):
+    return sorted(f[:-3] for f in os.listdir(folder) if f.endswith(".py")) if os.path.isdir(folder) else []
+
+
 def configure(settings, keys, argv, presets=None):
-    """Override settings[key] for key in keys from --preset, --config and flags. Returns the final values."""
+    """Override settings[key] for key in keys from --preset (a file of the folder `presets`), --config and
+    flags, and print what changed. Returns the final values."""
     flags = parse_args(argv, settings)
     for key, _ in flags:
         if key not in keys:
             raise ConfigError(f"unknown setting --{key}; settings: {', '.join(keys)}")
+    defaults = {k: settings[k] for k in keys}
     layers = []
     preset = dict(flags).get("preset", settings.get("preset", ""))
     if preset:
-        if not presets or preset not in presets:
-            raise ConfigError(f"unknown preset {preset!r}; presets: {', '.join(presets or {})}")
-        layers.append((f"preset {preset}", list(presets[preset].items())))
+        if not presets or preset not in preset_names(presets):
+            raise ConfigError(f"unknown preset {preset!r}; presets: {', '.join(preset_names(presets) if presets else [])}")
+        layers.append((os.path.relpath(os.path.join(presets, f"{preset}.py")), read_config_file(
+            os.path.join(presets, f"{preset}.py"))))
     config_path = dict(flags).get("config", settings.get("config", ""))
     if config_path:
         from_file = read_config_file(config_path)
@@ -120,6 +134,7 @@ def configure(settings, keys, argv, presets=None):
                                   f"file); pass --{key} on the command line")
         layers.append((config_path, from_file))
     layers.append(("", flags))
+    origin = {}
     for source, layer in layers:
         for key, value in layer:
             if key not in keys:
@@ -128,7 +143,16 @@ def configure(settings, keys, argv, presets=None):
                 settings[key] = coerce(key, value, settings[key])
             except ConfigError as e:
                 raise ConfigError(f"{source}: {e}" if source else str(e)) from None
+            origin[key] = source or "flag"
+    announce({k: (settings[k], defaults[k], origin[k]) for k in origin if settings[k] != defaults[k]})
     return {k: settings[k] for k in keys}
+
+
+def announce(changed):
+    """Print each setting that differs from its constant, once (rank 0 only under torchrun)."""
+    if changed and os.environ.get("RANK", "0") == "0":
+        print("settings other than the script's constants:\n" + "\n".join(
+            f"  {k} = {v!r} (default {d!r}; {source})" for k, (v, d, source) in changed.items()), file=sys.stderr)
 
 
 SEED_RANGE = (0, 2**32 - 1)  # what every generator here takes (numpy's too) without overflowing

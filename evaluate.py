@@ -25,7 +25,7 @@ import torch
 import data
 import model as modellib
 from metrics import scoring
-from sampler import CACHES, REMASKING, check_schedule, cut_at_stop, generate
+from sampler import Decoding, check_schedule, cut_at_stop, generate
 from configurator import SEED_RANGE, check_ranges, configure, setting_keys
 from harness.errors import ConfigError, read_json_object
 from harness.outputs import disk_errors, prepare_output_dir, refuse_used, write_json, write_jsonl
@@ -168,6 +168,12 @@ def load_items():
     return items, data.load_task(task, "train", data_dir or None) if shots else []
 
 
+def decoding(eot_id):
+    """The sampler's Decoding of the flags (sampler.Decoding.check names a flag that cannot run)."""
+    return Decoding(temperature, cfg_scale, threshold, remasking, logits_eos_inf, confidence_eos_eot_inf, eot_id,
+                    cache)
+
+
 def item_generators(indices, dev):
     """With temperature or random remasking, one generator per item, seeded by (seed, item index): an item's draws are the same
     in any batch, on any rank, with or without the early stop, and after a resume (sampler.generate). None
@@ -224,16 +230,10 @@ def main(argv):
         raise ConfigError(f"unknown task {task!r}; tasks: {', '.join(data.TASKS)}")
     if split not in ("eval", "val") or (split == "val") != (val_holdout > 0):
         raise ConfigError("--split is 'eval', or 'val' with --val_holdout N (the N train.py held out)")
-    check_ranges(globals(), {"shots": (0, None), "limit": (0, None), "temperature": (0, None), "cfg_scale": (0, None),
-                             "batch_size": (1, None), "sql_max_steps": (1, None), "steps": (0, None),
-                             "gen_length": (0, None), "block_length": (0, None), "val_holdout": (0, None),
-                             "threshold": (0, 1), "seed": SEED_RANGE})
-    if remasking not in REMASKING:
-        raise ConfigError(f"--remasking={remasking!r} is not one of {', '.join(REMASKING)}")
-    if cache not in CACHES:
-        raise ConfigError(f"--cache={cache!r} is not one of {', '.join(CACHES)}")
-    if cache != "none" and cfg_scale > 0:
-        raise ConfigError("--cache runs without classifier-free guidance: set --cfg_scale 0 or --cache none")
+    check_ranges(globals(), {"shots": (0, None), "limit": (0, None), "batch_size": (1, None),
+                             "sql_max_steps": (1, None), "steps": (0, None), "gen_length": (0, None),
+                             "block_length": (0, None), "val_holdout": (0, None), "seed": SEED_RANGE})
+    decoding(eot_id=None if not confidence_eos_eot_inf else -1).check()  # the tokenizer's end-of-turn: below
     length = gen_length or data.TASKS[task]["gen_length"]
     block = block_length or min(128, length)
     n_steps = steps or min(128, length)
@@ -266,6 +266,7 @@ def main(argv):
     check_ranks_agree({"settings": digest(settings | {"limit": limit}), "items": digest(items)}, world > 1)
     stop_ids = {model.cfg.eos_token_id}
     eot_id = data.end_of_turn_id(tokenizer) if use_chat or confidence_eos_eot_inf else None
+    options = decoding(eot_id).check()
     if use_chat:
         stop_ids.add(eot_id)
     if master:
@@ -286,10 +287,8 @@ def main(argv):
             prompts = [prompt_of[i] for i in idx]
             stats = {}
             generated = generate(model, prompts, steps=n_steps, gen_length=length, block_length=block,
-                                 temperature=temperature, cfg_scale=cfg_scale, generator=item_generators(idx, dev),
-                                 stop_ids=stop_ids if early_stop else None, stats=stats, threshold=threshold,
-                                 remasking=remasking, logits_eos_inf=logits_eos_inf,
-                                 confidence_eos_eot_inf=confidence_eos_eot_inf, eot_id=eot_id, cache=cache)
+                                 decoding=options, generator=item_generators(idx, dev),
+                                 stop_ids=stop_ids if early_stop else None, stats=stats)
             for i, prompt, ids, nfe in zip(idx, prompts, generated.tolist(), stats["nfe"]):
                 record = score_generation(ids, items[i], i, prompt, tokenizer, stop_ids, use_chat,
                                           model.cfg.mask_token_id) | {"nfe": nfe, "settings_digest": digest(settings)}

@@ -15,7 +15,7 @@ import data
 import model as modellib
 from configurator import SEED_RANGE, check_ranges, configure, setting_keys
 from harness.runtime import init_distributed, resolve_dtype, run_main
-from sampler import check_schedule, generate
+from sampler import Decoding, check_schedule, generate
 
 # -----------------------------------------------------------------------------
 # settings
@@ -47,7 +47,7 @@ def main(argv):
               f"context window of {net.cfg.max_seq_len} tokens: positions past it are extrapolated", file=sys.stderr)
     generator = torch.Generator(device=dev).manual_seed(seed)
     out = generate(net, [prompt_ids] * n, steps=steps, gen_length=gen_length, block_length=block_length,
-                   temperature=temperature, generator=generator)
+                   decoding=Decoding(temperature=temperature), generator=generator)
     for i, ids in enumerate(out.tolist()):
         print(f"--- sample {i}\n{prompt}{tokenizer.decode(ids, skip_special_tokens=True)}")
 

@@ -82,12 +82,27 @@ class Decoding(NamedTuple):
     eot_id: Optional[int] = None  # needed by confidence_eos_eot_inf
     cache: str = "none"
 
+    def check(self):
+        """Raise ConfigError (a ValueError) naming the option (as evaluate.py's flag) that cannot run."""
+        if self.temperature < 0 or self.cfg_scale < 0 or not 0 <= self.threshold <= 1:
+            raise ConfigError(f"need --temperature >= 0, --cfg_scale >= 0 and --threshold in [0, 1]; got "
+                              f"{self.temperature}, {self.cfg_scale}, {self.threshold}")
+        if self.remasking not in REMASKING:
+            raise ConfigError(f"--remasking={self.remasking!r} is not one of {', '.join(REMASKING)}")
+        if self.cache not in CACHES:
+            raise ConfigError(f"--cache={self.cache!r} is not one of {', '.join(CACHES)}")
+        if self.cache != "none" and self.cfg_scale > 0:
+            raise ConfigError("--cache runs without classifier-free guidance (as Fast-dLLM's): set --cfg_scale 0 "
+                              "or --cache none")
+        if self.confidence_eos_eot_inf and self.eot_id is None:
+            raise ConfigError("--confidence_eos_eot_inf needs the end-of-turn token, which this tokenizer lacks")
+        return self
+
 
 REMASKING = ("low_confidence", "random")
 CACHES = ("none", "prefix", "dual")
 
 
-@torch.no_grad()
 def check_schedule(gen_length, block_length, steps, flags="--"):
     """Raise ConfigError (a ValueError) unless the canvas splits into whole blocks and the steps into equal
     shares of them, as LLaDA's generate.py asserts. Scripts call it on their flags (named `flags` + the
@@ -104,14 +119,15 @@ def check_schedule(gen_length, block_length, steps, flags="--"):
                           f"{names['gen_length']} / {names['block_length']} = {gen_length // block_length}")
 
 
-def generate(model, prompts, *, steps, gen_length, block_length, temperature=0.0, cfg_scale=0.0,
-             generator=None, on_step=None, stop_ids=None, stats=None, threshold=0.0, remasking="low_confidence",
-             logits_eos_inf=False, confidence_eos_eot_inf=False, eot_id=None, cache="none"):
+@torch.no_grad()
+def generate(model, prompts, *, steps, gen_length, block_length, decoding=Decoding(), generator=None, on_step=None,
+             stop_ids=None, stats=None):
     """Generate gen_length tokens after each prompt (lists of token ids of any lengths), batched.
     Rows are laid out prompt + canvas and right-padded to the longest, with the padding hidden from
     attention, so every row sees the positions and keys it would see alone. Logits are computed only for
     the current block. Returns a (B, gen_length) tensor. on_step(canvas), if given, sees every step.
-    The decoding options (threshold, remasking, EOS suppression) are Decoding's; all off by default.
+    decoding: how each step picks and commits tokens (Decoding: temperature, classifier-free guidance and
+    the fast-decoding options; the default is LLaDA's exact greedy sampler).
 
     Early stop (stop_ids given): blocks are filled left to right and a committed token never changes, so
     once a finished block holds a row's first stop token (EOS, end-of-turn), every token up to it is final;
@@ -126,16 +142,8 @@ def generate(model, prompts, *, steps, gen_length, block_length, temperature=0.0
     interrupted evaluation resumed.
     stats, a dict if given, receives rows_blocks_run and rows_blocks_total, and nfe: per row, the forward
     passes it took part in (its number of function evaluations, as if it ran alone)."""
-    opts = Decoding(temperature, cfg_scale, threshold, remasking, logits_eos_inf, confidence_eos_eot_inf, eot_id, cache)
-    if cache not in CACHES:
-        raise ValueError(f"cache must be one of {CACHES}, got {cache!r}")
-    if cache != "none" and cfg_scale > 0:
-        raise ValueError("the KV cache runs without classifier-free guidance (as Fast-dLLM's): set cfg_scale 0")
-    if remasking not in REMASKING:
-        raise ValueError(f"remasking must be one of {REMASKING}, got {remasking!r}")
-    if confidence_eos_eot_inf and eot_id is None:
-        raise ValueError("confidence_eos_eot_inf needs eot_id, the end-of-turn token")
-    cfg = model.cfg
+    opts = decoding.check()
+    spec = model.cfg
     check_schedule(gen_length, block_length, steps)
     n_blocks = gen_length // block_length
     steps_per_block = steps // n_blocks
@@ -144,10 +152,10 @@ def generate(model, prompts, *, steps, gen_length, block_length, temperature=0.0
     if isinstance(generator, (list, tuple)) and len(generator) != B:
         raise ValueError(f"{len(generator)} generators for {B} prompts: pass one per prompt, or one for the batch")
     T = max(lengths) + gen_length
-    x = torch.full((B, T), cfg.pad_token_id, dtype=torch.long, device=dev)
+    x = torch.full((B, T), spec.pad_token_id, dtype=torch.long, device=dev)
     for b, p in enumerate(prompts):
         x[b, :len(p)] = torch.tensor(p, dtype=torch.long, device=dev)
-        x[b, len(p):len(p) + gen_length] = cfg.mask_token_id
+        x[b, len(p):len(p) + gen_length] = spec.mask_token_id
     stops = torch.tensor(sorted(stop_ids or ()), dtype=torch.long, device=dev)
     active, run, nfe = list(range(B)), 0, [0] * B
     for block in range(n_blocks):
@@ -174,7 +182,7 @@ def generate(model, prompts, *, steps, gen_length, block_length, temperature=0.0
     if stats is not None:
         stats.update(rows_blocks_run=run, rows_blocks_total=B * n_blocks, nfe=nfe)
     out = torch.stack([x[b, n:n + gen_length] for b, n in enumerate(lengths)])
-    return fill_after_stop(out, stops, cfg.mask_token_id) if len(stops) else out
+    return fill_after_stop(out, stops, spec.mask_token_id) if len(stops) else out
 
 
 def fill_block(model, x, prompt_len, offset, block_length, steps_per_block, gen_length, opts, generator, on_step):
@@ -182,7 +190,7 @@ def fill_block(model, x, prompt_len, offset, block_length, steps_per_block, gen_
     row's prompt. Each step commits each row's most confident masked positions: as many as its schedule
     says, or (threshold) every one at least that confident and at least one. Returns, per row, the steps
     (forward passes) it took part in: with a threshold a row whose block is full leaves the step."""
-    cfg, dev = model.cfg, x.device
+    spec, dev = model.cfg, x.device
     B, T = x.shape
     positions = torch.arange(T, device=dev)[None, :]
     real = positions < (prompt_len + gen_length)[:, None]  # False on the right padding
@@ -190,13 +198,13 @@ def fill_block(model, x, prompt_len, offset, block_length, steps_per_block, gen_
     block_pos = (prompt_len + offset)[:, None] + torch.arange(block_length, device=dev)[None, :]  # (B, L)
     in_block = torch.zeros(B, T, dtype=torch.bool, device=dev)
     in_block[torch.arange(B, device=dev)[:, None], block_pos] = True
-    schedule = num_transfer_tokens((x.gather(1, block_pos) == cfg.mask_token_id).sum(1), steps_per_block)
+    schedule = num_transfer_tokens((x.gather(1, block_pos) == spec.mask_token_id).sum(1), steps_per_block)
     most = schedule.max(dim=0).values.tolist()  # per step, the largest k of any row (one sync per block)
     taken, step = [0] * B, 0
     while step < (block_length if opts.threshold else steps_per_block):
         live = torch.arange(B, device=dev)
         if opts.threshold:  # only the rows with masks left in the block (one sync per step)
-            live = live[(x.gather(1, block_pos) == cfg.mask_token_id).any(1)]
+            live = live[(x.gather(1, block_pos) == spec.mask_token_id).any(1)]
             if not len(live):
                 break
         for b in live.tolist():
@@ -211,7 +219,7 @@ def fill_block(model, x, prompt_len, offset, block_length, steps_per_block, gen_
                                          opts.cache, kv.select(live))
         gens = [generator[b] for b in live.tolist()] if isinstance(generator, (list, tuple)) else generator
         current = x[rows, block_pos[live]]
-        x0, confidence = draw(logits, current == cfg.mask_token_id, opts, gens, cfg.eos_token_id)
+        x0, confidence = draw(logits, current == spec.mask_token_id, opts, gens, spec.eos_token_id)
         commit = threshold_commit(confidence, opts.threshold) if opts.threshold else \
             scheduled_commit(confidence, schedule[live, step], most[step])
         x[rows, block_pos[live]] = torch.where(commit, x0, current)

@@ -33,7 +33,7 @@ import jepa
 import lora as loralib
 import model as modellib
 from harness import run_folder, run_state, runtime
-from configurator import SEED_RANGE, check_ranges, configure as apply_settings, setting_keys
+from configurator import PRESETS_DIR, SEED_RANGE, check_ranges, configure as apply_settings, setting_keys
 from harness.errors import ConfigError
 from harness.outputs import disk_errors, remove_entry, write_json
 from training import dry_run as planning
@@ -111,8 +111,8 @@ dry_run_out = ""  # also write the plan here as JSON
 dry_run_real = False  # the plan's check: measure the same two steps on real tensors on this launch's own ranks
 dry_run_largest_batch = False  # also find the largest per-GPU batch that fits (re-planned at powers of two)
 gpu_memory = 80.0  # GiB one GPU holds: the plan says whether the run fits, and if not the nearest setting that does
-preset = ""
-config = ""
+preset = ""  # NAME: the settings of config/NAME.py (tiny: the CPU path; wide-t: section 4.3; aggressive)
+config = ""  # a file of settings (.py of 'key = literal' lines, or .json), read after the preset
 # the settings that do not define a run (where it writes, how often it logs and saves, where it runs): a
 # resumable state saved under any other different setting belongs to another run (harness/run_state.py)
 NOT_IDENTITY = ("out_dir", "log_every", "save_every", "snapshot_every", "resume", "overwrite", "stop_step",
@@ -122,14 +122,6 @@ NOT_IDENTITY = ("out_dir", "log_every", "save_every", "snapshot_every", "resume"
 
 MAX_PREDICTOR_LAYERS = 64
 
-PRESETS = {
-    "aggressive": dict(t_low=0.2, t_high=0.7, lr=1e-5),  # the main task table
-    "wide-t": dict(t_low=0.1, t_high=0.9, lr=1.4e-6),  # the preservation experiment (§4.3)
-    "tiny": dict(task="tiny-regex", model="tiny", device="cpu", dtype="float32", max_len=128, lr=2e-3,
-                 random_context_rate=True,
-                 batch_size=16, grad_accum=1, total_batch=0, epochs=30, activation_checkpointing=False, predictor_layers=2,
-                 ema_decay=0.99, log_every=10, save_every=0, seed=0, out_dir="out-tiny"),
-}
 RANDOM_INIT = ("tiny", "small")  # model presets trained from random weights, with a tokenizer trained here
 CHOICES = {"task": tuple(data.TASKS) + ("text",), "chat": ("auto", "true", "false"), "dtype": tuple(runtime.DTYPES),
            "device": runtime.DEVICES}
@@ -138,7 +130,7 @@ KEYS = setting_keys(globals())
 
 def configure(argv):
     """Apply preset, config file and flags to the module constants; validate before anything is loaded."""
-    cfg = apply_settings(globals(), KEYS, argv, PRESETS)
+    cfg = apply_settings(globals(), KEYS, argv, PRESETS_DIR)
     validate()
     return cfg
 
@@ -390,7 +382,7 @@ def main(argv):
     if lora_rank:  # a DTensor's numel is the full tensor's
         log(f"LoRA rank {lora_rank}: {sum(p.numel() for p in params) / 1e6:.2f}M trainable parameters")
     log(f"model {model}: {n_params / 1e6:.2f}M parameters; predictor {predictor_layers} layers; "
-        f"lambda {jepa_weight}, t_L {t_low}, t_H {t_high}")
+        f"lambda {jepa_weight}, t_L {'~ U(0, 1] per sequence' if random_context_rate else t_low}, t_H {t_high}")
 
     # ---- resume, or a fresh log
     identity = run_state.identity(cfg | {"grad_accum": accum}, world, NOT_IDENTITY)

@@ -42,7 +42,7 @@ import model as modellib
 from harness.errors import ConfigError
 from harness.run_folder import run_config
 from harness.runtime import init_distributed, resolve_dtype
-from sampler import CACHES, REMASKING, check_schedule, cut_at_stop, generate
+from sampler import Decoding, check_schedule, cut_at_stop, generate
 
 
 def masked_bound(model, prefix, target, mc_num, mc_batch, generator, cfg_scale=0.0):
@@ -110,8 +110,7 @@ class DiffusionLM(LM):
         block_length = block_length or min(128, gen_length)
         steps = steps or min(128, gen_length)
         check_schedule(gen_length, block_length, steps)
-        if remasking not in REMASKING or cache not in CACHES:
-            raise ConfigError(f"remasking must be one of {REMASKING} and cache one of {CACHES}")
+        Decoding(temperature, cfg_scale, threshold, remasking, logits_eos_inf, False, None, cache).check()
         if mc_num < 1 or mc_batch < 1 or mc_num % mc_batch:
             raise ConfigError(f"mc_num={mc_num} must be a positive multiple of mc_batch={mc_batch}")
         self._world_size, self._rank, self._device = init_distributed(lm_eval_device(device))
@@ -120,8 +119,8 @@ class DiffusionLM(LM):
         self.tokenizer = modellib.load_tokenizer(ckpt, self.model.cfg, trust_remote_code)
         self.name = checkpoint
         self.schedule = dict(steps=steps, gen_length=gen_length, block_length=block_length)
-        self.decoding = dict(temperature=temperature, cfg_scale=cfg_scale, remasking=remasking, threshold=threshold,
-                             cache=cache, logits_eos_inf=logits_eos_inf, confidence_eos_eot_inf=confidence_eos_eot_inf)
+        self.decoding = Decoding(temperature, cfg_scale, threshold, remasking, logits_eos_inf, confidence_eos_eot_inf,
+                                 None, cache)  # the end-of-turn id: once the prompts' template is known
         self.mc_num, self.mc_batch, self.check_greedy, self.seed = mc_num, mc_batch, check_greedy, seed
         self.batch_size = int_arg(batch_size, "batch_size")
         self.chat_rendered = False  # set once lm-eval asks for the chat template (--apply_chat_template)
@@ -171,7 +170,7 @@ class DiffusionLM(LM):
             g = torch.Generator().manual_seed(request_seed(self.seed, request))
             with torch.no_grad():
                 logprob = masked_bound(self.model, prefix, target, self.mc_num, self.mc_batch, g,
-                                       self.decoding["cfg_scale"])
+                                       self.decoding.cfg_scale)
             out.append((logprob, self.is_greedy(prefix, target) if self.check_greedy else False))
         return out
 
@@ -182,7 +181,7 @@ class DiffusionLM(LM):
         if n == 0:
             return True
         got = generate(self.model, [prefix], steps=n, gen_length=n, block_length=n,
-                       cfg_scale=self.decoding["cfg_scale"])
+                       decoding=Decoding(cfg_scale=self.decoding.cfg_scale))
         return got[0].tolist() == target
 
     def loglikelihood_rolling(self, requests, disable_tqdm=False):
@@ -192,12 +191,12 @@ class DiffusionLM(LM):
             "published diffusion evaluation defines. probe.py measures the forgetting loss on text.")
 
     def generate_until(self, requests, disable_tqdm=False):
-        eot = data.end_of_turn_id(self.tokenizer) if self.chat_rendered or self.decoding["confidence_eos_eot_inf"] \
+        eot = data.end_of_turn_id(self.tokenizer) if self.chat_rendered or self.decoding.confidence_eos_eot_inf \
             else None
         stops = {self.model.cfg.eos_token_id} | ({eot} if self.chat_rendered else set())
         prompts = [self.encode(r.args[0]) for r in requests]
         order = sorted(range(len(requests)), key=lambda i: (len(prompts[i]), i))  # like lengths together
-        sampled = self.decoding["temperature"] > 0 or self.decoding["remasking"] == "random"
+        sampled = self.decoding.temperature > 0 or self.decoding.remasking == "random"
         out = [None] * len(requests)
         for start in range(0, len(order), self.batch_size):
             batch = order[start:start + self.batch_size]
@@ -205,7 +204,7 @@ class DiffusionLM(LM):
                           for i in batch] if sampled else None
             with torch.no_grad():
                 ids = generate(self.model, [prompts[i] for i in batch], generator=generators, stop_ids=stops,
-                               eot_id=eot, **self.schedule, **self.decoding)
+                               decoding=self.decoding._replace(eot_id=eot), **self.schedule)
             for i, row in zip(batch, ids.tolist()):
                 text = self.tokenizer.decode(cut_at_stop(row, stops), skip_special_tokens=True)
                 for stop in requests[i].args[1].get("until") or []:

@@ -26,11 +26,18 @@ def tiny_model(layout="llada", seed=0):
 PROMPTS = [[2, 5, 6, 7], [2, 9], [2, 11, 12, 13, 14, 15, 16]]
 
 
+def decode(model, prompts, **kwargs):
+    """S.generate with the decoding options written as keywords (the tests' shorthand), passed to it as the
+    one Decoding it takes."""
+    options = {k: kwargs.pop(k) for k in list(kwargs) if k in S.Decoding._fields}
+    return S.generate(model, prompts, decoding=S.Decoding(**options), **kwargs)
+
+
 @pytest.mark.parametrize("layout", ["llada", "dream"])
 def test_sampler_schedule_and_frozen_tokens(layout):
     model = tiny_model(layout)
     canvases = []
-    out = S.generate(model, PROMPTS, steps=8, gen_length=16, block_length=8, on_step=canvases.append)
+    out = decode(model, PROMPTS, steps=8, gen_length=16, block_length=8, on_step=canvases.append)
     assert out.shape == (3, 16) and not (out == MASK).any()
     assert len(canvases) == 8
     previous = None
@@ -47,7 +54,7 @@ def test_sampler_schedule_and_frozen_tokens(layout):
             committed = before != MASK
             assert torch.equal(gen[committed], before[committed])  # committed tokens never change
         previous = canvas
-    assert torch.equal(out, S.generate(model, PROMPTS, steps=8, gen_length=16, block_length=8))  # deterministic
+    assert torch.equal(out, decode(model, PROMPTS, steps=8, gen_length=16, block_length=8))  # deterministic
 
 
 def test_uneven_schedule():
@@ -55,7 +62,7 @@ def test_uneven_schedule():
     assert S.num_transfer_tokens(torch.tensor([8, 6, 1]), 3).tolist() == [[3, 3, 2], [2, 2, 2], [1, 0, 0]]
     model = tiny_model()
     counts = []
-    S.generate(model, PROMPTS[:1], steps=3, gen_length=8, block_length=8,
+    decode(model, PROMPTS[:1], steps=3, gen_length=8, block_length=8,
                on_step=lambda c: counts.append(int((c[0, 4:] != MASK).sum())))
     assert counts == [3, 6, 8]
 
@@ -65,9 +72,9 @@ def test_uneven_schedule():
 def test_batched_equals_one_by_one(layout, cfg_scale):
     model = tiny_model(layout)
     kwargs = dict(steps=8, gen_length=16, block_length=8, cfg_scale=cfg_scale)
-    batched = S.generate(model, PROMPTS, **kwargs)
+    batched = decode(model, PROMPTS, **kwargs)
     for b, p in enumerate(PROMPTS):
-        assert torch.equal(batched[b], S.generate(model, [p], **kwargs)[0])
+        assert torch.equal(batched[b], decode(model, [p], **kwargs)[0])
 
 
 def test_block_logits_equal_whole_sequence_logits():
@@ -92,9 +99,9 @@ def test_temperature_sampling_follows_the_distribution():
 def test_bad_block_and_step_settings():
     model = tiny_model()
     with pytest.raises(ValueError, match="multiple of --block_length"):
-        S.generate(model, PROMPTS, steps=8, gen_length=12, block_length=8)
+        decode(model, PROMPTS, steps=8, gen_length=12, block_length=8)
     with pytest.raises(ValueError, match="multiple of the number of blocks"):
-        S.generate(model, PROMPTS, steps=3, gen_length=16, block_length=8)
+        decode(model, PROMPTS, steps=3, gen_length=16, block_length=8)
 
 
 def test_cut_at_stop():
@@ -122,10 +129,10 @@ def stop_sets(full):
 def test_early_stop_keeps_every_cut_output(layout, cfg_scale, seed):
     model = tiny_model(layout, seed)
     kwargs = dict(steps=8, gen_length=16, block_length=4, cfg_scale=cfg_scale)  # 4 blocks, 2 steps each
-    full = S.generate(model, PROMPTS, **kwargs)
+    full = decode(model, PROMPTS, **kwargs)
     for name, stops in stop_sets(full).items():
         stats = {}
-        early = S.generate(model, PROMPTS, stop_ids=stops, stats=stats, **kwargs)
+        early = decode(model, PROMPTS, stop_ids=stops, stats=stats, **kwargs)
         for r in range(len(PROMPTS)):
             cut = S.cut_at_stop(full[r].tolist(), stops)
             assert S.cut_at_stop(early[r].tolist(), stops) == cut, (name, r)
@@ -141,10 +148,10 @@ def test_early_stop_keeps_every_cut_output(layout, cfg_scale, seed):
 def test_a_finished_row_never_changes_again():
     model = tiny_model(seed=2)  # its full run: rows 1 and 2 commit token 14 in block 0, row 0 never does
     kwargs = dict(steps=8, gen_length=16, block_length=4)
-    full = S.generate(model, PROMPTS, **kwargs)
+    full = decode(model, PROMPTS, **kwargs)
     assert 14 in full[1, :4].tolist() and 14 in full[2, :4].tolist() and 14 not in full[0].tolist()
     canvases = []
-    S.generate(model, PROMPTS, stop_ids={14}, on_step=canvases.append, **kwargs)
+    decode(model, PROMPTS, stop_ids={14}, on_step=canvases.append, **kwargs)
     assert len(canvases) == 8
     for r in (1, 2):  # finished with block 0 (steps 0-1): unchanged in every later step
         assert all(torch.equal(c[r], canvases[1][r]) for c in canvases[2:])
@@ -154,7 +161,7 @@ def test_a_finished_row_never_changes_again():
 def test_no_stop_tokens_is_the_plain_sampler():
     model = tiny_model()
     kwargs = dict(steps=8, gen_length=16, block_length=8)
-    assert torch.equal(S.generate(model, PROMPTS, **kwargs), S.generate(model, PROMPTS, stop_ids=set(), **kwargs))
+    assert torch.equal(decode(model, PROMPTS, **kwargs), decode(model, PROMPTS, stop_ids=set(), **kwargs))
 
 
 # --- per-row generators (issue 24 item 13): with temperature, a prompt's output is its own ---
@@ -170,18 +177,18 @@ def test_with_one_generator_per_row_temperature_sampling_is_batch_independent(la
     model = tiny_model(layout)
     kwargs = dict(steps=8, gen_length=16, block_length=4, temperature=1.0, cfg_scale=cfg_scale)
     seeds = [11, 22, 33]
-    batched = S.generate(model, PROMPTS, generator=row_generators(seeds), **kwargs)
+    batched = decode(model, PROMPTS, generator=row_generators(seeds), **kwargs)
     for b, p in enumerate(PROMPTS):  # alone, and in another batch order beside another prompt
-        assert torch.equal(batched[b], S.generate(model, [p], generator=row_generators([seeds[b]]), **kwargs)[0])
-    other = S.generate(model, [PROMPTS[2], PROMPTS[0]], generator=row_generators([33, 11]), **kwargs)
+        assert torch.equal(batched[b], decode(model, [p], generator=row_generators([seeds[b]]), **kwargs)[0])
+    other = decode(model, [PROMPTS[2], PROMPTS[0]], generator=row_generators([33, 11]), **kwargs)
     assert torch.equal(other[0], batched[2]) and torch.equal(other[1], batched[0])
     # the early stop leaves the draws of the rows that stay alone: every cut output as in the full run
     stops = {int(batched[0, 0])}
-    early = S.generate(model, PROMPTS, generator=row_generators(seeds), stop_ids=stops, **kwargs)
+    early = decode(model, PROMPTS, generator=row_generators(seeds), stop_ids=stops, **kwargs)
     for b in range(len(PROMPTS)):
         assert S.cut_at_stop(early[b].tolist(), stops) == S.cut_at_stop(batched[b].tolist(), stops)
     # and the draws are draws: other seeds give other outputs, one shared generator differs from LLaDA's none
-    assert not torch.equal(batched, S.generate(model, PROMPTS, generator=row_generators([1, 2, 3]), **kwargs))
+    assert not torch.equal(batched, decode(model, PROMPTS, generator=row_generators([1, 2, 3]), **kwargs))
 
 
 def test_per_row_noise_is_each_generators_own_stream():
@@ -191,7 +198,7 @@ def test_per_row_noise_is_each_generators_own_stream():
     u = torch.rand((3, 5), generator=torch.Generator().manual_seed(7), dtype=torch.float64)
     assert torch.equal(a[0], 1.0 / (-torch.log(u)))  # exp(0) / (-log u)^1
     with pytest.raises(ValueError, match="2 generators for 3 prompts"):
-        S.generate(tiny_model(), PROMPTS, steps=8, gen_length=16, block_length=8, temperature=1.0,
+        decode(tiny_model(), PROMPTS, steps=8, gen_length=16, block_length=8, temperature=1.0,
                    generator=row_generators([1, 2]))
 
 
@@ -283,14 +290,14 @@ def test_decoding_options_equal_the_reference_batched_and_one_by_one(layout, opt
     model = tiny_model(layout)
     kwargs = dict(steps=8, gen_length=16, block_length=4)
     seeds = [5, 6, 7]
-    default = S.generate(model, PROMPTS, **kwargs)
+    default = decode(model, PROMPTS, **kwargs)
     if "eot_id" in options:  # a token the default run commits whose suppression changes the outputs
         eot = next(int(t) for t in default.flatten().unique()
-                   if not torch.equal(default, S.generate(model, PROMPTS, **kwargs, confidence_eos_eot_inf=True,
+                   if not torch.equal(default, decode(model, PROMPTS, **kwargs, confidence_eos_eot_inf=True,
                                                           eot_id=int(t))))
         options = dict(options, eot_id=eot)
     stats = {}
-    batched = S.generate(model, PROMPTS, generator=row_generators(seeds), stats=stats, **kwargs, **options)
+    batched = decode(model, PROMPTS, generator=row_generators(seeds), stats=stats, **kwargs, **options)
     for b, p in enumerate(PROMPTS):
         ref, nfe = reference_generate(model, p, **kwargs, generator=torch.Generator().manual_seed(seeds[b]), **options)
         assert torch.equal(batched[b], ref), (b, batched[b].tolist(), ref.tolist())
@@ -308,7 +315,7 @@ def tokens_run(model, **kwargs):
     seen = []
     hook = model.embed.register_forward_hook(lambda module, args, out: seen.append(args[0].numel()))
     try:
-        S.generate(model, PROMPTS, generator=row_generators([5, 6, 7]), **kwargs)
+        decode(model, PROMPTS, generator=row_generators([5, 6, 7]), **kwargs)
     finally:
         hook.remove()
     return sum(seen)
@@ -320,13 +327,13 @@ def test_threshold_commits_what_is_sure_and_at_least_one():
                                                       [False] * 4]
     model = tiny_model()
     few, many = {}, {}
-    S.generate(model, PROMPTS, steps=16, gen_length=16, block_length=4, threshold=0.01, stats=few)
-    S.generate(model, PROMPTS, steps=16, gen_length=16, block_length=4, stats=many)
+    decode(model, PROMPTS, steps=16, gen_length=16, block_length=4, threshold=0.01, stats=few)
+    decode(model, PROMPTS, steps=16, gen_length=16, block_length=4, stats=many)
     assert many["nfe"] == [16, 16, 16] and all(n < 16 for n in few["nfe"])  # a low threshold: fewer steps
-    with pytest.raises(ValueError, match="remasking must be one of"):
-        S.generate(model, PROMPTS, steps=8, gen_length=16, block_length=8, remasking="high")
-    with pytest.raises(ValueError, match="needs eot_id"):
-        S.generate(model, PROMPTS, steps=8, gen_length=16, block_length=8, confidence_eos_eot_inf=True)
+    with pytest.raises(ValueError, match="--remasking='high' is not one of"):
+        decode(model, PROMPTS, steps=8, gen_length=16, block_length=8, remasking="high")
+    with pytest.raises(ValueError, match="--confidence_eos_eot_inf needs the end-of-turn token"):
+        decode(model, PROMPTS, steps=8, gen_length=16, block_length=8, confidence_eos_eot_inf=True)
 
 
 @pytest.mark.parametrize("layout", ["llada", "dream"])
@@ -334,15 +341,15 @@ def test_threshold_commits_what_is_sure_and_at_least_one():
 def test_the_cache_works_with_the_early_stop_and_temperature(layout, cache):
     model = tiny_model(layout)
     kwargs = dict(steps=8, gen_length=16, block_length=4, temperature=1.0, cache=cache, threshold=0.5)
-    full = S.generate(model, PROMPTS, generator=row_generators([1, 2, 3]), **kwargs)
+    full = decode(model, PROMPTS, generator=row_generators([1, 2, 3]), **kwargs)
     stops = {int(full[0, 0])}
-    early = S.generate(model, PROMPTS, generator=row_generators([1, 2, 3]), stop_ids=stops, **kwargs)
+    early = decode(model, PROMPTS, generator=row_generators([1, 2, 3]), stop_ids=stops, **kwargs)
     for b in range(len(PROMPTS)):
         assert S.cut_at_stop(early[b].tolist(), stops) == S.cut_at_stop(full[b].tolist(), stops)
     with pytest.raises(ValueError, match="without classifier-free guidance"):
-        S.generate(model, PROMPTS, steps=8, gen_length=16, block_length=8, cache=cache, cfg_scale=1.0)
-    with pytest.raises(ValueError, match="cache must be one of"):
-        S.generate(model, PROMPTS, steps=8, gen_length=16, block_length=8, cache="kv")
+        decode(model, PROMPTS, steps=8, gen_length=16, block_length=8, cache=cache, cfg_scale=1.0)
+    with pytest.raises(ValueError, match="--cache='kv' is not one of"):
+        decode(model, PROMPTS, steps=8, gen_length=16, block_length=8, cache="kv")
 
 
 def test_the_threshold_compares_float64_confidences_as_fast_dllm():
@@ -357,3 +364,13 @@ def test_the_threshold_compares_float64_confidences_as_fast_dllm():
     assert S.threshold_commit(confidence, 1.0).tolist() == [[False, True]]  # the top one only
     _, confidence = S.draw(logits.clone(), masked, S.Decoding(), None, eos_id=0)
     assert confidence.dtype == torch.float32  # the default sampler: LLaDA's float32, unchanged
+
+
+def test_generation_builds_no_autograd_graph():
+    # generate lost its no_grad decorator to a function put between the two: evaluation then kept every
+    # forward's activations for a backward that never comes
+    model = tiny_model()
+    grad_seen = []
+    decode(model, PROMPTS, steps=4, gen_length=8, block_length=8,
+               on_step=lambda canvas: grad_seen.append(torch.is_grad_enabled()))
+    assert grad_seen and not any(grad_seen)

@@ -158,8 +158,12 @@ def changed(s, **values):
 def fit_advice(s, model_cfg):
     """The nearest setting that fits --gpu_memory: the first of plan.fit_candidates whose plan fits, as
     {'settings', 'needs_gib'}, or {'none': ...}. A candidate whose ranks and batch do not divide
-    --total_batch is skipped, and LoRA where the L2 anchor is on."""
+    --total_batch is skipped, and LoRA where the L2 anchor is on. A --gpu_memory no larger than the reserve
+    leaves nothing for any setting: said without re-planning."""
     world = s.dry_run_world
+    if s.gpu_memory <= plan.RESERVE_GIB:
+        return {"none": f"--gpu_memory={s.gpu_memory:g} GiB is no more than the {plan.RESERVE_GIB:g} GiB every GPU "
+                        f"keeps beside the tensors (CUDA context, NCCL buffers, fragmentation)"}
     candidates = plan.fit_candidates(world, s.batch_size, s.activation_checkpointing,
                                      resolve_grad_accum(s, world) > 1 and not s.reduce_every_micro_batch, s.lora_rank)
     for change in candidates:
