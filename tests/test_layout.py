@@ -7,7 +7,7 @@ import os
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DESIGN_CARD = {"train.py", "model.py", "jepa.py", "data.py", "evaluate.py", "probe.py"}
-TOOLS = {"sampler.py", "lora.py", "sample.py", "bench.py", "configurator.py", "conftest.py"}
+TOOLS = {"sampler.py", "lora.py", "sample.py", "bench.py", "configurator.py"}
 
 
 def project_modules():

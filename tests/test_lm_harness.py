@@ -143,7 +143,7 @@ def test_lm_eval_end_to_end_in_process_and_on_two_ranks(lm, checkpoint, tmp_path
     run_script(["-m", "lm_harness", "--model", "dllm_jepa", "--model_args",
                 f"checkpoint={checkpoint},gen_length=8,steps=8,block_length=8,mc_num=16,mc_batch=4",
                 "--tasks", "tiny_gen,tiny_mc", "--include_path", str(tmp_path / "tasks"), "--batch_size", "2",
-                "--output_path", str(out), "--log_samples"], nproc=2, port=29671, timeout=600)
+                "--output_path", str(out), "--log_samples"], nproc=2, port=29691, timeout=600)
     results = json.load(open(next(out.rglob("results_*.json"))))["results"]
     assert results["tiny_gen"]["exact_match,none"] == gen["exact_match,none"]
     assert results["tiny_mc"]["acc,none"] == mc["acc,none"]

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository, above tests/
 sys.path.insert(0, ROOT)
 # the real release files (GSM8K, NL-RX, ...) beside the checkout; tests that read them skip without them
 SHARED = os.path.join(ROOT, "..", "shared", "data")
