@@ -3,8 +3,8 @@ Samples from a diffusion LM: a canvas of masks after an optional prompt, filled 
 (sampler.py). With no prompt the canvas starts fully masked (BOS only, where the tokenizer has one): what
 a pretrained base has learnt to generate from nothing.
 
-  python sample.py --checkpoint out-small-base --n 4 --gen_length 64
-  python sample.py --checkpoint out-small-base --prompt "def add(a, b):" --temperature 0.8
+  python sample.py                                   # from out-tiny/ (python train.py --preset tiny)
+  python sample.py --checkpoint out --prompt "Question: 2 + 3 = ?" --temperature 0.8
 """
 
 import sys
@@ -19,7 +19,7 @@ from sampler import Decoding, check_schedule, generate
 
 # -----------------------------------------------------------------------------
 # settings
-checkpoint = "out-small-base"  # a train.py output folder, a checkpoint folder or a hub id
+checkpoint = "out-tiny"  # a train.py output folder (the tiny preset's by default), a checkpoint folder or a hub id
 trust_remote_code = False  # run a tokenizer shipped as code beside the checkpoint (Dream's): for sources you trust
 prompt = ""  # empty: a fully masked canvas
 n = 4  # samples

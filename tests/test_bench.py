@@ -61,7 +61,7 @@ def test_bench_measures_the_early_stop_on_a_checkpoint(tmp_path):
 
 
 def test_bench_measures_the_decoding_options_on_a_checkpoint(tmp_path):
-    """Issue 25: every decoding variant on the same items, interleaved, with its forward passes, scores and
+    """Every decoding variant on the same items, interleaved, with its forward passes, scores and
     agreement with the exact sampler."""
     import torch
     import model as M

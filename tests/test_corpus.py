@@ -123,7 +123,7 @@ def test_replication_corpus_holds_no_held_out_data():
 
 
 def test_generated_tables_are_left_out_of_the_stdlib():
-    # issue 22: encodings/ (codec byte maps) and pydoc_data/ (help text in one string) were 9.7% of the corpus
+    # encodings/ (codec byte maps) and pydoc_data/ (help text in one string) were 9.7% of the corpus
     files = C.stdlib_files()
     assert files and not any(f"{os.sep}encodings{os.sep}" in f or f"{os.sep}pydoc_data{os.sep}" in f for f in files)
     assert any(f.endswith(f"{os.sep}json{os.sep}decoder.py") for f in files)
@@ -137,7 +137,7 @@ def test_the_corpus_file_round_trips(tmp_path):
 
 
 def test_punctuation_is_split_before_bpe():
-    # issue 22: without the split, BPE learns '((' and ')*(' so one bracket is spelt several ways
+    # without the split, BPE learns '((' and ')*(' so one bracket is spelt several ways
     texts = ["((dog)|(truck))*((a)) ((x)) )*( " * 50, "lines with words " * 50]
     plain, split = D.train_tokenizer(texts, 300), D.train_tokenizer(texts, 300, split_punctuation=True)
     assert any(len(t) > 1 and set(t) <= set("()*|") for t in plain.convert_ids_to_tokens(plain.encode("((dog))*(")))

@@ -291,7 +291,7 @@ def test_hub_rows_are_converted(monkeypatch):
     assert asked == list(rows)
 
 
-# --- a malformed file is named, with its line (issue 14) ---
+# --- a malformed file is named, with its line ---
 
 
 @pytest.mark.parametrize("content,message", [
@@ -332,7 +332,7 @@ def test_empty_and_too_long_splits_say_which():
 
 
 def test_a_short_django_file_is_named(tmp_path):
-    # issue 24 item 14: a Django file shorter than the standard split was an IndexError
+    # a Django file shorter than the standard split was an IndexError
     from harness.errors import InputError
     (tmp_path / "all.anno").write_text("call f.\n" * 20)
     (tmp_path / "all.code").write_text("f()\n" * 20)

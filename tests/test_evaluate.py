@@ -130,7 +130,7 @@ def test_records_are_kept_as_scored_and_resume_skips_them(tmp_path, monkeypatch)
 
 
 def test_a_full_disk_while_writing_records_is_named_end_to_end(tmp_path, monkeypatch):
-    """Issue 24 item 11, through evaluate.main: the record's write fails with ENOSPC and the file's close
+    """Through evaluate.main: the record's write fails with ENOSPC and the file's close
     (its flush) fails again. The one-line error names the part file; neither OSError escapes raw."""
     class FullFile:
         def write(self, text):
@@ -161,7 +161,7 @@ def test_a_diverged_checkpoint_and_an_empty_split_are_named(tmp_path):
     proc = run_script(["evaluate.py", f"--checkpoint={tmp_path / 'nan'}", "--task=tiny-regex",
                        f"--out_dir={tmp_path / 'out'}"], check=False)
     assert proc.returncode == 1 and "non-finite weights" in proc.stderr and "Traceback" not in proc.stderr
-    # issue 23: sample.py (and bench.py, through the same load) sampled the NaN weights without a word
+    # sample.py (and bench.py, through the same load) sampled the NaN weights without a word
     proc = run_script(["sample.py", f"--checkpoint={tmp_path / 'nan'}", "--n=1"], check=False)
     assert proc.returncode == 1 and "non-finite weights" in proc.stderr and "Traceback" not in proc.stderr
     ckpt = tiny_checkpoint(tmp_path / "ckpt")
@@ -210,7 +210,7 @@ def test_early_stop_gives_the_same_records(tmp_path):
 
 @pytest.mark.parametrize("flag", ["--steps=-4", "--batch_size=-1", "--block_length=-4", "--gen_length=-1", "--limit=-2"])
 def test_numeric_flags_are_range_checked_before_loading(flag, tmp_path):
-    # issue 24 item 15: --steps -4 crashed after the model was loaded; --block_length -4 wrote a complete
+    # --steps -4 crashed after the model was loaded; --block_length -4 wrote a complete
     # results file of empty generations
     proc = run_script(["evaluate.py", "--checkpoint=nowhere", "--task=tiny-regex", flag, f"--out_dir={tmp_path}"],
                       check=False)
@@ -218,7 +218,7 @@ def test_numeric_flags_are_range_checked_before_loading(flag, tmp_path):
 
 
 def test_an_unfinished_run_is_named_as_such(tmp_path):
-    # issue 24 item 14: evaluate on a run without final/ said "has no config.json"
+    # evaluate on a run without final/ said "has no config.json"
     run = tmp_path / "run"
     run.mkdir()
     (run / "train_config.json").write_text("{}")
@@ -229,7 +229,7 @@ def test_an_unfinished_run_is_named_as_such(tmp_path):
 
 
 def test_resume_refuses_records_of_other_settings(tmp_path):
-    # issue 24 item 1: --resume merged records made under another gen_length (or seed, temperature, steps,
+    # --resume merged records made under another gen_length (or seed, temperature, steps,
     # checkpoint) and stated only the new settings; a smaller --limit gave "items": 4 beside "n": 8
     ckpt = tiny_checkpoint(tmp_path / "ckpt")
     out = str(tmp_path / "ev")
@@ -277,7 +277,7 @@ def test_resume_refuses_a_checkpoint_or_data_file_changed_in_place(tmp_path):
 
 
 def test_sampled_records_do_not_depend_on_batch_or_resume(tmp_path, monkeypatch):
-    """Issue 24 item 13: with temperature > 0 one generator drew for the whole batch (seeded by rank), so a
+    """With temperature > 0 one generator drew for the whole batch (seeded by rank), so a
     resumed evaluation drew other noise for its remaining items than an uninterrupted one, and another
     --batch_size other outputs. Each item now draws from its own generator, seeded by (seed, item)."""
     ckpt = tiny_checkpoint(tmp_path / "ckpt")
@@ -296,7 +296,7 @@ def test_sampled_records_do_not_depend_on_batch_or_resume(tmp_path, monkeypatch)
 
 
 def test_decoding_options_are_recorded_with_their_forward_passes(tmp_path):
-    """Issue 25: the decoding options are flags, part of the settings a resume compares, and the summary
+    """The decoding options are flags, part of the settings a resume compares, and the summary
     says how many forward passes an item took (NFE)."""
     ckpt = tiny_checkpoint(tmp_path / "ckpt")
     args = [f"--checkpoint={ckpt}", "--task=tiny-regex", "--limit=4", "--gen_length=16", "--steps=8",

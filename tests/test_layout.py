@@ -1,4 +1,4 @@
-"""The layout's rules (issue 23), read from the sources: no script imports another script and no module
+"""The layout's rules, read from the sources: no script imports another script and no module
 imports a script; the run machinery (harness/) and the metrics (metrics/) import nothing above them; the
 import graph has no cycle; the top level holds the design card's six scripts and a handful of tools."""
 

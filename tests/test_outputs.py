@@ -32,7 +32,7 @@ def test_a_full_disk_is_named(monkeypatch, tmp_path):
 
 
 def test_the_checkpoint_writers_own_errors_are_named_when_the_disk_is_full(monkeypatch, tmp_path):
-    """Issue 24 item 11: the resumable-state save raised torch's CheckpointException (a BaseException) and
+    """The resumable-state save raised torch's CheckpointException (a BaseException) and
     the final save safetensors' SafetensorError; neither was an OSError, so a full disk was a traceback."""
     from safetensors import SafetensorError
     from torch.distributed.checkpoint.api import CheckpointException
@@ -56,7 +56,7 @@ def test_the_checkpoint_writers_own_errors_are_named_when_the_disk_is_full(monke
 
 
 def test_a_full_disk_at_close_is_named_not_masked(tmp_path):
-    """Issue 24 item 11: evaluate's write failed, then the file's close flushed again and raised a second
+    """Evaluate's write failed, then the file's close flushed again and raised a second
     OSError outside the disk-full wrapper. With the wrapper around the open file, the close is inside."""
     class FullFile:
         name = str(tmp_path / "part.jsonl")

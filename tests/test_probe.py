@@ -260,7 +260,7 @@ def test_two_process_probe_equals_one_process(tmp_path, tok):
 
 @pytest.mark.parametrize("flag", ["--n_samples=0", "--forgetting_rate=1.5", "--batch_size=0"])
 def test_numeric_flags_are_range_checked_before_loading(flag, tmp_path):
-    # issue 24 item 15: --n_samples 0 crashed after loading; --forgetting_rate 1.5 ran
+    # --n_samples 0 crashed after loading; --forgetting_rate 1.5 ran
     proc = run_script(["probe.py", "--base=nowhere", "--checkpoints=nowhere", flag, f"--out_dir={tmp_path}"],
                       check=False)
     assert proc.returncode == 2 and "out of range" in proc.stderr

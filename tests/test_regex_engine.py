@@ -75,7 +75,7 @@ def test_parse_errors(bad):  # what dk.brics' RegExp constructor rejects: a miss
         R.Engine().parse(bad)
 
 
-# issue 21: dk.brics reads any character in atom position as itself (parseCharExp), a reversed range as the
+# dk.brics reads any character in atom position as itself (parseCharExp), a reversed range as the
 # empty set (BasicAutomata.makeCharRange) and {n,m} with m < n as the empty language; these were "not a regex"
 @pytest.mark.parametrize("text, same_as", [
     ("(*)", "\\*"), ("*a", "\\*a"), ("a|*", "a|\\*"), ("(|a)", "\\|a"), ("a||b", "a|(\\|b)"),
@@ -88,7 +88,7 @@ def test_dk_brics_readings(text, same_as):
     assert e.equivalent(e.parse(text), e.parse(same_as))
 
 
-# --- the inputs of issue 13 that raised RecursionError or hung; each gets an answer now ---
+# --- inputs that once raised RecursionError or hung; each gets an answer now ---
 
 def test_long_concatenations_are_loops_not_recursion():
     for regex, length in [("((a){50}){50}", 2500), ("(.{50}){50}", 2500), ("a" * 995, 995)]:

@@ -97,7 +97,7 @@ def test_a_damaged_shard_is_caught_by_its_checksum(tmp_path):
 
 
 def test_an_edited_meta_step_is_a_damaged_state(tmp_path):
-    # issue 24 item 8: meta.json's own step had no checksum; edited 30 -> 40, the run resumed "at step 40"
+    # meta.json's own step had no checksum; edited 30 -> 40, the run resumed "at step 40"
     # with the step-30 weights
     save(tmp_path, seed=1, step=30)
     path = tmp_path / "resume" / "meta.json"
@@ -118,7 +118,7 @@ def test_an_empty_or_cut_meta_is_an_incomplete_state(tmp_path, meta):
 
 
 def test_a_symlinked_state_is_refused_in_one_line(tmp_path):
-    # issue 24 item 12: a resume/ kept on another disk through a symlink crashed every later save
+    # a resume/ kept on another disk through a symlink crashed every later save
     other = tmp_path / "other_disk"
     run = tmp_path / "run"
     run.mkdir()

@@ -97,7 +97,7 @@ print("not reached: a rank ends inside run_main")
 
 @pytest.mark.parametrize("same", [True, False])
 def test_ranks_given_other_data_are_stopped_at_start(tmp_path, same):
-    """Issue 24 item 6: rank 1 given other data of the same size trained to the end with rc 0."""
+    """Rank 1 given other data of the same size trained to the end with rc 0."""
     script = tmp_path / "ranks.py"
     script.write_text(RANKS_SCRIPT.format(root=ROOT, same=same))
     env = dict(os.environ, OMP_NUM_THREADS="1")

@@ -110,7 +110,7 @@ def test_cut_at_stop():
     assert S.cut_at_stop([5, 6], {0}) == [5, 6]
 
 
-# --- early stop (issue 16): rows whose scored output is final leave the batch ---
+# --- early stop: rows whose scored output is final leave the batch ---
 
 
 def stop_sets(full):
@@ -164,7 +164,7 @@ def test_no_stop_tokens_is_the_plain_sampler():
     assert torch.equal(decode(model, PROMPTS, **kwargs), decode(model, PROMPTS, stop_ids=set(), **kwargs))
 
 
-# --- per-row generators (issue 24 item 13): with temperature, a prompt's output is its own ---
+# --- per-row generators: with temperature, a prompt's output is its own ---
 
 
 def row_generators(seeds):
@@ -202,7 +202,7 @@ def test_per_row_noise_is_each_generators_own_stream():
                    generator=row_generators([1, 2]))
 
 
-# --- decoding options (issue 25): Fast-dLLM's threshold, LLaDA's random remasking and EOS/EOT options ---
+# --- decoding options: Fast-dLLM's threshold, LLaDA's random remasking and EOS/EOT options ---
 
 
 def reference_generate(model, prompt, steps, gen_length, block_length, threshold=0.0, remasking="low_confidence",

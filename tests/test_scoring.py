@@ -1,4 +1,4 @@
-"""scoring.py: GSM8K, NL-RX and Django on crafted cases (each defect of issue 13 as a regression case),
+"""scoring.py: GSM8K, NL-RX and Django on crafted cases (each past defect as a regression case),
 hostile outputs that must get a score, the summary, and every real gold scoring 1 (../shared/data)."""
 
 import os
@@ -32,13 +32,13 @@ def test_gsm8k_scoring():
     assert S.score_gsm8k("48 + 24 = 72\n#### 72", item)["accuracy"] == 1.0
     assert S.score_gsm8k("The answer is 72.00", item)["accuracy"] == 1.0
     assert S.score_gsm8k("#### 71", item)["accuracy"] == 0.0
-    # issue 21 item 7: U+2212 (the typographic minus) was dropped, so '#### -72' written with it scored 1
+    # U+2212 (the typographic minus) was dropped, so '#### -72' written with it scored 1
     assert S.score_gsm8k("#### \u221272", item)["accuracy"] == 0.0
     assert S.score_gsm8k("#### \u221272", {"output": "#### -72"})["accuracy"] == 1.0
 
 
 def test_few_shot_output_is_cut_at_the_next_exemplar():
-    # issue 13 item 8: the model goes on with a made-up exemplar whose '#### 5' would be scored
+    # the model goes on with a made-up exemplar whose '#### 5' would be scored
     item = {"output": "... #### 72"}
     generation = "48 + 24 = 72\nThe answer is 72.\n\nQuestion: How many legs?\nAnswer: 2 + 3 = 5\n#### 5"
     assert S.score_gsm8k(generation, item)["accuracy"] == 0.0
@@ -56,7 +56,7 @@ def test_few_shot_output_is_cut_at_the_next_exemplar():
     ("nlrx", "Description", ".*dog.*\n\nDescription: lines with cat"),
 ])
 def test_the_exemplar_cut_is_gsm8k_only(task, label, text):
-    # issue 21 item 5: cut everywhere, a stopping artifact became a raw execution match of 1 and a Django
+    # cut everywhere, a stopping artifact became a raw execution match of 1 and a Django
     # 'exact'; raw means what the model wrote up to EOS, and the count is kept
     assert S.read_prediction(task, text, label, use_chat=False) == (text, {"exemplar_follows": True})
     assert S.read_prediction(task, "SELECT 1", label, use_chat=False) == ("SELECT 1", {})
@@ -101,7 +101,7 @@ def test_regex_metrics():
 def test_regex_scores_are_a_function_of_prediction_gold_and_seed():
     gold, prediction = "(.*[0-9].*)&(.*[A-Z].*)", "(.*[A-Z].*)&(.*[0-9].*)"
     assert S.regex_scores(prediction, gold, seed=3) == S.regex_scores(prediction, gold, seed=3)
-    # issue 13 item 2: this gold against itself once scored 1 on an idle machine and 0 on a busy one
+    # this gold against itself once scored 1 on an idle machine and 0 on a busy one
     gold = "((.*dog.*)|(truck)){7,}"
     assert S.regex_scores(gold, gold) == \
         {"exact": 1.0, "functional": 1.0, "functional_random200": 1.0, "dfa": 1.0}
@@ -120,13 +120,13 @@ def test_undecided_is_reported_not_silently_zero(monkeypatch):
                                         "a" + "*?" * 600, "[\u0000-\uffff]", "a{99999999999}", "\x00\ud800",
                                         "(" * 5000 + ")" * 5000, "\\"])
 def test_hostile_regexes_get_a_score(prediction):
-    # issue 13 item 1: each of these once raised RecursionError and ended the whole evaluation
+    # each of these once raised RecursionError and ended the whole evaluation
     scores = S.score("nlrx", prediction, {"output": ".*(dog).*"})
     assert set(scores) >= set(S.METRICS["regex"]) and "scorer_error" not in scores
 
 
 def test_hostile_regexes_stay_bounded_in_a_child_under_a_memory_cap():
-    # issue 21: any output is scored in bounded memory; a child under a 1 GB address-space cap scores the
+    # any output is scored in bounded memory; a child under a 1 GB address-space cap scores the
     # hardest constructed cases (budget exhausted) and the hostile parses, and ends normally
     import json
     import subprocess
@@ -153,7 +153,7 @@ def test_hostile_regexes_stay_bounded_in_a_child_under_a_memory_cap():
     ("from  django . conf import settings\nimport os", "from django . conf import settings", "stopping_artifact"),
     ("return x\nreturn y", "return x", "stopping_artifact"),
     ("from django import settings", "from django . conf import settings", "content_error"),
-    # issue 13 item 7: a character prefix is not a token prefix
+    # a character prefix is not a token prefix
     ("return xy", "return x", "content_error"),
     ("x = 10", "x = 1", "content_error"),
     ("password += 1", "pass", "content_error"),
@@ -167,7 +167,7 @@ def test_django_decomposition(prediction, gold, category):
 
 
 def test_django_no_break_space_is_not_whitespace():
-    # issue 21 item 7: 'return\u00a0x' (a syntax error in Python) counted as a stopping artifact of 'return x'
+    # 'return\u00a0x' (a syntax error in Python) counted as a stopping artifact of 'return x'
     scores = S.score_django("return\u00a0x", {"output": "return x"})
     assert scores == {"exact": 0.0, "ws_prefix": 0.0, "category": "content_error"}
     assert S.score_django("return x \u00a0", {"output": "return x"})["category"] == "stopping_artifact"
@@ -241,7 +241,7 @@ def test_real_nlrx_gold_scores_one():
 
 @needs_shared
 def test_real_nlrx_trivial_golds_and_floors():
-    # issue 21: of the first 500 LLM-JEPA test items 89 golds denote the empty language and 29 every string,
+    # of the first 500 LLM-JEPA test items 89 golds denote the empty language and 29 every string,
     # so the constant empty-language answer scores DFA 89/500 = 0.178; the summary shows it
     items = D.load_task("nlrx", "eval", os.path.join(SHARED, "nl_rx", "llm_jepa"))[:500]
     records = [{"prediction": "", "scores": S.score("nlrx", "", x)} for x in items]

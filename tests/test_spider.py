@@ -1,5 +1,5 @@
 """Spider scoring: the read-only SQL sandbox, test-suite-sql-eval's execution match and Spider's
-exact-set match (spider_exact.py) on crafted databases, each defect of issue 13 as a regression case,
+exact-set match (spider_exact.py) on crafted databases, each past defect as a regression case,
 and the real dev set where ../shared/data is present (gold structures equal to the official parser's)."""
 
 import json
@@ -60,7 +60,7 @@ def test_exec_match_basics(db_dir):
 
 
 def test_int_and_float_rows_are_equal_with_and_without_order_by(db_dir):
-    # issue 13 item 3: 3 vs 3.0 compared unequal without ORDER BY and equal with it
+    # 3 vs 3.0 compared unequal without ORDER BY and equal with it
     assert spider("SELECT 3.0", "SELECT 3", db_dir)["exec_clean"] == 1.0
     assert spider("SELECT qty * 1.0 FROM item", "SELECT qty FROM item", db_dir)["exec_clean"] == 1.0
     assert spider("SELECT qty * 1.0 FROM item ORDER BY id", "SELECT qty FROM item ORDER BY id", db_dir)["exec_clean"] == 1.0
@@ -77,7 +77,7 @@ def test_column_order_does_not_matter(db_dir):
 
 
 def test_empty_prediction_never_matches_an_empty_gold(db_dir):
-    # issue 13 item 3: '' or ';...' scored 1 whenever the gold returned no rows
+    # '' or ';...' scored 1 whenever the gold returned no rows
     gold = "SELECT name FROM item WHERE price > 100"
     for prediction in ["", "   ", ";", "; SELECT 1", "-- a comment"]:
         scores = spider(prediction, gold, db_dir)
@@ -94,7 +94,7 @@ def test_distinct_is_removed_from_both_as_the_standard_evaluator_does(db_dir):
 
 
 def test_raw_and_clean(db_dir):
-    # issue 13 item 5: the paper reports both; raw is the whole output, clean is cut at the first ';'
+    # the paper reports both; raw is the whole output, clean is cut at the first ';'
     scores = spider("SELECT name FROM item; and then some words", "SELECT name FROM item", db_dir)
     assert scores["exec_clean"] == scores["exact_set_clean"] == 1.0
     assert scores["exec_raw"] == scores["exact_set_raw"] == 0.0
@@ -148,7 +148,7 @@ def test_work_is_counted_not_timed(db_dir):
 
 
 @pytest.mark.parametrize("sql,why", [
-    # issue 13 item 6: one function call ran for 19-41 s past a 5 s limit
+    # one function call ran for 19-41 s past a 5 s limit
     ("SELECT length(printf('%.*c', 999999999, 'a'))", "not authorized to use function: printf"),
     ("SELECT length(format('%.*c', 999999999, 'a'))", "not authorized to use function: format"),
     ("SELECT hex(zeroblob(499999999))", "string or blob too big"),
@@ -161,7 +161,7 @@ def test_single_calls_are_capped(db_dir, sql, why):
 
 ROWS = "WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r LIMIT 3000) "
 BIG, HALF = "hex(zeroblob(49000))", "hex(zeroblob(24500))"  # 98 KB and 49 KB of '0', near the longest allowed
-HOSTILE = [  # issue 21 items 3-4: each once held gigabytes or ran for tens of seconds; (prediction, why it scores 0)
+HOSTILE = [  # each once held gigabytes or ran for tens of seconds; (prediction, why it scores 0)
     ("SELECT zeroblob(999999) FROM item", "string or blob too big"),
     (ROWS + "SELECT zeroblob(99000) FROM r", "more than 3 rows"),  # the gold has 3 rows: stop fetching there
     (ROWS + "SELECT randomblob(50000) FROM r a, r b ORDER BY 1", "MemoryError"),  # the sorter under the heap cap
@@ -194,7 +194,7 @@ def test_hostile_predictions_stay_bounded_in_a_child_under_a_memory_cap(db_dir):
 
 
 def test_the_safety_net_interrupts_for_real(db_dir):
-    # issue 21 item 4: with a 1 s clock a query of long single calls ran 13.5 s and returned normally; the
+    # with a 1 s clock a query of long single calls ran 13.5 s and returned normally; the
     # watchdog interrupts it (each call is short under the value limits), and the item is undecided, not 0
     many_calls = ROWS + f"SELECT count(*) FROM r a, r b WHERE instr({BIG} || a.n, {HALF} || b.n) > 0"
     with pytest.raises(S.SQLUndecided, match="0.5 s safety net"):
@@ -209,7 +209,7 @@ def test_a_prediction_with_more_rows_than_the_gold_is_not_fetched_past_it(db_dir
 
 
 def test_a_correct_slow_correlated_subquery_is_within_the_count():
-    # issue 21 item 7: 66.7M sqlite instructions on world_1 (over the old 50M budget: 0 where test-suite gives 1)
+    # 66.7M sqlite instructions on world_1 (over the old 50M budget: 0 where test-suite gives 1)
     path = os.path.join(SHARED, "spider", "database", "world_1", "world_1.sqlite")
     if not os.path.exists(path):
         pytest.skip(f"needs {path}")
@@ -219,7 +219,7 @@ def test_a_correct_slow_correlated_subquery_is_within_the_count():
 
 
 def test_equal_columns_in_any_order_are_one_permutation():
-    # issue 21 item 7: nine equal-valued columns in reverse order hit the 10,000-permutation cap and scored 0
+    # nine equal-valued columns in reverse order hit the 10,000-permutation cap and scored 0
     gold = [tuple(range(9)) + (1,) * 9]
     pred = [tuple(reversed(gold[0]))]
     assert S.results_equal(gold, pred, order_matters=False)
@@ -227,7 +227,7 @@ def test_equal_columns_in_any_order_are_one_permutation():
 
 
 def test_database_path_with_uri_characters(tmp_path):
-    # issue 13 item 6: an unescaped '#' or '?' in the folder opened (and created) another, writable file
+    # an unescaped '#' or '?' in the folder opened (and created) another, writable file
     folder = str(tmp_path / "we#ird?dir")
     make_db(folder, "shop", SHOP)
     before = sorted(os.listdir(tmp_path))
@@ -281,7 +281,7 @@ def test_exact_set_foreign_keys_and_set_operations(db_dir):
 
 
 @pytest.mark.parametrize("prediction, gold", [
-    # issue 21 item 6: where the official script gives 1 and this module gave 0
+    # where the official script gives 1 and this module gave 0
     ("SELECT name FROM item WHERE price > = 2", "SELECT name FROM item WHERE price >= 2"),  # tokenize joins '> ='
     ("SELECT name FROM item WHERE qty ! = 3", "SELECT name FROM item WHERE qty != 3"),
     ("SELECT name FROM item WHERE price > 2)", "SELECT name FROM item WHERE price > 2"),  # the rest is ignored

@@ -114,7 +114,7 @@ def test_config_file(tmp_path):
     (["--t_high"], "--t_high needs a value"),
     (["--task=django"], "needs --data_dir"),
     (["--ema_decay=1.0"], "ema_decay must be in"),
-    # issue 24 item 15: these exited 0 with nonsense or crashed after the model was loaded
+    # these exited 0 with nonsense or crashed after the model was loaded
     (["--weight_decay=-5"], r"--weight_decay=-5.0 is out of range: it must be >= 0"),
     (["--epochs=0"], r"--epochs=0 is out of range"),
     (["--save_every=-1"], r"--save_every=-1 is out of range"),
@@ -307,7 +307,7 @@ def test_resumed_run_reproduces_uninterrupted(tmp_path, extra):
 
 
 def test_snapshots_are_whole_checkpoints_and_change_nothing(tmp_path):
-    # issue 22's learning curves: --snapshot_every writes the weights along the way, each a loadable checkpoint
+    # the replication's learning curves: --snapshot_every writes the weights along the way, each a loadable checkpoint
     # with its run's settings; the run's final weights are those of a run without snapshots
     plain, snap = str(tmp_path / "plain"), str(tmp_path / "snap")
     run(TINY + ["--max_steps=4", f"--out_dir={plain}"])
@@ -326,18 +326,18 @@ def test_snapshots_are_whole_checkpoints_and_change_nothing(tmp_path):
 
 
 def test_an_update_that_overflows_writes_nothing(tmp_path):
-    # issue 24 item 7: 1e39 is finite as a double and inf in float32; loss and gradient pass the guard, the
+    # 1e39 is finite as a double and inf in float32; loss and gradient pass the guard, the
     # update does not, and an all-NaN final/ was written with rc 0
     out = str(tmp_path / "run")
     proc = run(TINY + ["--max_steps=1", "--lr=1e39", f"--out_dir={out}"], check=False)
     assert proc.returncode == 1 and "step 1: the update made the weights non-finite" in proc.stderr
-    # issue 24 item 14: the message claimed a resumable state and advised a lower --lr that resume refuses
+    # the message claimed a resumable state and advised a lower --lr that resume refuses
     assert "it has no resumable state" in proc.stderr and "start a new run" in proc.stderr
     assert "Traceback" not in proc.stderr and not os.path.exists(os.path.join(out, "final"))
 
 
 def test_a_cut_log_line_does_not_block_resume(tmp_path):
-    # issue 24 item 10: a disk that filled during a log write left half a line; --resume was a JSONDecodeError
+    # a disk that filled during a log write left half a line; --resume was a JSONDecodeError
     from harness import run_folder
     path = tmp_path / "log.jsonl"
     path.write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.5}\n{"step": 3, "lo')
@@ -348,7 +348,7 @@ def test_a_cut_log_line_does_not_block_resume(tmp_path):
 
 
 def test_resume_on_a_finished_run_loads_nothing(tmp_path):
-    # issue 24 item 14 / issue 23: on the tiny preset (save_every 0: no resume/) it said "no resumable state";
+    # on the tiny preset (save_every 0: no resume/) it said "no resumable state";
     # with resume/ it loaded the models and the state before it noticed final/
     out = str(tmp_path / "run")
     run(TINY + ["--max_steps=2", f"--out_dir={out}"])
@@ -357,7 +357,7 @@ def test_resume_on_a_finished_run_loads_nothing(tmp_path):
 
 
 def test_wandb_logging(tmp_path):
-    # issue 23: --wandb_log sends log.jsonl's records (offline mode here); without wandb it is a named mistake
+    # --wandb_log sends log.jsonl's records (offline mode here); without wandb it is a named mistake
     out = str(tmp_path / "run")
     try:
         import wandb  # noqa: F401
@@ -375,7 +375,7 @@ def test_wandb_logging(tmp_path):
 
 
 def test_overwrite_deletes_only_a_run_of_train_py(tmp_path):
-    # issue 24 items 2-3: a folder holding the user's final/thesis.tex and a log.jsonl was "a run" and deleted;
+    # a folder holding the user's final/thesis.tex and a log.jsonl was "a run" and deleted;
     # --model S/final --out_dir S --overwrite deleted its own source model, then failed
     user = tmp_path / "user"
     (user / "final").mkdir(parents=True)
@@ -393,7 +393,7 @@ def test_overwrite_deletes_only_a_run_of_train_py(tmp_path):
 
 
 def test_a_second_run_on_a_held_folder_stops(tmp_path):
-    # issue 24 item 4: two runs on one out_dir both started; their logs interleaved and one crashed at the rename
+    # two runs on one out_dir both started; their logs interleaved and one crashed at the rename
     import fcntl
     out = tmp_path / "run"
     out.mkdir()
@@ -606,7 +606,7 @@ def test_resume_without_state_is_an_error(tmp_path):
     assert proc.returncode == 2 and "no resumable state" in proc.stderr
 
 
-# --- runs that cannot silently go wrong (issue 14) ---
+# --- runs that cannot silently go wrong ---
 
 
 def test_a_folder_holding_a_run_is_not_reused_silently(tmp_path):
