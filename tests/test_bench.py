@@ -1,5 +1,5 @@
-"""bench.py end to end on the tiny preset: it runs, measures every variant and checks the samplers agree.
-Speed targets are bench.py's to report, not the tests'."""
+"""bench.py end to end on the tiny preset: it runs, measures every variant and checks the samplers agree;
+and replication/decoding.py's comparison of the decoding options. Speed is theirs to report, not the tests'."""
 
 import json
 
@@ -60,23 +60,22 @@ def test_bench_measures_the_early_stop_on_a_checkpoint(tmp_path):
     assert "early stop (tiny-regex, 5 items" in proc.stdout and json.load(open(out))["train"] == []
 
 
-def test_bench_measures_the_decoding_options_on_a_checkpoint(tmp_path):
-    """Every decoding variant on the same items, interleaved, with its forward passes, scores and
-    agreement with the exact sampler."""
+def test_the_decoding_comparison_on_a_checkpoint(tmp_path):
+    """replication/decoding.py: every decoding variant on the same items, interleaved, with its forward
+    passes, scores and agreement with the exact sampler."""
     import torch
     import model as M
     torch.manual_seed(0)
     M.Transformer(M.PRESETS["tiny"]).save_pretrained(str(tmp_path / "ckpt"), tokenizer=tiny_tokenizer())
-    out = tmp_path / "bench.json"
-    proc = run_script(["bench.py", "--variants=", "--sampler=false", f"--decoding_checkpoint={tmp_path / 'ckpt'}",
-                       "--decoding_items=5", "--decoding_settings=16/8/16,8/8/4", "--decoding_repeats=2",
-                       "--sampler_prompts=2", f"--out={out}"], timeout=600)
-    d = json.load(open(out))["decoding"]
+    out = tmp_path / "decoding.json"
+    proc = run_script(["-m", "replication.decoding", f"--checkpoint={tmp_path / 'ckpt'}", "--items=5",
+                       "--settings=16/8/16,8/8/4", "--repeats=2", "--batch_size=2", f"--out={out}"], timeout=600)
+    d = json.load(open(out))
     assert [(r["setting"], r["variant"]) for r in d["rows"]] == [
         (s, v) for s in ("16/8/16", "8/8/4") for v in ("exact", "threshold", "prefix", "dual", "threshold+dual")]
     exact = next(r for r in d["rows"] if r["variant"] == "exact" and r["setting"] == "16/8/16")
     assert exact["same_as_exact"] == 1.0 and exact["nfe"] <= 16 and "dfa" in exact["scores"]
     assert all(r["seconds_range"][0] <= r["seconds_median"] <= r["seconds_range"][1] for r in d["rows"])
     assert "decoding (tiny-regex, 5 items" in proc.stdout
-    bad = run_script(["bench.py", "--decoding_settings=256/32"], check=False)
+    bad = run_script(["-m", "replication.decoding", "--checkpoint=x", "--settings=256/32"], check=False)
     assert bad.returncode == 2 and "gen/block/steps" in bad.stderr

@@ -326,9 +326,9 @@ def test_decoding_options_are_recorded_with_their_forward_passes(tmp_path):
     ("sample.py", ["--gen_length=64", "--block_length=16", "--steps=6"], "--steps=6 must be a multiple of the number "
                                                                          "of blocks, --gen_length / --block_length = 4"),
     ("sample.py", ["--seed=-1"], "--seed=-1 is out of range"),
-    ("bench.py", ["--decoding_threshold=2"], "--decoding_threshold=2.0 is out of range"),
+    ("replication/decoding.py", ["--threshold=2"], "--threshold=2.0 is out of range"),
     ("bench.py", ["--sampler_gen_length=60"], "--sampler_gen_length=60 must be a multiple of --sampler_block_length"),
-    ("bench.py", ["--decoding_settings=256/30/256"], "--decoding_settings=256/30/256: gen_length=256 must be"),
+    ("replication/decoding.py", ["--settings=256/30/256"], "--settings=256/30/256: gen_length=256 must be"),
     ("bench.py", ["--iters=0"], "--iters=0 is out of range"),
     ("evaluate.py", ["--task=tiny-regex", "--gen_length=30", "--block_length=16"], "--gen_length=30 must be a multiple"),
     ("evaluate.py", ["--task=tiny-regex", "--seed=99999999999999999999"], "--seed=99999999999999999999 is out of range"),
@@ -338,7 +338,7 @@ def test_every_scripts_flags_are_checked_before_a_model_loads(tmp_path, script, 
     # checkpoint does not exist, so a check that came after loading would name that instead
     import importlib
     from harness.errors import ConfigError
-    module = importlib.import_module(script[:-3])
+    module = importlib.import_module(script[:-3].replace("/", "."))
     module = importlib.reload(module)  # its constants as written: earlier in-process tests may have set them
     out = [f"--out={tmp_path / 'b.json'}"] if script == "bench.py" else \
         [f"--out_dir={tmp_path / 'ev'}"] if script == "evaluate.py" else []
