@@ -168,26 +168,16 @@ def validate():
     # release's 32 blocks is far past any ablation, and past it a typo builds for hours
     if not 0 <= predictor_layers <= MAX_PREDICTOR_LAYERS:
         raise ConfigError(f"--predictor_layers (k) must be in [0, {MAX_PREDICTOR_LAYERS}], got {predictor_layers}")
-    check_ranges(globals(), {"seed": SEED_RANGE})
     if not 0 <= ema_decay < 1:
         raise ConfigError(f"ema_decay must be in [0, 1), got {ema_decay}")
-    for key in ("batch_size", "max_len", "log_every"):
-        if globals()[key] < 1:
-            raise ConfigError(f"{key} must be >= 1, got {globals()[key]}")
-    check_ranges(globals(), {"dry_run_world": (1, None), "gpu_memory": (0.001, None)})
-    check_ranges(globals(), {"weight_decay": (0, None), "beta1": (0, 0.999999), "beta2": (0, 0.999999),
-                             "epochs": (1, None), "max_steps": (0, None), "save_every": (0, None),
-                             "snapshot_every": (0, None), "stop_step": (0, None), "val_holdout": (0, None),
-                             "total_batch": (0, None), "grad_accum": (0, None), "dist_timeout": (1, None)})
+    check_ranges(globals(), {"seed": SEED_RANGE, "batch_size": (1, None), "max_len": (1, None), "log_every": (1, None),
+                             "dry_run_world": (1, None), "gpu_memory": (0.001, None), "weight_decay": (0, None),
+                             "beta1": (0, 0.999999), "beta2": (0, 0.999999), "epochs": (1, None),
+                             "max_steps": (0, None), "save_every": (0, None), "snapshot_every": (0, None),
+                             "stop_step": (0, None), "val_holdout": (0, None), "total_batch": (0, None),
+                             "grad_accum": (0, None), "dist_timeout": (1, None)})
     if not total_batch and not grad_accum:
         raise ConfigError("--total_batch and --grad_accum are both 0: set the effective batch or the accumulation")
-    if dist_timeout <= 0:
-        raise ConfigError(f"--dist_timeout must be > 0 seconds, got {dist_timeout}")
-    for key in ("epochs", "max_steps", "save_every", "stop_step", "grad_accum", "total_batch", "val_holdout"):
-        if globals()[key] < 0:
-            raise ConfigError(f"{key} must be >= 0, got {globals()[key]}")
-    if epochs == 0 and max_steps == 0:
-        raise ConfigError("nothing to train: epochs and max_steps are both 0")
     if lr <= 0 or not 0 <= warmup_frac < 1 or grad_clip < 0:
         raise ConfigError(f"need lr > 0, 0 <= warmup_frac < 1, grad_clip >= 0 (got {lr}, {warmup_frac}, {grad_clip})")
     if model in modellib.PRESETS and model not in RANDOM_INIT:
