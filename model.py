@@ -26,6 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from harness import run_folder
 from harness.errors import InputError, MismatchedInput, MissingInput, RunError, read_json_object
 from lora import merge_lora
 
@@ -434,15 +435,7 @@ def resolve_checkpoint_dir(name_or_path):
     """A checkpoint directory as is; a train.py output directory means its final/ model; otherwise a hub
     id, downloaded (weights, configs, tokenizer, remote code)."""
     if os.path.isdir(name_or_path):
-        final = os.path.join(name_or_path, "final")
-        if os.path.isdir(final) and not glob.glob(os.path.join(name_or_path, "*.safetensors")):
-            return final
-        run_files = ("train_config.json", "log.jsonl", "resume")
-        if any(os.path.exists(os.path.join(name_or_path, f)) for f in run_files) and \
-                not os.path.exists(os.path.join(name_or_path, "config.json")):
-            raise MissingInput(f"{name_or_path} is a train.py run that did not finish (no final/): resume it with "
-                               f"train.py --resume=true --out_dir={name_or_path}, or pass one of its snapshots/")
-        return name_or_path
+        return run_folder.checkpoint_of(name_or_path)
     if os.path.exists(name_or_path):
         raise InputError(f"{name_or_path} is a file; expected a checkpoint directory or a hub id")
     if name_or_path.startswith((".", "/")) or name_or_path.count("/") != 1:

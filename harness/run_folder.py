@@ -10,6 +10,7 @@ A training run's folder (train.py's --out_dir), and the rules that keep one run 
   claim(cfg, not_identity, master, distributed)   before anything is loaded: a folder that holds a run is
       continued only with --resume=true (a finished run of these settings: nothing to do) and replaced
       only with --overwrite=true, which deletes only what train.py wrote, never the run's own --model
+  checkpoint_of(folder)  the checkpoint a folder names: a run's final/, else the folder
   run_config(ckpt_dir)   the train_config.json a checkpoint came with ({} for a release)
   trim_log(path, step)   a resumed run's log without the records past the state's step
 """
@@ -21,7 +22,7 @@ import shutil
 import torch.distributed as dist
 
 from harness import run_state
-from harness.errors import ConfigError, RunError, read_json_object
+from harness.errors import ConfigError, MissingInput, RunError, read_json_object
 from harness.outputs import prepare_output_dir, refuse_used, write_whole
 
 # every entry a run of train.py writes (eval/: evaluate.py's results of the run), and which are folders
@@ -123,6 +124,19 @@ def lock(out_dir):
         raise ConfigError(f"another run, or an evaluation of this one, is using {out_dir} (it holds "
                           f"{out_dir}/.lock); wait for it, or pick another --out_dir") from None
     return handle
+
+
+def checkpoint_of(folder):
+    """The checkpoint a folder names: a train.py run folder means its final/ (an unfinished run is named as
+    such), any other folder itself."""
+    final = os.path.join(folder, "final")
+    if os.path.isdir(final) and not any(f.endswith(".safetensors") for f in os.listdir(folder)):
+        return final
+    if any(os.path.exists(os.path.join(folder, f)) for f in ("train_config.json", "log.jsonl", "resume")) and \
+            not os.path.exists(os.path.join(folder, "config.json")):
+        raise MissingInput(f"{folder} is a train.py run that did not finish (no final/): resume it with train.py "
+                           f"--resume=true --out_dir={folder}, or pass one of its snapshots/")
+    return folder
 
 
 def run_of(ckpt_dir):
