@@ -16,7 +16,6 @@ import json
 import math
 import os
 import shutil
-import signal
 import sys
 import time
 from contextlib import nullcontext
@@ -24,15 +23,13 @@ from functools import partial
 from types import SimpleNamespace
 
 import torch
-import torch.distributed as dist
 import torch.nn as nn
-from torch.distributed.tensor import DTensor
 
 import data
 import jepa
 import lora as loralib
 import model as modellib
-from harness import run_folder, run_state, runtime
+from harness import guards, run_folder, run_state, runtime
 from configurator import PRESETS_DIR, SEED_RANGE, check_ranges, configure as apply_settings, setting_keys
 from harness.errors import ConfigError
 from harness.outputs import disk_errors, remove_entry, write_json
@@ -222,76 +219,6 @@ def lr_at(step, total_steps):
 # training
 
 
-class Diverged(runtime.RunError):
-    pass
-
-
-WATCHED = ("loss", "diffusion_loss", "jepa_loss", "grad_norm")
-
-
-def check_finite(step, stats):
-    """Stop before the optimizer applies a NaN or inf: the weights and the last resumable state stay good."""
-    bad = {k: v for k, v in stats.items() if k in WATCHED and not math.isfinite(v)}
-    if bad:
-        raise Diverged(f"step {step}: non-finite {', '.join(f'{k}={v}' for k, v in bad.items())}; the run stopped "
-                       f"before this update and wrote no final/. {diverged_advice()}")
-
-
-def diverged_advice():
-    """What a diverged run leaves, and what to do: a resume keeps the run's settings, so a lower --lr is a
-    new run."""
-    state = "its last resumable state is in resume/" if run_state.has_state(out_dir) else "it has no resumable state"
-    return (f"In {out_dir}, {state}; to try a lower --lr, start a new run (--overwrite=true or another --out_dir): "
-            f"--resume keeps the run's settings")
-
-
-def check_weights(step, params, dev, distributed):
-    """Stop before non-finite weights are written anywhere (final/, a snapshot, resume/): an update can
-    overflow where the loss and the gradient were finite (--lr 1e39 is finite as a double, inf in float32).
-    Run only before a save, so the training step pays nothing."""
-    bad = torch.zeros((), device=dev)
-    for p in params:
-        local = p.to_local() if isinstance(p, DTensor) else p
-        if not torch.isfinite(local).all():
-            bad += 1
-            break
-    if distributed:
-        dist.all_reduce(bad)
-    if bad.item():
-        raise Diverged(f"step {step}: the update made the weights non-finite (--lr={lr:g} too high?); nothing was "
-                       f"written for it. {diverged_advice()}")
-
-
-class StopFlag:
-    """Set by SIGTERM or SIGINT (Ctrl-C): the loop finishes the optimizer step, saves a resumable state and
-    exits. A second Ctrl-C stops at once."""
-
-    def __init__(self):
-        self.requested = False
-        signal.signal(signal.SIGTERM, self.request)
-        signal.signal(signal.SIGINT, self.request)
-
-    def request(self, signum, frame):
-        if self.requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.requested = True
-
-
-def agree(sums, grad_norm, stop, dev, distributed, world):
-    """The one sync of a step: every rank gets the mean of the logged numbers, the gradient norm, and whether
-    any rank wants to stop."""
-    keys = sorted(sums)
-    packed = torch.stack([sums[k] for k in keys] + [grad_norm.float().reshape(()).to(dev),
-                                                    torch.tensor(float(stop), device=dev)]).to(dev)
-    if distributed:
-        flag = packed[-1:].clone()
-        dist.all_reduce(packed)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        packed = torch.cat([packed[:-1] / world, flag])
-    values = packed.tolist()
-    return dict(zip(keys + ["grad_norm"], values[:-1])), values[-1] > 0
-
-
 def load_source(documents):
     """The tokenizer and config of --model: a release (hub id or directory), or a random-init preset whose
     tokenizer is trained here: on the text task's documents, or (tiny) on the offline task."""
@@ -381,7 +308,7 @@ def main(argv):
         run_folder.trim_log(os.path.join(out_dir, "log.jsonl"), step)
         if resume:  # the state was this run's: its settings as now (out_dir, cadence, ...)
             write_run_config(cfg, use_chat, world, accum)
-    stop = StopFlag()
+    stop = guards.StopFlag()
 
     # mixed precision: one process autocasts; under torchrun FSDP2's MixedPrecisionPolicy casts instead
     autocast = torch.autocast(dev.type, dtype=compute_dtype) if (not distributed and compute_dtype != torch.float32) \
@@ -402,8 +329,8 @@ def main(argv):
         sums, tokens = accumulate(s, models, trainable, group, make_batch, source.model_cfg.mask_token_id, autocast)
         tokens_since += tokens
         grad_norm = clip_gradients(s, models, params)
-        stats, stop_now = agree(sums, grad_norm, stop.requested, dev, distributed, world)
-        check_finite(step + 1, stats)
+        stats, stop_now = guards.agree(sums, grad_norm, stop.requested, dev, distributed, world)
+        guards.check_finite(step + 1, stats, out_dir)
         step += 1
         current_lr = lr_at(step, total_steps)
         apply_step(s, models, optimizer, current_lr)
@@ -425,7 +352,7 @@ def main(argv):
         saving = stop_now or step == total_steps or (save_every and step % save_every == 0) or \
             (snapshot_every and step % snapshot_every == 0)
         if saving:
-            check_weights(step, params, dev, distributed)
+            guards.check_weights(step, params, dev, distributed, out_dir, lr)
         if snapshot_every and step % snapshot_every == 0 and step < total_steps:
             save_model(online, source, distributed, master, log, os.path.join("snapshots", f"step{step}"))
         if stop_now or (save_every and step % save_every == 0) or \
