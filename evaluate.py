@@ -224,8 +224,16 @@ def forward_passes(records):
     return {"nfe": sum(counted) / len(counted)} if counted else {}
 
 
-def main(argv):
-    cfg = configure(globals(), KEYS, argv)
+def clear_results(stem):
+    """--overwrite: this task's and shots' earlier results removed (records, rank parts, summary, settings)."""
+    for p in [stem + ".jsonl", stem + ".json", stem + ".settings.json"] + glob.glob(stem + ".rank*.jsonl"):
+        if os.path.exists(p):
+            os.remove(p)
+
+
+def validate():
+    """Every flag checked before anything is loaded; returns the schedule (gen_length, block_length, steps)
+    with the task's defaults filled in."""
     if task not in data.TASKS:
         raise ConfigError(f"unknown task {task!r}; tasks: {', '.join(data.TASKS)}")
     if split not in ("eval", "val") or (split == "val") != (val_holdout > 0):
@@ -233,11 +241,40 @@ def main(argv):
     check_ranges(globals(), {"shots": (0, None), "limit": (0, None), "batch_size": (1, None),
                              "sql_max_steps": (1, None), "steps": (0, None), "gen_length": (0, None),
                              "block_length": (0, None), "val_holdout": (0, None), "seed": SEED_RANGE})
-    decoding(eot_id=None if not confidence_eos_eot_inf else -1).check()  # the tokenizer's end-of-turn: below
+    decoding(eot_id=None if not confidence_eos_eot_inf else -1).check()  # the tokenizer's end-of-turn: later
     length = gen_length or data.TASKS[task]["gen_length"]
     block = block_length or min(128, length)
     n_steps = steps or min(128, length)
     check_schedule(length, block, n_steps)
+    return length, block, n_steps
+
+
+def score_items(model, tokenizer, items, train_items, mine, schedule, options, stop_ids, settings, use_chat, out,
+                show, dev):
+    """Generate and score this rank's items in batches of like prompt lengths, each record appended to `out`
+    (and flushed) the moment it is scored."""
+    length, block, n_steps = schedule
+    prompt_of = {i: data.format_example(task, items[i], tokenizer, data.choose_shots(train_items, shots, items[i]),
+                                        chat=use_chat)[0] for i in mine}
+    mine = sorted(mine, key=lambda i: (len(prompt_of[i]), i))  # less padding (records keep their index)
+    from tqdm import tqdm
+    for start in tqdm(range(0, len(mine), batch_size), disable=not show, desc=f"{task} {shots}-shot"):
+        idx = mine[start:start + batch_size]
+        prompts = [prompt_of[i] for i in idx]
+        stats = {}
+        generated = generate(model, prompts, steps=n_steps, gen_length=length, block_length=block, decoding=options,
+                             generator=item_generators(idx, dev), stop_ids=stop_ids if early_stop else None,
+                             stats=stats)
+        for i, prompt, ids, nfe in zip(idx, prompts, generated.tolist(), stats["nfe"]):
+            record = score_generation(ids, items[i], i, prompt, tokenizer, stop_ids, use_chat,
+                                      model.cfg.mask_token_id) | {"nfe": nfe, "settings_digest": digest(settings)}
+            out.write(json.dumps(record) + "\n")
+            out.flush()
+
+
+def main(argv):
+    cfg = configure(globals(), KEYS, argv)
+    length, block, n_steps = validate()
     import torch.distributed as dist
     world, rank, dev = init_distributed(device, dist_timeout)
     master = rank == 0
@@ -254,9 +291,7 @@ def main(argv):
     if world > 1:
         dist.barrier()  # every rank has read the old parts before rank 0 clears them
     if master and overwrite and not resume:
-        for p in [stem + ".jsonl", stem + ".json", stem + ".settings.json"] + glob.glob(stem + ".rank*.jsonl"):
-            if os.path.exists(p):
-                os.remove(p)
+        clear_results(stem)
     model = modellib.load_for_inference(ckpt_dir, dtype=resolve_dtype(dtype, dev), device=dev)
     tokenizer = modellib.load_tokenizer(ckpt_dir, model.cfg, trust_remote_code)
     if limit:
@@ -275,25 +310,11 @@ def main(argv):
     mine = [i for i in range(len(items)) if i not in done][rank::world]
     if master and done:
         print(f"resuming: {len(done)} of {len(items)} items already scored in {stem}")
-    prompt_of = {i: data.format_example(task, items[i], tokenizer, data.choose_shots(train_items, shots, items[i]),
-                                        chat=use_chat)[0] for i in mine}
-    mine.sort(key=lambda i: (len(prompt_of[i]), i))  # batches of like lengths: less padding (records keep their index)
-    from tqdm import tqdm
     # disk_errors outside the file too: a full disk fails the write, and then the close's own flush
     with disk_errors(f"{stem}.rank{rank}.jsonl", "free some space and resume with --resume=true (the records "
                      "written so far are kept)"), open_for_append(f"{stem}.rank{rank}.jsonl") as out:
-        for start in tqdm(range(0, len(mine), batch_size), disable=not master, desc=f"{task} {shots}-shot"):
-            idx = mine[start:start + batch_size]
-            prompts = [prompt_of[i] for i in idx]
-            stats = {}
-            generated = generate(model, prompts, steps=n_steps, gen_length=length, block_length=block,
-                                 decoding=options, generator=item_generators(idx, dev),
-                                 stop_ids=stop_ids if early_stop else None, stats=stats)
-            for i, prompt, ids, nfe in zip(idx, prompts, generated.tolist(), stats["nfe"]):
-                record = score_generation(ids, items[i], i, prompt, tokenizer, stop_ids, use_chat,
-                                          model.cfg.mask_token_id) | {"nfe": nfe, "settings_digest": digest(settings)}
-                out.write(json.dumps(record) + "\n")
-                out.flush()
+        score_items(model, tokenizer, items, train_items, mine, (length, block, n_steps), options, stop_ids, settings,
+                    use_chat, out, master, dev)
     if world > 1:
         dist.barrier()
     if master:
