@@ -272,15 +272,7 @@ def main(argv):
     documents = data.read_documents([p for p in text_files.split(",") if p], "--text_files") if task == "text" \
         else None
     source = load_source(documents)
-    if task == "text":
-        examples = data.pack(documents, source.tokenizer, max_len)
-        log(f"text: {len(documents)} documents, {sum(len(e['response_ids']) for e in examples):,} tokens "
-            f"(EOS after each document), {len(examples)} chunks of up to {max_len}")
-    else:
-        items = data.load_task(task, "train", data_dir or None)
-        if val_holdout:  # the rest of the training split; the held-out items are evaluate.py's --split=val
-            items = data.holdout_split(items, val_holdout, "train")
-        examples = data.tokenize_task(task, items, source.tokenizer, max_len, chat=use_chat, log=log)
+    examples = training_examples(documents, source.tokenizer, use_chat, log)
     runtime.check_ranks_agree({"settings": runtime.digest(cfg), "data": runtime.digest(examples)}, distributed)
     micro, micro_epoch = data.epoch_batches(len(examples), batch_size, world, rank, seed, 0), 0
     check_derangeable(len(examples), world)
@@ -372,6 +364,20 @@ def main(argv):
     if wandb_run is not None:
         wandb_run.finish()
     runtime.close_distributed(world)
+
+
+def training_examples(documents, tokenizer, use_chat, log):
+    """The tokenized training examples: --task text's documents packed into chunks of max_len, else the task's
+    training split (less the items --val_holdout keeps for evaluate.py's --split=val)."""
+    if task == "text":
+        examples = data.pack(documents, tokenizer, max_len)
+        log(f"text: {len(documents)} documents, {sum(len(e['response_ids']) for e in examples):,} tokens "
+            f"(EOS after each document), {len(examples)} chunks of up to {max_len}")
+        return examples
+    items = data.load_task(task, "train", data_dir or None)
+    if val_holdout:
+        items = data.holdout_split(items, val_holdout, "train")
+    return data.tokenize_task(task, items, tokenizer, max_len, chat=use_chat, log=log)
 
 
 def write_run_config(cfg, use_chat, world, accum):
