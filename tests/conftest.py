@@ -33,3 +33,16 @@ def tiny_tokenizer():
     tokenizers are not modified by the tests that share it."""
     import data
     return data.train_tokenizer(data.tiny_tokenizer_texts())
+
+
+def tiny_checkpoint(path, **changes):
+    """A random model of the tiny preset (seed 0; its config with `changes`) saved with the tiny tokenizer in
+    the release layout: the checkpoint the script tests evaluate, sample, probe and fine-tune. Returns its path."""
+    from dataclasses import replace
+
+    import torch
+
+    import model as M
+    torch.manual_seed(0)
+    M.Transformer(replace(M.PRESETS["tiny"], **changes)).save_pretrained(str(path), tokenizer=tiny_tokenizer())
+    return str(path)

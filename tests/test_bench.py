@@ -3,7 +3,7 @@ and replication/decoding.py's comparison of the decoding options. Speed is their
 
 import json
 
-from conftest import run_script, tiny_tokenizer
+from conftest import run_script, tiny_checkpoint
 
 
 def test_bench_runs_and_reports(tmp_path):
@@ -45,12 +45,7 @@ def test_flops_per_token_follows_table_1():
 
 
 def test_bench_measures_the_early_stop_on_a_checkpoint(tmp_path):
-    import torch
-
-    import model as M
-    torch.manual_seed(0)
-    M.Transformer(M.PRESETS["tiny"]).save_pretrained(str(tmp_path / "ckpt"),
-                                                     tokenizer=tiny_tokenizer())
+    tiny_checkpoint(tmp_path / "ckpt")
     out = tmp_path / "bench.json"
     proc = run_script(["bench.py", "--variants=", "--sampler=false", f"--early_stop_checkpoint={tmp_path / 'ckpt'}",
                        "--early_stop_items=5", "--sampler_prompts=2", "--early_stop_gen_length=16",
@@ -63,10 +58,7 @@ def test_bench_measures_the_early_stop_on_a_checkpoint(tmp_path):
 def test_the_decoding_comparison_on_a_checkpoint(tmp_path):
     """replication/decoding.py: every decoding variant on the same items, interleaved, with its forward
     passes, scores and agreement with the exact sampler."""
-    import torch
-    import model as M
-    torch.manual_seed(0)
-    M.Transformer(M.PRESETS["tiny"]).save_pretrained(str(tmp_path / "ckpt"), tokenizer=tiny_tokenizer())
+    tiny_checkpoint(tmp_path / "ckpt")
     out = tmp_path / "decoding.json"
     proc = run_script(["-m", "replication.decoding", f"--checkpoint={tmp_path / 'ckpt'}", "--items=5",
                        "--settings=16/8/16,8/8/4", "--repeats=2", "--batch_size=2", f"--out={out}"], timeout=600)

@@ -9,7 +9,7 @@ from dataclasses import replace
 
 import pytest
 import torch
-from conftest import run_script, tiny_tokenizer
+from conftest import run_script, tiny_checkpoint, tiny_tokenizer
 
 import data as D
 import evaluate as E
@@ -40,9 +40,7 @@ def test_evaluate_command_on_a_train_output_directory(tmp_path):
 
 
 def test_two_process_evaluation_equals_one_process(tmp_path):
-    tok = tiny_tokenizer()
-    torch.manual_seed(0)
-    M.Transformer(M.PRESETS["tiny"]).save_pretrained(str(tmp_path / "ckpt"), tokenizer=tok)
+    tiny_checkpoint(tmp_path / "ckpt")
     args = ["evaluate.py", f"--checkpoint={tmp_path / 'ckpt'}", "--task=tiny-regex", "--limit=7", "--batch_size=2",
             "--gen_length=16", "--steps=8"]
     run_script([*args, f"--out_dir={tmp_path / 'one'}"])
@@ -66,12 +64,6 @@ def test_chat_auto_follows_training(tmp_path):
     assert D.uses_chat("true", "base") and not D.uses_chat("false", "x-Instruct")  # train.py's rule: the flag, else the name
     assert D.uses_chat("auto", "GSAI-ML/LLaDA-8B-Instruct") and not D.uses_chat("auto", "GSAI-ML/LLaDA-8B-Base")
 
-
-def tiny_checkpoint(path):
-    tok = tiny_tokenizer()
-    torch.manual_seed(0)
-    M.Transformer(M.PRESETS["tiny"]).save_pretrained(str(path), tokenizer=tok)
-    return str(path)
 
 
 def read_jsonl(path):

@@ -12,7 +12,7 @@ import time
 
 import pytest
 import torch
-from conftest import ROOT, SHARED, needs_shared, run_script, tiny_tokenizer
+from conftest import ROOT, SHARED, needs_shared, run_script, tiny_checkpoint, tiny_tokenizer
 
 TINY = ["--preset", "tiny", "--log_every=1", "--batch_size=4"]
 
@@ -720,10 +720,7 @@ def test_release_checkpoint_loads_sharded_and_matches_one_process(tmp_path, layo
 def test_users_command_on_the_real_gsm8k_files(tmp_path):
     # `torchrun ... train.py --task gsm8k` with the paper's defaults, on the real release files, a tiny
     # LLaDA-layout checkpoint standing in for LLaDA-8B; then evaluate.py on what it wrote
-    import model as M
-    torch.manual_seed(0)
-    M.Transformer(M.PRESETS["tiny"]).save_pretrained(str(tmp_path / "ckpt"),
-                                                     tokenizer=tiny_tokenizer())
+    tiny_checkpoint(tmp_path / "ckpt")
     gsm8k, out = os.path.join(SHARED, "gsm8k", "openai"), tmp_path / "run"
     proc = run(["--task", "gsm8k", f"--data_dir={gsm8k}", f"--model={tmp_path / 'ckpt'}", "--max_len=512",
                 "--max_steps=1", "--device=cpu", f"--out_dir={out}"], nproc=2, port=29637)
