@@ -80,5 +80,5 @@ def test_no_import_cycle():
 def test_the_top_level_shows_the_design():
     top = {f for f in os.listdir(ROOT) if f.endswith(".py")}
     assert DESIGN_CARD <= top and top - DESIGN_CARD <= TOOLS, sorted(top - DESIGN_CARD - TOOLS)
-    for folder in ("harness", "metrics", "replication", "training", "lm_harness"):
+    for folder in ("harness", "metrics", "replication", "training", "lm_harness", "release"):
         assert os.path.exists(os.path.join(ROOT, folder, "README.md")), f"{folder}/ says why it exists"
