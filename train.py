@@ -333,7 +333,7 @@ def main(argv):
             record = {"step": step, "epoch": epoch, "lr": current_lr, "tokens_per_s": tps,
                       "mfu": (tps * model_flops / (peak * world)) if peak else None, **stats}
             if master:
-                with disk_errors(log_file.name, run_state.resume_advice(out_dir)):
+                with disk_errors(log_file.name, lambda: run_state.resume_advice(out_dir)):  # read on failure only
                     log_file.write(json.dumps(record) + "\n")
                     log_file.flush()
                 if wandb_run is not None:
@@ -419,7 +419,7 @@ def save_model(online, source, distributed, master, log, name):
     state = runtime.full_state_dict(online, distributed)
     if master:
         folder = os.path.join(out_dir, name)
-        with disk_errors(folder, run_state.resume_advice(out_dir, final_bytes(online))):
+        with disk_errors(folder, lambda: run_state.resume_advice(out_dir, final_bytes(online))):
             if lora_rank:
                 if name == "final":
                     loralib.save_adapters(state, online.lora, os.path.join(out_dir, "adapter"))

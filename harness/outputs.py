@@ -102,7 +102,8 @@ def is_disk_full(error, path):
 @contextmanager
 def disk_errors(path, then="free some space and run it again"):
     """Re-raise a write that failed because the disk is full as a RunError that says so and what to do
-    (`then`: the caller knows whether a resume can continue); any other failure as it was."""
+    (`then`, text or a callable giving it, asked only when the disk is full: the caller knows whether a resume
+    can continue); any other failure as it was."""
     try:
         yield
     except BaseException as e:  # CheckpointException is one; KeyboardInterrupt and the rest pass on below
@@ -113,4 +114,5 @@ def disk_errors(path, then="free some space and run it again"):
             free = f"{shutil.disk_usage(os.path.dirname(os.path.abspath(path)) or '.').free} bytes"
         except OSError:
             free = "? bytes"
-        raise RunError(f"no space left on the device while writing {path} ({free} free); {then}") from e
+        advice = then() if callable(then) else then
+        raise RunError(f"no space left on the device while writing {path} ({free} free); {advice}") from e

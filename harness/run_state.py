@@ -240,7 +240,7 @@ def save(out_dir, trainable, target, optimizer, step, run_identity, distributed)
         remove_state(tmp)
     if distributed:
         dist.barrier()
-    with disk_errors(tmp, resume_advice(out_dir)):
+    with disk_errors(tmp, lambda: resume_advice(out_dir)):
         dcp.save(state_dicts(trainable, target, optimizer), checkpoint_id=tmp, no_dist=not distributed)
         torch.save({"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available()
                     else None}, os.path.join(tmp, f"rng_{rank}.pt"))  # only LoRA dropout draws from them

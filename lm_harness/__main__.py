@@ -9,9 +9,12 @@ project's model registered as `dllm_jepa` (diffusion_lm.py). Every lm_eval flag 
 Needs lm-eval (requirements-lm-eval.txt).
 """
 
+import sys
+
 from lm_eval.__main__ import cli_evaluate
 
 import lm_harness.diffusion_lm  # noqa: F401 (registers dllm_jepa)
+from harness.runtime import run_main
 
-if __name__ == "__main__":
-    cli_evaluate()
+if __name__ == "__main__":  # a mistake in the model_args (a ConfigError) is one line, as in every script here
+    run_main("lm_harness", lambda argv: cli_evaluate(), sys.argv[1:], lambda: 0)

@@ -167,3 +167,13 @@ def test_an_instruct_checkpoint_without_the_chat_template_is_named(checkpoint, t
     assert err.count("expects chat prompts") == 1 and "pass lm-eval's --apply_chat_template" in err
     H.DiffusionLM(checkpoint=checkpoint, gen_length=8, device="cpu").encode("Description: a")
     assert "expects chat prompts" not in capsys.readouterr().err
+
+
+def test_a_mistake_in_the_model_args_is_one_line(checkpoint, tmp_path):
+    # the model's ConfigError went through lm-eval's command line as a traceback
+    write_tasks(tmp_path / "tasks")
+    proc = run_script(["-m", "lm_harness", "--model", "dllm_jepa", "--model_args",
+                       f"checkpoint={checkpoint},mc_num=3,mc_batch=2", "--tasks", "tiny_mc",
+                       "--include_path", str(tmp_path / "tasks")], check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "lm_harness: mc_num=3 must be a positive multiple of mc_batch=2" in proc.stderr
