@@ -241,7 +241,7 @@ def validate():
     check_ranges(globals(), {"shots": (0, None), "limit": (0, None), "batch_size": (1, None),
                              "sql_max_steps": (1, None), "steps": (0, None), "gen_length": (0, None),
                              "block_length": (0, None), "val_holdout": (0, None), "seed": SEED_RANGE})
-    decoding(eot_id=None if not confidence_eos_eot_inf else -1).check()  # the tokenizer's end-of-turn: later
+    decoding(None)._replace(confidence_eos_eot_inf=False).check()  # its need of an end-of-turn id: once loaded
     length = gen_length or data.TASKS[task]["gen_length"]
     block = block_length or min(128, length)
     n_steps = steps or min(128, length)
