@@ -112,9 +112,9 @@ def test_planning_two_micro_batches_of_four_is_planning_all(lora):
 @pytest.mark.parametrize("lora", [[], LORA])
 def test_the_total_without_the_trackers_hooks_holds_no_earlier_micro_batch(lora):
     """One rank, activation checkpointing, one micro-batch a step and two: under torch's tracker the second
-    micro-batch's peak carries activations of the first (its backward hooks keep them alive: half as much
-    again); the hook-free total, the one the plan needs, grows only by the gradients held from the first
-    (and the second's own logits, within 1 MB)."""
+    micro-batch's peak carries activations of the first (its backward hooks keep them alive: 1.44 to 1.5
+    times as much, by the test run); the hook-free total, the one the plan needs, grows only by the gradients
+    held from the first (and the second's own logits, within 1 MB)."""
     import importlib
 
     import train
@@ -126,7 +126,7 @@ def test_the_total_without_the_trackers_hooks_holds_no_earlier_micro_batch(lora)
                          f"--grad_accum={accum}", "--activation_checkpointing=true", *lora])
         found[accum] = dry_run.plan_once(train.settings(), M.PRESETS["tiny"], 1)
     one, two = found[1], found[2]
-    assert two["peak"]["Activation"] > 1.5 * one["peak"]["Activation"]
+    assert two["peak"]["Activation"] > 1.3 * one["peak"]["Activation"]  # the tracker's artefact, seen
     held_gradients = two["peak"]["Gradient"] - one["peak"]["Gradient"]
     assert 0 <= two["peak_total_unhooked"] - one["peak_total_unhooked"] <= held_gradients + 2 ** 20
     assert one["peak_total_unhooked"] <= one["peak_total"]
