@@ -12,12 +12,10 @@ when they were randomly initialised), adapter/ (with LoRA) and resume/ (a resuma
 save_every steps and on SIGTERM).
 """
 
-import json
 import math
 import os
 import shutil
 import sys
-import time
 from contextlib import nullcontext
 from functools import partial
 from types import SimpleNamespace
@@ -34,6 +32,7 @@ from configurator import PRESETS_DIR, SEED_RANGE, check_ranges, configure as app
 from harness.errors import ConfigError
 from harness.outputs import disk_errors, remove_entry, write_json
 from training import dry_run as planning
+from training.progress import Progress
 from training.step import (Source, accumulate, apply_step, build_models, clip_gradients, make_optimizer,
                            micro_batch, resolve_grad_accum)
 
@@ -252,16 +251,14 @@ def main(argv):
     distributed, master = world > 1, rank == 0
     log = print if master else (lambda *a, **k: None)
     s = settings()
-    accum = resolve_grad_accum(s, world)
-    if not run_folder.claim(cfg | {"grad_accum": accum}, NOT_IDENTITY, master, distributed):  # as saved: resolved
+    saved = resolved_settings(cfg, world)  # the settings as train_config.json keeps them
+    if not run_folder.claim(saved, NOT_IDENTITY, master, distributed):
         log(f"{out_dir} is a finished run ({out_dir}/final is in place): nothing to do")
         if master and run_state.remove_all(out_dir):  # a stop between final/ and the states' deletion
             log(f"removed the resumable state left beside {out_dir}/final")
-        runtime.close_distributed(world)
-        return
-    use_chat = data.uses_chat(chat, model)
+        return runtime.close_distributed(world)
     if master and not resume:  # the marker of a run of train.py, before any other file (harness/run_folder.py)
-        write_run_config(cfg, use_chat, world, accum)
+        write_json(os.path.join(out_dir, "train_config.json"), saved)
     compute_dtype = runtime.resolve_dtype(dtype, dev)
     mesh = None
     if distributed:
@@ -272,8 +269,9 @@ def main(argv):
     documents = data.read_documents([p for p in text_files.split(",") if p], "--text_files") if task == "text" \
         else None
     source = load_source(documents)
-    examples = training_examples(documents, source.tokenizer, use_chat, log)
+    examples = training_examples(documents, source.tokenizer, saved["chat"] == "true", log)
     runtime.check_ranks_agree({"settings": runtime.digest(cfg), "data": runtime.digest(examples)}, distributed)
+    accum = saved["grad_accum"]
     micro, micro_epoch = data.epoch_batches(len(examples), batch_size, world, rank, seed, 0), 0
     check_derangeable(len(examples), world)
     steps_per_epoch = math.ceil(len(micro) / accum)
@@ -287,31 +285,27 @@ def main(argv):
     trainable = nn.ModuleDict({"online": online} | ({"predictor": models.predictor} if models.predictor else {}))
     optimizer, params = make_optimizer(s, trainable)
     n_params = sum(p.numel() for p in online.parameters() if not p.requires_grad or not lora_rank)
-    model_flops = runtime.flops_per_token(n_params, jepa=jepa_weight > 0, lora=lora_rank > 0)
     if lora_rank:  # a DTensor's numel is the full tensor's
         log(f"LoRA rank {lora_rank}: {sum(p.numel() for p in params) / 1e6:.2f}M trainable parameters")
     log(f"model {model}: {n_params / 1e6:.2f}M parameters; predictor {predictor_layers} layers; "
         f"lambda {jepa_weight}, t_L {'~ U(0, 1] per sequence' if random_context_rate else t_low}, t_H {t_high}")
 
     # ---- resume, or a fresh log
-    identity = run_state.identity(cfg | {"grad_accum": accum}, world, NOT_IDENTITY)
+    identity = run_state.identity(saved, NOT_IDENTITY)
     step = run_state.load(out_dir, trainable, target, optimizer, identity, distributed, log) if resume else 0
     if master:
         run_folder.trim_log(os.path.join(out_dir, "log.jsonl"), step)
         if resume:  # the state was this run's: its settings as now (out_dir, cadence, ...)
-            write_run_config(cfg, use_chat, world, accum)
+            write_json(os.path.join(out_dir, "train_config.json"), saved)
     stop = guards.StopFlag()
+    run = SimpleNamespace(models=models, trainable=trainable, optimizer=optimizer, params=params, source=source,
+                          identity=identity, dev=dev, distributed=distributed, master=master, log=log)
 
     # mixed precision: one process autocasts; under torchrun FSDP2's MixedPrecisionPolicy casts instead
     autocast = torch.autocast(dev.type, dtype=compute_dtype) if (not distributed and compute_dtype != torch.float32) \
         else nullcontext()
-    peak = runtime.peak_flops(dev)
-    log_file = open(os.path.join(out_dir, "log.jsonl"), "a") if master else None
-    wandb_run = start_wandb(cfg) if master and wandb_log else None
-    from tqdm import tqdm
-    bar = tqdm(total=total_steps, initial=step, disable=not master, desc="train", dynamic_ncols=True)
-
-    t0, tokens_since = time.time(), 0
+    progress = Progress(s, cfg, master, world, dev, step, total_steps,
+                        runtime.flops_per_token(n_params, jepa=jepa_weight > 0, lora=lora_rank > 0))
     while step < total_steps:
         epoch, step_in_epoch = divmod(step, steps_per_epoch)
         if epoch != micro_epoch:  # the epoch's batch order, computed once per epoch
@@ -319,51 +313,47 @@ def main(argv):
         group = micro[step_in_epoch * accum:(step_in_epoch + 1) * accum]
         make_batch = partial(micro_batch, s, examples=examples, eos_id=source.tokenizer.eos_token_id, epoch=epoch, dev=dev)
         sums, tokens = accumulate(s, models, trainable, group, make_batch, source.model_cfg.mask_token_id, autocast)
-        tokens_since += tokens
         grad_norm = clip_gradients(s, models, params)
         stats, stop_now = guards.agree(sums, grad_norm, stop.requested, dev, distributed, world)
         guards.check_finite(step + 1, stats, out_dir)
         step += 1
-        current_lr = lr_at(step, total_steps)
-        apply_step(s, models, optimizer, current_lr)
+        apply_step(s, models, optimizer, lr_at(step, total_steps))
         stop_now = stop_now or bool(stop_step and step >= stop_step)
-        bar.update(1)
-        if step % log_every == 0 or step == total_steps or stop_now:
-            tps = tokens_since * world / max(time.time() - t0, 1e-9)
-            record = {"step": step, "epoch": epoch, "lr": current_lr, "tokens_per_s": tps,
-                      "mfu": (tps * model_flops / (peak * world)) if peak else None, **stats}
-            if master:
-                with disk_errors(log_file.name, lambda: run_state.resume_advice(out_dir)):  # read on failure only
-                    log_file.write(json.dumps(record) + "\n")
-                    log_file.flush()
-                if wandb_run is not None:
-                    wandb_run.log(record, step=step)
-                bar.set_postfix(l_diff=f"{stats['diffusion_loss']:.3f}", l_jepa=f"{stats.get('jepa_loss', 0.0):.3f}",
-                                lr=f"{current_lr:.2e}")
-            t0, tokens_since = time.time(), 0
-        saving = stop_now or step == total_steps or (save_every and step % save_every == 0) or \
-            (snapshot_every and step % snapshot_every == 0)
-        if saving:
-            guards.check_weights(step, params, dev, distributed, out_dir, lr)
-        if snapshot_every and step % snapshot_every == 0 and step < total_steps:
-            save_model(online, source, distributed, master, log, os.path.join("snapshots", f"step{step}"))
-        if stop_now or (save_every and step % save_every == 0) or \
-                (step == total_steps and last_state_fits(online, trainable, target, optimizer, distributed, log)):
-            run_state.save(out_dir, trainable, target, optimizer, step, identity, distributed)
+        progress.step(step, epoch, lr_at(step, total_steps), tokens, stats, last=stop_now or step == total_steps)
+        save_along_the_way(run, step, total_steps, stop_now)
         if stop_now:
             log(f"stopped after step {step}; resume with --resume=true")
             break
 
-    bar.close()
+    progress.close()
     if step >= total_steps:
-        save_model(online, source, distributed, master, log, "final")
+        save_model(run, "final")
         if master:
             run_state.remove_all(out_dir)
-    if log_file:
-        log_file.close()
-    if wandb_run is not None:
-        wandb_run.finish()
     runtime.close_distributed(world)
+
+
+def resolved_settings(cfg, world):
+    """The run's settings as train_config.json keeps them and as a resume or a finished run is compared by: the
+    constants after flags, with what is decided at launch filled in (chat from the model's name, the world
+    size, the accumulation that total_batch implies): one dict, built once."""
+    return cfg | {"chat": "true" if data.uses_chat(chat, model) else "false", "world_size": world,
+                  "grad_accum": resolve_grad_accum(settings(), world)}
+
+
+def save_along_the_way(run, step, total_steps, stop_now):
+    """After an optimizer step: the weights checked before anything is saved, a snapshot every snapshot_every
+    steps, a resumable state every save_every steps, at a stop, and at the last step where the disk has
+    room for it and final/ both."""
+    snapshot = snapshot_every and step % snapshot_every == 0
+    periodic = save_every and step % save_every == 0
+    if not (stop_now or periodic or snapshot or step == total_steps):
+        return
+    guards.check_weights(step, run.params, run.dev, run.distributed, out_dir, lr)
+    if snapshot and step < total_steps:
+        save_model(run, os.path.join("snapshots", f"step{step}"))
+    if stop_now or periodic or (step == total_steps and last_state_fits(run)):
+        run_state.save(out_dir, run.trainable, run.models.target, run.optimizer, step, run.identity, run.distributed)
 
 
 def training_examples(documents, tokenizer, use_chat, log):
@@ -380,21 +370,15 @@ def training_examples(documents, tokenizer, use_chat, log):
     return data.tokenize_task(task, items, tokenizer, max_len, chat=use_chat, log=log)
 
 
-def write_run_config(cfg, use_chat, world, accum):
-    """<out_dir>/train_config.json: the settings as the run uses them ('chat' resolved, for evaluate.py)."""
-    write_json(os.path.join(out_dir, "train_config.json"),
-               cfg | {"chat": "true" if use_chat else "false", "world_size": world, "grad_accum": accum})
-
-
-def last_state_fits(online, trainable, target, optimizer, distributed, log):
+def last_state_fits(run):
     """Whether to write a state at the last step, before the final model: a kill during the final save then
     loses nothing. Only where the disk holds that state and the final model after it (run_state.
     last_state_room): the end of a run never needs more room than the final model alone."""
-    fits, needs, free = run_state.last_state_room(out_dir, trainable, target, optimizer, final_bytes(online),
-                                                  distributed)
+    fits, needs, free = run_state.last_state_room(out_dir, run.trainable, run.models.target, run.optimizer,
+                                                  final_bytes(run.models.online), run.distributed)
     if not fits:
-        log(f"no room for a last resumable state before final/ ({needs} bytes needed, {free} free): writing "
-            f"final/ directly")
+        run.log(f"no room for a last resumable state before final/ ({needs} bytes needed, {free} free): writing "
+                f"final/ directly")
     return fits
 
 
@@ -403,21 +387,13 @@ def final_bytes(online):
     return sum(p.numel() * p.element_size() for p in online.parameters())
 
 
-def start_wandb(cfg):
-    """A Weights & Biases run that receives the same records as log.jsonl (resumed runs continue the same
-    wandb run: its id is the out_dir's name, so a --resume appends)."""
-    import wandb
-    name = wandb_run_name or os.path.basename(os.path.normpath(out_dir))
-    return wandb.init(project=wandb_project, name=name, id=name, resume="allow", config=cfg,
-                      dir=out_dir)
-
-
-def save_model(online, source, distributed, master, log, name):
+def save_model(run, name):
     """<out_dir>/<name>/ in the release's own layout: 'final' at the end (with LoRA also adapter/, and final/
     is the merge), 'snapshots/step<N>' along the way. Written as <name>.tmp/ and renamed, so the folder on
     disk is always whole: final/ marks a finished run."""
-    state = runtime.full_state_dict(online, distributed)
-    if master:
+    online, source = run.models.online, run.source
+    state = runtime.full_state_dict(online, run.distributed)
+    if run.master:
         folder = os.path.join(out_dir, name)
         with disk_errors(folder, lambda: run_state.resume_advice(out_dir, final_bytes(online))):
             if lora_rank:
@@ -431,7 +407,7 @@ def save_model(online, source, distributed, master, log, name):
                 shutil.copy(os.path.join(out_dir, "train_config.json"), folder + ".tmp")
             remove_entry(folder)  # a snapshot rewritten after a resume
             os.replace(folder + ".tmp", folder)
-        log(f"saved {folder}")
+        run.log(f"saved {folder}")
 
 
 if __name__ == "__main__":

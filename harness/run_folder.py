@@ -7,7 +7,7 @@ A training run's folder (train.py's --out_dir), and the rules that keep one run 
   <out_dir>/log.jsonl           one record per logged step; a resume trims it back to its state's step
   <out_dir>/final/              written whole at the end (a .tmp renamed): its presence means finished
 
-  claim(cfg, not_identity, master, distributed)   before anything is loaded: a folder that holds a run is
+  claim(saved, not_identity, master, distributed) before anything is loaded: a folder that holds a run is
       continued only with --resume=true (a finished run of these settings: nothing to do) and replaced
       only with --overwrite=true, which deletes only what train.py wrote, never the run's own --model
   checkpoint_of(folder)  the checkpoint a folder names: a run's final/, else the folder
@@ -41,19 +41,19 @@ def run_config(ckpt_dir):
     return {}
 
 
-def claim(cfg, not_identity, master, distributed):
-    """Check cfg['out_dir'] before anything expensive and take it (rank 0: the lock; with --overwrite the
-    old run's files deleted). Returns False when --resume=true finds a finished run of these settings:
+def claim(saved, not_identity, master, distributed):
+    """Check saved['out_dir'] before anything expensive and take it (rank 0: the lock; with --overwrite the
+    old run's files deleted). `saved`: the run's settings as its train_config.json keeps them. Returns False when --resume=true finds a finished run of these settings:
     there is nothing to do, and nothing was loaded."""
-    out_dir, resume, overwrite = cfg["out_dir"], cfg["resume"], cfg["overwrite"]
+    out_dir, resume, overwrite = saved["out_dir"], saved["resume"], saved["overwrite"]
     check_entries(out_dir)
     if resume and not overwrite and os.path.isdir(os.path.join(out_dir, "final")):
-        check_same_run(cfg, not_identity)
+        check_same_run(saved, not_identity)
         return False
     held = [e for e in RUN_ENTRIES if os.path.exists(os.path.join(out_dir, e))]
     refuse_used(out_dir, held, "a run", resume, overwrite)
     if held and overwrite and not resume:
-        check_replaceable(out_dir, cfg["model"], held)
+        check_replaceable(out_dir, saved["model"], held)
     if resume and not run_state.has_state(out_dir):
         raise ConfigError(f"--resume=true but {out_dir} holds no resumable state (resume/)")
     if distributed:
@@ -90,15 +90,14 @@ def check_entries(out_dir):
                               f"{'folder' if folder else 'file'}: move it away, or use another --out_dir")
 
 
-def check_same_run(cfg, not_identity):
+def check_same_run(saved, not_identity):
     """A finished run (final/ appears whole, only at the end) may only be 'resumed' with its own settings:
     otherwise the user meant another run, and is told which settings differ."""
-    saved = run_config(os.path.join(cfg["out_dir"], "final"))
-    mine = {k: v for k, v in cfg.items() if k not in not_identity and k != "chat"}  # saved: chat resolved
-    differ = run_state.identity_differences(saved, mine)
+    on_disk = run_config(os.path.join(saved["out_dir"], "final"))
+    differ = run_state.identity_differences(on_disk, run_state.identity(saved, not_identity))
     if differ:
-        raise RunError(f"{cfg['out_dir']} holds a finished run of other settings (saved -> now): {'; '.join(differ)}. "
-                       f"Pick another --out_dir, or --overwrite=true to replace it")
+        raise RunError(f"{saved['out_dir']} holds a finished run of other settings (saved -> now): "
+                       f"{'; '.join(differ)}. Pick another --out_dir, or --overwrite=true to replace it")
 
 
 def check_replaceable(out_dir, model, held):

@@ -38,9 +38,10 @@ from harness.runtime import all_gather_objects
 NAMES = ("resume", "resume.tmp", "resume.old")
 
 
-def identity(cfg, world, not_identity=()):
-    """The settings that define a run: every one but the few the script names, plus the world size."""
-    return {k: v for k, v in cfg.items() if k not in not_identity} | {"world_size": world}
+def identity(saved, not_identity=()):
+    """The settings that define a run: every one of its saved settings (the world size among them) but the
+    few the script names."""
+    return {k: v for k, v in saved.items() if k not in not_identity}
 
 
 def identity_differences(saved, current):

@@ -1,5 +1,7 @@
-# lets tests import the top-level scripts (model.py, jepa.py, ...) from any working directory, and gives
-# them one way to run a script as a user would: `python script.py ...` or torchrun with N CPU processes
+# lets tests import the top-level scripts (model.py, jepa.py, ...) from any working directory, and holds what
+# several test files share: one way to run a script as a user would (`python script.py ...` or torchrun with
+# N CPU processes), the small model configs of both layouts, a batch of training examples, the tiny preset's
+# tokenizer and a checkpoint of it, and a resumable state read back as one dict
 import functools
 import os
 import subprocess
@@ -46,3 +48,45 @@ def tiny_checkpoint(path, **changes):
     torch.manual_seed(0)
     M.Transformer(replace(M.PRESETS["tiny"], **changes)).save_pretrained(str(path), tokenizer=tiny_tokenizer())
     return str(path)
+
+
+def dream_layout(cfg):
+    """The same sizes in Dream's layout: biases on q, k, v and the logits shifted by one position."""
+    from dataclasses import replace
+    return replace(cfg, arch="dream", qkv_bias=True, shift_logits=True)
+
+
+def small_config(**sizes):
+    """A two-layer model of LLaDA's layout, small enough for a test to run hundreds of forwards."""
+    from dataclasses import replace
+
+    import model as M
+    return replace(M.PRESETS["tiny"], **dict(vocab_size=64, n_layers=2, d_model=64, n_heads=4, n_kv_heads=2,
+                                             mlp_hidden=128) | sizes)
+
+
+def make_batch(B=4, T=40, seed=0, prompt_lengths=(5, 9, 3, 12), response_lengths=(20, 10, 30, 6), cfg=None):
+    """A training batch as data.collate builds one: prompt + response + EOS, right-padded with EOS (random
+    token ids of `cfg`, default small_config()); maskable = the response and every EOS after it, padding =
+    the positions after the first EOS."""
+    import torch
+    cfg = cfg or small_config()
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.full((B, T), cfg.eos_token_id)
+    maskable = torch.zeros(B, T, dtype=torch.bool)
+    padding = torch.zeros(B, T, dtype=torch.bool)
+    for b in range(B):
+        p, r = prompt_lengths[b], response_lengths[b]
+        ids[b, :p + r] = torch.randint(3, cfg.vocab_size, (p + r,), generator=g)
+        maskable[b, p:] = True
+        padding[b, p + r + 1:] = True
+    return {"input_ids": ids, "maskable": maskable, "padding": padding}
+
+
+def read_resume_state(out_dir):
+    """A run's resumable state (a torch.distributed.checkpoint folder) as one plain dict, read in this process."""
+    import torch
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+    path = os.path.join(out_dir, "resume.pt")
+    dcp_to_torch_save(os.path.join(out_dir, "resume"), path)
+    return torch.load(path, weights_only=False)

@@ -1,33 +1,18 @@
 """Properties of the DLLM-JEPA objective in jepa.py."""
 
 import math
-from dataclasses import replace
 
 import pytest
 import torch
+from conftest import dream_layout, make_batch, small_config
 
 import jepa as J
 import model as M
 
-SMALL = replace(M.PRESETS["tiny"], vocab_size=64, n_layers=2, d_model=64, n_heads=4, n_kv_heads=2, mlp_hidden=128)
-LAYOUTS = {"llada": SMALL, "dream": replace(SMALL, arch="dream", qkv_bias=True, shift_logits=True)}
+SMALL = small_config()
+LAYOUTS = {"llada": SMALL, "dream": dream_layout(SMALL)}
 MASK = SMALL.mask_token_id
 EOS = SMALL.eos_token_id
-
-
-def make_batch(B=4, T=40, seed=0, prompt_lengths=(5, 9, 3, 12), response_lengths=(20, 10, 30, 6)):
-    """prompt + response + EOS, right-padded with EOS: maskable = response and all EOS after it,
-    padding = positions after the first EOS."""
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.full((B, T), EOS)
-    maskable = torch.zeros(B, T, dtype=torch.bool)
-    padding = torch.zeros(B, T, dtype=torch.bool)
-    for b in range(B):
-        p, r = prompt_lengths[b], response_lengths[b]
-        ids[b, :p + r] = torch.randint(3, SMALL.vocab_size, (p + r,), generator=g)
-        maskable[b, p:] = True
-        padding[b, p + r + 1:] = True
-    return {"input_ids": ids, "maskable": maskable, "padding": padding}
 
 
 def make_parts(layout="llada", k=2, seed=0):

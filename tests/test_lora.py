@@ -4,23 +4,17 @@
 import copy
 import json
 import os
-from dataclasses import replace
 
 import pytest
 import torch
-from conftest import run_script, tiny_tokenizer
+from conftest import dream_layout, make_batch, read_resume_state, run_script, small_config, tiny_tokenizer
 
 import jepa as J
 import lora as loralib
 import model as M
 
-SMALL = replace(M.PRESETS["tiny"], vocab_size=64, n_layers=2, d_model=64, n_heads=4, n_kv_heads=2, mlp_hidden=128)
-LAYOUTS = {"llada": SMALL, "dream": replace(SMALL, arch="dream", qkv_bias=True, shift_logits=True)}
-
-
-def batch():
-    from test_jepa import make_batch
-    return make_batch()
+SMALL = small_config()
+LAYOUTS = {"llada": SMALL, "dream": dream_layout(SMALL)}
 
 
 def lora_model(layout="llada", rank=4, targets=tuple(loralib.LORA_TARGETS)):
@@ -53,7 +47,7 @@ def test_only_adapters_and_predictor_get_gradients():
     perturb_adapters(online)
     target, predictor = J.make_target_encoder(online), J.Predictor(SMALL, 2)
     assert isinstance(target, J.AdapterEMATarget)
-    res = J.objective(online, batch(), SMALL.mask_token_id, predictor=predictor, target_encoder=target,
+    res = J.objective(online, make_batch(), SMALL.mask_token_id, predictor=predictor, target_encoder=target,
                       generator=torch.Generator().manual_seed(0))
     res.loss.backward()
     for name, p in online.named_parameters():
@@ -139,7 +133,6 @@ def test_two_process_lora_fsdp_run(tmp_path):
     args = ["--preset", "tiny", "--lora_rank=4", "--log_every=1", "--batch_size=4", "--max_steps=3",
             "--activation_checkpointing=true", f"--out_dir={out}"]
     run_script(["train.py", *args, "--stop_step=2"], nproc=2, port=29641)
-    from test_train import read_resume_state
     saved = read_resume_state(out)["trainable"]  # the adapters and the predictor; the frozen base is not saved
     assert "online.blocks.0.attn.q_proj.lora_a" in saved and "predictor.blocks.0.attn.q_proj.weight" in saved
     assert not any(k.startswith("online.") and not k.endswith((".lora_a", ".lora_b")) for k in saved)

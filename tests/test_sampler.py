@@ -2,20 +2,20 @@
 batched = one prompt at a time (both layouts, with and without guidance), temperature."""
 
 import math
-from dataclasses import replace
 
 import pytest
 import torch
+from conftest import dream_layout, small_config
 
 import model as M
 import sampler as S
 
-SMALL = replace(M.PRESETS["tiny"], vocab_size=48, n_layers=2, d_model=32, n_heads=4, n_kv_heads=2, mlp_hidden=64)
+SMALL = small_config(vocab_size=48, d_model=32, mlp_hidden=64)
 MASK = SMALL.mask_token_id
 
 
 def tiny_model(layout="llada", seed=0):
-    cfg = SMALL if layout == "llada" else replace(SMALL, arch="dream", qkv_bias=True, shift_logits=True)
+    cfg = SMALL if layout == "llada" else dream_layout(SMALL)
     torch.manual_seed(seed)
     model = M.Transformer(cfg).eval()
     with torch.no_grad():  # sharper logits than the 0.02 init, so confidences differ clearly

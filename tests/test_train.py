@@ -12,7 +12,8 @@ import time
 
 import pytest
 import torch
-from conftest import ROOT, SHARED, needs_shared, run_script, tiny_checkpoint, tiny_tokenizer
+from conftest import (ROOT, SHARED, dream_layout, needs_shared, read_resume_state, run_script, tiny_checkpoint,
+                      tiny_tokenizer)
 
 TINY = ["--preset", "tiny", "--log_every=1", "--batch_size=4"]
 
@@ -24,14 +25,6 @@ def run(args, nproc=1, check=True, port=29631):
 def read_log(out_dir):
     with open(os.path.join(out_dir, "log.jsonl")) as f:
         return [json.loads(line) for line in f]
-
-
-def read_resume_state(out_dir):
-    """The torch.distributed.checkpoint directory as one plain dict, read in this process."""
-    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
-    path = os.path.join(out_dir, "resume.pt")
-    dcp_to_torch_save(os.path.join(out_dir, "resume"), path)
-    return torch.load(path, weights_only=False)
 
 
 def fresh_train():
@@ -591,14 +584,19 @@ def test_linked_or_misplaced_entries_of_a_run_folder_are_refused(tmp_path):
     assert proc.returncode == 2 and "final is a file where train.py keeps a folder" in proc.stderr
 
 
-def test_a_finished_run_with_a_derived_accumulation_resumes_to_nothing(tmp_path):
-    """The failing input: --total_batch with --grad_accum 0 (derived: 8 / 4 = 2). train_config.json keeps the
-    derived 2, and --resume on the finished run compared it with the flag's 0 and refused its own settings."""
+def test_a_finished_run_is_compared_by_its_settings_as_resolved(tmp_path):
+    """A finished run is compared by its settings as train_config.json keeps them. The failing inputs:
+    --total_batch with --grad_accum 0 (derived: 8 / 4 = 2) was compared with the flag's 0, refusing the run's
+    own settings; and 'chat' was left out of the comparison, so --chat=true (a chat-template run) took a
+    plain-prompt run for itself and did nothing."""
     out = str(tmp_path / "run")
     args = TINY + ["--max_steps=2", "--total_batch=8", "--grad_accum=0", f"--out_dir={out}"]
     run(args)
-    proc = run(args + ["--resume=true"])
-    assert "finished run" in proc.stdout and "nothing to do" in proc.stdout
+    for same in ([], ["--chat=false"]):  # auto resolves to false for the tiny model: the same run
+        proc = run(args + ["--resume=true"] + same)
+        assert "finished run" in proc.stdout and "nothing to do" in proc.stdout
+    proc = run(args + ["--resume=true", "--chat=true"], check=False)
+    assert proc.returncode == 1 and "chat: 'false' -> 'true'" in proc.stderr
 
 
 def test_resume_without_state_is_an_error(tmp_path):
@@ -696,10 +694,8 @@ def test_release_checkpoint_loads_sharded_and_matches_one_process(tmp_path, layo
     # a release-layout checkpoint: built on meta, sharded, filled from rank 0 (broadcast) under torchrun;
     # loaded directly in one process; the first steps must agree (LoRA without dropout: dropout draws from
     # each process's own generator)
-    from dataclasses import replace
     import model as M
-    cfg = M.PRESETS["tiny"] if layout == "llada" else replace(M.PRESETS["tiny"], arch="dream", qkv_bias=True,
-                                                                shift_logits=True)
+    cfg = M.PRESETS["tiny"] if layout == "llada" else dream_layout(M.PRESETS["tiny"])
     torch.manual_seed(3)
     M.Transformer(cfg).save_pretrained(str(tmp_path / "ckpt"),
                                        tokenizer=tiny_tokenizer())
