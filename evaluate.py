@@ -128,14 +128,14 @@ def previous_records(stem):
 
 def score_generation(ids, item, index, prompt, tokenizer, stop_ids, use_chat, mask_id):
     """The record of one item: the generation cut at the first stop token, the prediction read from it
-    (scoring.read_prediction: GSM8K plain prompts cut at a next exemplar, other tasks raw), its scores."""
+    (GSM8K plain prompts cut at a next exemplar, other tasks raw), its scores: scoring.score_generation."""
     text = tokenizer.decode(cut_at_stop(ids, stop_ids), skip_special_tokens=True)
-    prediction, notes = scoring.read_prediction(task, text, data.TASKS[task]["input_label"], use_chat)
     db_dir = spider_db_dir or (os.path.join(data_dir, "database") if data_dir else "")
     tables = spider_tables or (os.path.join(data_dir, "tables.json") if data_dir else "")
+    prediction, notes, scores = scoring.score_generation(task, text, item, data.TASKS[task]["input_label"], use_chat,
+                                                         seed, db_dir, tables, sql_max_steps)
     record = {"index": index, "prompt": tokenizer.decode(prompt), "prompt_tokens": len(prompt), "generation": text,
-              "prediction": prediction, "gold": item["output"],
-              "scores": scoring.score(task, prediction, item, seed, db_dir, tables, sql_max_steps)}
+              "prediction": prediction, "gold": item["output"], "scores": scores}
     record.update(notes)
     masks = sum(t == mask_id for t in ids)
     if masks:  # the sampler left positions unfilled (a model that predicts the mask token itself)

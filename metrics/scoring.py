@@ -459,6 +459,15 @@ def score(task, prediction, item, seed=0, db_dir=None, tables_path=None, max_ste
         return {**dict.fromkeys(METRICS[kind], 0.0), "scorer_error": f"{type(e).__name__} at {where}: {str(e)[:300]}"}
 
 
+def score_generation(task, text, item, input_label, use_chat=False, seed=0, db_dir=None, tables_path=None,
+                     max_steps=SQL_MAX_STEPS):
+    """(prediction, notes, scores) of one generated text (cut at its stop token): the prediction read from it
+    (read_prediction) and its scores (score). The one way a generation is scored: evaluate.py's records and
+    the decoding comparison (replication/decoding.py) both come from it."""
+    prediction, notes = read_prediction(task, text, input_label, use_chat)
+    return prediction, notes, score(task, prediction, item, seed, db_dir, tables_path, max_steps)
+
+
 NOTE_COUNTS = {"gold_error": "gold_errors", "scorer_error": "scorer_errors"}
 
 

@@ -57,12 +57,10 @@ def schedules():
 
 def scores_of(outputs, tokenizer, task_items):
     """The task's summary scores of {item index: generated ids cut at the stop}, read as evaluate.py reads a
-    generation (scoring.read_prediction, 0-shot plain prompts) and scored by the same scorer."""
-    records = []
-    for i, ids in outputs.items():
-        text = tokenizer.decode(ids, skip_special_tokens=True)
-        prediction, _ = scoring.read_prediction(task, text, data.TASKS[task]["input_label"], False)
-        records.append({"scores": scoring.score(task, prediction, task_items[i])})
+    generation (scoring.score_generation, 0-shot plain prompts)."""
+    label = data.TASKS[task]["input_label"]
+    records = [{"scores": scoring.score_generation(task, tokenizer.decode(ids, skip_special_tokens=True),
+                                                   task_items[i], label)[2]} for i, ids in outputs.items()]
     return {k: x for k, x in scoring.summarize(records).items() if isinstance(x, float)}
 
 

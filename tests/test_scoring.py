@@ -48,6 +48,10 @@ def test_few_shot_output_is_cut_at_the_next_exemplar():
     assert S.cut_at_next_exemplar("#### 72", "Question") == ("#### 72", False)
     assert S.read_prediction("gsm8k", generation, "Question", use_chat=False) == (prediction, {"cut_at_exemplar": True})
     assert S.read_prediction("gsm8k", generation, "Question", use_chat=True) == (generation, {})
+    # a generation is scored as read: the cut one right, the same text from a chat model (no cut) wrong
+    assert S.score_generation("gsm8k", generation, item, "Question") == \
+        (prediction, {"cut_at_exemplar": True}, {"accuracy": 1.0})
+    assert S.score_generation("gsm8k", generation, item, "Question", use_chat=True) == (generation, {}, {"accuracy": 0.0})
 
 
 @pytest.mark.parametrize("task, label, text", [
