@@ -28,6 +28,7 @@ Where the dry run departs from the real step (the code that runs is the run's; t
 """
 
 import contextlib
+import gc
 import math
 import weakref
 
@@ -138,7 +139,14 @@ def measure(run_step, root, optimizer, others, steps=2):
     """Run `steps` optimizer steps under torch's memory tracker (FSDPMemTracker when root is FSDP-sharded,
     MemTracker otherwise; with_peak_module's variant of either) and count the FLOPs of the last. others:
     modules outside root whose tensors count too (the EMA target, the predictor). Returns {'peak': {category:
-    bytes}, 'peak_total', 'peak_module', 'flops'} for this rank."""
+    bytes}, 'peak_total', 'peak_module', 'flops'} for this rank.
+
+    The tracked steps run with Python's cycle collector paused. The tracker's backward hooks keep the first
+    micro-batch's activations in reference cycles; how many of them the collector happened to free before the
+    second micro-batch's peak depended on everything the process had allocated before (1.73 to 2.12 times one
+    micro-batch's activations, measured on the tiny preset in one process), so the tracker's figures changed
+    from run to run. Paused, no cycle is freed during the steps, and the figures are the same in every run.
+    The hook-free total (LiveBytes), the one the plan uses, never depended on it."""
     from torch.distributed._tools.fsdp2_mem_tracker import FSDPMemTracker
     from torch.distributed._tools.mem_tracker import MemTracker
     from torch.distributed.fsdp import FSDPModule
@@ -163,6 +171,9 @@ def measure(run_step, root, optimizer, others, steps=2):
             tracker.reset_mod_stats()
 
     hook = torch.nn.modules.module.register_module_forward_pre_hook(before_forward)  # before the tracker's own
+    collecting = gc.isenabled()
+    gc.collect()
+    gc.disable()
     try:
         with own_propagation_mode(), tracker:
             for i in range(steps):
@@ -170,6 +181,8 @@ def measure(run_step, root, optimizer, others, steps=2):
                     run_step()
     finally:
         hook.remove()
+        if collecting:
+            gc.enable()
     snapshot = tracker.get_tracker_snapshot("peak")
     peak = {getattr(k, "value", str(k)): v for k, v in snapshot[next(iter(snapshot))].items()}
     peak.pop("Total")

@@ -112,9 +112,9 @@ def test_planning_two_micro_batches_of_four_is_planning_all(lora):
 @pytest.mark.parametrize("lora", [[], LORA])
 def test_the_total_without_the_trackers_hooks_holds_no_earlier_micro_batch(lora):
     """One rank, activation checkpointing, one micro-batch a step and two: under torch's tracker the second
-    micro-batch's peak carries activations of the first (its backward hooks keep them alive: 1.44 to 1.5
-    times as much, by the test run); the hook-free total, the one the plan needs, grows only by the gradients
-    held from the first (and the second's own logits, within 1 MB)."""
+    micro-batch's peak carries the first's activations (its backward hooks keep them alive: about twice as
+    much); the hook-free total, the one the plan needs, grows only by the gradients held from the first (and
+    the second's own logits, within 1 MB)."""
     import importlib
 
     import train
@@ -126,10 +126,33 @@ def test_the_total_without_the_trackers_hooks_holds_no_earlier_micro_batch(lora)
                          f"--grad_accum={accum}", "--activation_checkpointing=true", *lora])
         found[accum] = dry_run.plan_once(train.settings(), M.PRESETS["tiny"], 1)
     one, two = found[1], found[2]
-    assert two["peak"]["Activation"] > 1.3 * one["peak"]["Activation"]  # the tracker's artefact, seen
+    assert two["peak"]["Activation"] > 1.9 * one["peak"]["Activation"]  # the tracker's artefact, whole
     held_gradients = two["peak"]["Gradient"] - one["peak"]["Gradient"]
     assert 0 <= two["peak_total_unhooked"] - one["peak_total_unhooked"] <= held_gradients + 2 ** 20
     assert one["peak_total_unhooked"] <= one["peak_total"]
+
+
+def test_the_trackers_figures_do_not_depend_on_what_the_process_did_before():
+    """The failing input: the same plan twice in one process, with reference cycles left for Python's
+    collector in between, gave the second micro-batch 1.78 and 1.99 times the first's activations (the
+    collector freed a varying share of those the tracker's hooks hold in cycles)."""
+    import gc
+    import importlib
+
+    import train
+    from training import dry_run
+    train = importlib.reload(train)
+    train.configure([*TINY[1:], "--random_context_rate=false", "--dry_run_world=1", "--total_batch=0",
+                     "--grad_accum=2", "--activation_checkpointing=true"])
+    peaks = []
+    for garbage in (0, 5000, 300):
+        cycles = [[] for _ in range(garbage)]
+        for c in cycles:
+            c.append(c)  # a cycle for the collector, whose next run comes sooner
+        del cycles
+        peaks.append(dry_run.plan_once(train.settings(), M.PRESETS["tiny"], 1)["peak"])
+        assert gc.isenabled()
+    assert peaks[0] == peaks[1] == peaks[2]
 
 
 def test_fit_advice_finds_a_setting_that_fits_or_says_none_does(tmp_path):
