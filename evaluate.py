@@ -68,6 +68,8 @@ overwrite = False  # true: replace earlier results of this task and shots in out
 out_dir = ""  # empty = <run>/eval for a train.py output folder, else ./eval/<checkpoint name>
 dist_timeout = DIST_TIMEOUT  # seconds a rank waits for the others in a collective
 KEYS = setting_keys(globals())
+# the one line Ctrl-C prints (harness/runtime.run_main): what was kept, and how to go on
+INTERRUPTED = "interrupted: the records scored so far are kept; continue them with the same flags and --resume=true"
 _run_lock = None  # the shared lock on the evaluated run's .lock (harness/run_folder.share)
 
 # -----------------------------------------------------------------------------
@@ -324,5 +326,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    run_main("evaluate.py", main, sys.argv[1:], lambda: dist_timeout,
-             "interrupted: the records scored so far are kept; continue them with the same flags and --resume=true")
+    run_main("evaluate.py", main, sys.argv[1:], lambda: dist_timeout, INTERRUPTED)

@@ -71,6 +71,8 @@ out_dir = "probe"
 overwrite = False  # true: replace an earlier probe.json in out_dir
 dist_timeout = DIST_TIMEOUT  # seconds a rank waits for the others in a collective
 KEYS = setting_keys(globals())
+# the one line Ctrl-C prints (harness/runtime.run_main): what was kept, and how to go on
+INTERRUPTED = "interrupted: nothing was written; run it again"
 
 MMLU_LETTERS = "ABCD"
 
@@ -543,4 +545,4 @@ def plot_drift(report, path):
 
 
 if __name__ == "__main__":
-    run_main("probe.py", main, sys.argv[1:], lambda: dist_timeout, "interrupted: nothing was written; run it again")
+    run_main("probe.py", main, sys.argv[1:], lambda: dist_timeout, INTERRUPTED)

@@ -122,6 +122,9 @@ RANDOM_INIT = ("tiny", "small")  # model presets trained from random weights, wi
 CHOICES = {"task": tuple(data.TASKS) + ("text",), "chat": ("auto", "true", "false"), "dtype": tuple(runtime.DTYPES),
            "device": runtime.DEVICES}
 KEYS = setting_keys(globals())
+# the one line printed where Ctrl-C stops the run at once (harness/runtime.run_main: a second Ctrl-C, or one
+# before the loop; the first in the loop finishes its step and saves a resumable state): how to go on
+INTERRUPTED = "stopped at once: where a resumable state was saved, continue with --resume=true"
 
 
 def configure(argv):
@@ -411,5 +414,4 @@ def save_model(run, name):
 
 
 if __name__ == "__main__":
-    runtime.run_main("train.py", main, sys.argv[1:], lambda: dist_timeout,
-                     "stopped at once: where a resumable state was saved, continue with --resume=true")
+    runtime.run_main("train.py", main, sys.argv[1:], lambda: dist_timeout, INTERRUPTED)
