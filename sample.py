@@ -3,8 +3,12 @@ Samples from a diffusion LM: a canvas of masks after an optional prompt, filled 
 (sampler.py). With no prompt the canvas starts fully masked (BOS only, where the tokenizer has one): what
 a pretrained base has learnt to generate from nothing.
 
-  python sample.py                                   # from out-tiny/ (python train.py --preset tiny)
   python sample.py --checkpoint out --prompt "Question: 2 + 3 = ?" --temperature 0.8
+  python sample.py --prompt $'Convert natural language to regular expression.\n\nDescription: lines containing
+      the word dog\nRegex:' --gen_length 16                 # out-tiny/ (python train.py --preset tiny)
+
+A model fine-tuned on a task, as the tiny preset's is, has only learnt to answer that task's prompts: from a
+fully masked canvas it ends the text at once, and its samples are empty (printed as such).
 """
 
 import sys
@@ -49,7 +53,8 @@ def main(argv):
     out = generate(net, [prompt_ids] * n, steps=steps, gen_length=gen_length, block_length=block_length,
                    decoding=Decoding(temperature=temperature), generator=generator)
     for i, ids in enumerate(out.tolist()):
-        print(f"--- sample {i}\n{prompt}{tokenizer.decode(ids, skip_special_tokens=True)}")
+        text = tokenizer.decode(ids, skip_special_tokens=True)
+        print(f"--- sample {i}\n{prompt}{text if text.strip() else '(empty: the model ended the text at once)'}")
 
 
 if __name__ == "__main__":

@@ -395,3 +395,17 @@ def test_sample_warns_of_a_prompt_past_the_context_window(tmp_path):
     assert "context window" not in run_script([*args, "--gen_length=8"]).stderr
     proc = run_script([*args, "--gen_length=16", "--steps=16"])
     assert "+ --gen_length=16 exceed the model's context window of 16 tokens" in proc.stderr
+
+
+def test_an_empty_sample_is_printed_as_such(tmp_path, monkeypatch, capsys):
+    # the tiny preset's model, sampled from a fully masked canvas (sample.py's default), ends the text at
+    # once: four blank samples looked like a broken script
+    import importlib
+
+    import sample
+    sample = importlib.reload(sample)  # its defaults
+    eos = tiny_tokenizer().eos_token_id
+    monkeypatch.setattr(sample, "generate", lambda net, prompts, **kw: torch.full((len(prompts), 8), eos))
+    sample.main([f"--checkpoint={tiny_checkpoint(tmp_path / 'ckpt')}", "--n=2", "--gen_length=8",
+                 "--block_length=8", "--steps=8"])
+    assert capsys.readouterr().out.count("(empty: the model ended the text at once)") == 2
