@@ -311,6 +311,29 @@ def run_sampler(dev):
 
 def main(argv):
     cfg = configure(globals(), KEYS, argv)
+    chosen = validate()
+    _, _, dev = init_distributed(device)
+    compute_dtype = resolve_dtype(dtype, dev)  # a bad --dtype fails here
+    if only:
+        print(json.dumps(run_variant(only, dev)))
+        return
+    prepare_output_dir(os.path.dirname(os.path.abspath(out)), "--out")  # before minutes of timing
+    rows, times, flops, breakdown = training_benchmarks(chosen, dev, argv)
+    result = {"config": cfg, "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
+              "train": rows, "ratios": step_ratios(times, flops), "flops_counted": flops,
+              "table_1_flop_ratios": FLOP_RATIOS, "jepa_overhead": breakdown}
+    if sampler:
+        result["sampler"] = run_sampler(dev)
+    if early_stop_checkpoint:
+        result["early_stop"] = run_early_stop(dev)
+    print_result(result, compute_dtype)
+    with disk_errors(out), open(out, "w") as f:
+        json.dump(result, f, indent=2)
+    print(f"wrote {out}")
+
+
+def validate():
+    """Every flag checked before anything runs; returns the training variants chosen."""
     if model not in MODELS:
         raise ConfigError(f"unknown model {model!r}; models: {', '.join(MODELS)}")
     chosen = [v for v in variants.split(",") if v]  # empty: no training variants
@@ -323,45 +346,46 @@ def main(argv):
                              "early_stop_items": (0, None)})
     check_schedule(sampler_gen_length, sampler_block_length, sampler_steps, "--sampler_")
     check_schedule(early_stop_gen_length, early_stop_block_length, early_stop_steps, "--early_stop_")
-    _, _, dev = init_distributed(device)
-    use_cuda, compute_dtype = dev.type == "cuda", resolve_dtype(dtype, dev)  # a bad --dtype fails here
-    if not only:
-        prepare_output_dir(os.path.dirname(os.path.abspath(out)), "--out")  # before minutes of timing
-    if only:
-        print(json.dumps(run_variant(only, dev)))
-        return
+    return chosen
+
+
+def training_benchmarks(chosen, dev, argv):
+    """(rows, times, flops, breakdown): each variant's peak memory in a fresh process of its own (so the peak
+    is the variant's alone), then the variants but LoRA's timed taking turns in this process (so every
+    variant sees the same machine), their FLOPs counted, and DLLM-JEPA's pieces timed where the baseline ran."""
     rows = []
-    for variant in chosen:  # a fresh process each, so peak memory is the variant's own
+    for variant in chosen:
         proc = subprocess.run([sys.executable, os.path.abspath(__file__), *argv, f"--only={variant}",
                                f"--device={dev.type}"], capture_output=True, text=True)
         if proc.returncode != 0:
             raise runtime.RunError(f"variant {variant} failed:\n{proc.stderr[-3000:]}")
         rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
     shared = [v for v in chosen if v != "jepa_lora"]
-    times = {}
-    flops, breakdown = {}, None
-    if shared:  # the times: the shared variants taking turns in this process
-        steps, n_params, pieces = training_steps(shared, dev)
-        times = time_steps(steps, dev)
-        flops = counted_flops(steps)
-        if pieces and "baseline" in times:
-            breakdown = overhead_breakdown(pieces, times, dev)
-        rows = [variant_row(r["variant"], times[r["variant"]], n_params, dev, r["peak_memory_gb"])
-                if r["variant"] in times else r for r in rows]
+    if not shared:
+        return rows, {}, {}, None
+    steps, n_params, pieces = training_steps(shared, dev)
+    times = time_steps(steps, dev)
+    breakdown = overhead_breakdown(pieces, times, dev) if pieces and "baseline" in times else None
+    rows = [variant_row(r["variant"], times[r["variant"]], n_params, dev, r["peak_memory_gb"])
+            if r["variant"] in times else r for r in rows]
+    return rows, times, counted_flops(steps), breakdown
+
+
+def step_ratios(times, flops):
+    """jepa/baseline and two_grad/jepa: the median of the step-by-step time ratios (the two steps of a turn
+    saw the same machine), their range, and the ratio of the FLOPs counted."""
     ratios = {}
     for a, b in (("jepa", "baseline"), ("two_grad", "jepa")):
-        if a in times and b in times:  # step by step (the two steps of a turn saw the same machine)
+        if a in times and b in times:
             each = [x / y for x, y in zip(times[a], times[b])]
             ratios[f"{a}/{b}"] = median(each)
             ratios[f"{a}/{b}_range"] = [min(each), max(each)]
             ratios[f"{a}/{b}_flops"] = flops[a] / flops[b]
-    result = {"config": cfg, "device": torch.cuda.get_device_name(dev) if use_cuda else "cpu",
-              "train": rows, "ratios": ratios, "flops_counted": flops, "table_1_flop_ratios": FLOP_RATIOS,
-              "jepa_overhead": breakdown}
-    if sampler:
-        result["sampler"] = run_sampler(dev)
-    if early_stop_checkpoint:
-        result["early_stop"] = run_early_stop(dev)
+    return ratios
+
+
+def print_result(result, compute_dtype):
+    rows, ratios = result["train"], result["ratios"]
     print(f"device {result['device']}, {str(compute_dtype).removeprefix('torch.')}")
     if rows:
         print(f"model {model} ({rows[0]['params'] / 1e6:.1f}M), batch {batch_size} x {seq_len} tokens, "
@@ -378,20 +402,18 @@ def main(argv):
             counted = ratios[k + "_flops"]
             print(f"{k:14} {ratios[k]:.2f} (step by step {low:.2f}-{high:.2f}; FLOPs counted {counted:.2f}, time "
                   f"beyond them {ratios[k] / counted - 1:+.0%}; Table 1's {FLOP_RATIOS[k]:.2f})")
-    if breakdown:
-        print_overhead(breakdown)
-    if sampler:
+    if result["jepa_overhead"]:
+        print_overhead(result["jepa_overhead"])
+    if "sampler" in result:
         s = result["sampler"]
         print(f"sampler: batched {s['batched_tokens_per_s']:.0f} tokens/s, plain {s['plain_tokens_per_s']:.0f} "
               f"tokens/s, speed-up {s['sampler_speedup']:.1f}x, identical outputs: {s['identical_outputs']}")
-    if early_stop_checkpoint:
+    if "early_stop" in result:
         e = result["early_stop"]
         print(f"early stop ({e['task']}, {e['items']} items, gen {e['gen_length']} / block {e['block_length']} / "
               f"{e['steps']} steps): {e['full_s']:.1f} s -> {e['early_stop_s']:.1f} s, speed-up "
-              f"{e['early_stop_speedup']:.2f}x, {e['blocks_skipped']:.0%} of row-blocks skipped, identical cut outputs: {e['identical_cut_outputs']}")
-    with disk_errors(out), open(out, "w") as f:
-        json.dump(result, f, indent=2)
-    print(f"wrote {out}")
+              f"{e['early_stop_speedup']:.2f}x, {e['blocks_skipped']:.0%} of row-blocks skipped, identical cut "
+              f"outputs: {e['identical_cut_outputs']}")
 
 
 def print_overhead(b):
