@@ -319,21 +319,7 @@ def mmlu_pass(model, tokenizer, questions, batch):
 
 def main(argv):
     cfg = configure(globals(), KEYS, argv)
-    paths = [p for p in checkpoints.split(",") if p]
-    labels = [n for n in names.split(",") if n] or paths
-    if not base or not paths:
-        raise ConfigError("need --base and --checkpoints (comma-separated)")
-    if len(labels) != len(paths):
-        raise ConfigError(f"{len(labels)} names for {len(paths)} checkpoints")
-    check_ranges(globals(), {"n_samples": (1, None), "sample_len": (2, None), "forgetting_rate": (0.01, 1.0),
-                             "cos_pairs": (1, None), "mmlu_questions": (0, None), "batch_size": (1, None),
-                             "seed": SEED_RANGE})
-    if not (0 <= t_low <= 1 and 0 <= t_high <= 1):
-        raise ConfigError(f"--t_low and --t_high must be in [0, 1] (0 = the checkpoint's own); got {t_low}, {t_high}")
-    pairs = [r.split("/") for r in ratio.split(",") if r]
-    for pair in pairs:
-        if len(pair) != 2 or not set(pair) <= set(labels):
-            raise ConfigError(f"--ratio pairs are name/name over {labels}; got {'/'.join(pair)}")
+    labels, paths, pairs = validate()
     world, rank, dev = init_distributed(device, dist_timeout)
     model_dtype = resolve_dtype(dtype, dev)
     master = rank == 0
@@ -349,31 +335,11 @@ def main(argv):
     results, report, base_logprobs = {}, None, {}
     from tqdm import tqdm
     for label, path in tqdm([("base", base)] + list(zip(labels, paths)), disable=not master, desc="checkpoints"):
-        ckpt_dir = modellib.resolve_checkpoint_dir(path)
-        model = modellib.load_for_inference(ckpt_dir, dtype=model_dtype, device=dev)
-        rates = view_rates(ckpt_dir)
+        results[label], vocab_size = probe_checkpoint(path, label == "base", tokenizer, texts, mine,
+                                                      [questions[i] for i in my_questions], base_logprobs,
+                                                      model_dtype, dev, world)
         if label == "base" and master:
-            unigrams = unigram_models(texts, model.cfg.vocab_size)
-        wikitext = [texts["wikitext"]["samples"][i] for i in mine["wikitext"]]
-        wt = wikitext_pass(model, wikitext, mine["wikitext"], batch_size, rates)
-        forget = {}
-        for name, text in texts.items():
-            forget[name] = forgetting_pass(model, [text["samples"][i] for i in mine[name]], mine[name], batch_size,
-                                           base_logprobs.get(name), keep_logprobs=label == "base")
-            if label == "base":
-                base_logprobs[name] = forget[name].pop("logprobs")
-        mm = mmlu_pass(model, tokenizer, [questions[i] for i in my_questions], batch_size)
-        del model
-        parts = all_gather_objects((mine["wikitext"], wt, mm, forget), world > 1)
-        order = torch.tensor([i for p in parts for i in p[0]]).argsort()
-        results[label] = {
-            "pooled": torch.cat([p[1]["pooled"] for p in parts], dim=1)[:, order],
-            "z_low": torch.cat([p[1]["z_low"] for p in parts])[order],
-            "z_high": torch.cat([p[1]["z_high"] for p in parts])[order],
-            "mmlu": [c for p in parts for c in p[2]],
-            "texts": {name: join_ranks([p[3][name] for p in parts]) for name in texts},
-            "rates": rates,
-        }
+            unigrams = unigram_models(texts, vocab_size)
         if master:  # what is measured so far is on disk: a crash later keeps it
             head = {"config": cfg, "n_samples": len(texts["wikitext"]["samples"]),
                     "samples_cut_to_sample_len": texts["wikitext"]["cut"], "mmlu_questions": len(questions)}
@@ -385,6 +351,57 @@ def main(argv):
         print_table(report)
         plot_drift(report, os.path.join(out_dir, "drift.png"))
         print(f"wrote {os.path.join(out_dir, 'probe.json')}")
+
+
+def validate():
+    """Every flag checked before anything is loaded; returns (names, checkpoint paths, ratio pairs)."""
+    paths = [p for p in checkpoints.split(",") if p]
+    labels = [n for n in names.split(",") if n] or paths
+    if not base or not paths:
+        raise ConfigError("need --base and --checkpoints (comma-separated)")
+    if len(labels) != len(paths):
+        raise ConfigError(f"{len(labels)} names for {len(paths)} checkpoints")
+    check_ranges(globals(), {"n_samples": (1, None), "sample_len": (2, None), "forgetting_rate": (0.01, 1.0),
+                             "cos_pairs": (1, None), "mmlu_questions": (0, None), "batch_size": (1, None),
+                             "seed": SEED_RANGE})
+    if not (0 <= t_low <= 1 and 0 <= t_high <= 1):
+        raise ConfigError(f"--t_low and --t_high must be in [0, 1] (0 = the checkpoint's own); got {t_low}, {t_high}")
+    pairs = [r.split("/") for r in ratio.split(",") if r]
+    for pair in pairs:
+        if len(pair) != 2 or not set(pair) <= set(labels):
+            raise ConfigError(f"--ratio pairs are name/name over {labels}; got {'/'.join(pair)}")
+    return labels, paths, pairs
+
+
+def probe_checkpoint(path, is_base, tokenizer, texts, mine, my_questions, base_logprobs, model_dtype, dev, world):
+    """(measures, vocabulary size) of one checkpoint, gathered from every rank in sample order: pooled hidden
+    states per layer and the pooled views (WikiText), MMLU's per-question results, and each text's forgetting
+    measures. mine: this rank's sample indices per text. The base comes first: its log-probabilities at the
+    masked positions are kept in base_logprobs for every later checkpoint to be compared with."""
+    ckpt_dir = modellib.resolve_checkpoint_dir(path)
+    model = modellib.load_for_inference(ckpt_dir, dtype=model_dtype, device=dev)
+    rates = view_rates(ckpt_dir)
+    wikitext = [texts["wikitext"]["samples"][i] for i in mine["wikitext"]]
+    wt = wikitext_pass(model, wikitext, mine["wikitext"], batch_size, rates)
+    forget = {}
+    for name, text in texts.items():
+        forget[name] = forgetting_pass(model, [text["samples"][i] for i in mine[name]], mine[name], batch_size,
+                                       base_logprobs.get(name), keep_logprobs=is_base)
+        if is_base:
+            base_logprobs[name] = forget[name].pop("logprobs")
+    mm = mmlu_pass(model, tokenizer, my_questions, batch_size)
+    vocab_size = model.cfg.vocab_size
+    del model
+    parts = all_gather_objects((mine["wikitext"], wt, mm, forget), world > 1)
+    order = torch.tensor([i for p in parts for i in p[0]]).argsort()
+    return {
+        "pooled": torch.cat([p[1]["pooled"] for p in parts], dim=1)[:, order],
+        "z_low": torch.cat([p[1]["z_low"] for p in parts])[order],
+        "z_high": torch.cat([p[1]["z_high"] for p in parts])[order],
+        "mmlu": [c for p in parts for c in p[2]],
+        "texts": {name: join_ranks([p[3][name] for p in parts]) for name in texts},
+        "rates": rates,
+    }, vocab_size
 
 
 def load_texts(tokenizer, master):
