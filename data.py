@@ -114,7 +114,8 @@ def holdout_split(items, n, split):
 
 
 def load_task(task, split, data_dir=None):
-    """Items of a task's split ('train' or 'eval') as dicts with 'input', 'output' (and 'db_id' for spider)."""
+    """Items of a task's split ('train' or 'eval') as dicts with 'input', 'output' (and 'db_id' for spider):
+    from data_dir in the release's own layout, or where data_dir is None from the hub (gsm8k, spider)."""
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; tasks: {', '.join(TASKS)}")
     if split not in ("train", "eval"):
@@ -125,60 +126,71 @@ def load_task(task, split, data_dir=None):
         raise InputError(f"task {task} needs data_dir pointing at the release files: {WHERE_TO_GET[task]}")
     if data_dir is not None and not os.path.isdir(data_dir):
         raise MissingInput(f"data_dir {data_dir} does not exist")
+    loader = {"gsm8k": load_gsm8k, "nlrx": load_nlrx, "nlrx-turk": load_nlrx, "django": load_django,
+              "spider": load_spider}[task]
+    return loader(task, split, data_dir)
 
-    if task == "gsm8k":
-        if data_dir is None:
-            rows = hub_rows("openai/gsm8k", "main", "train" if split == "train" else "test")
-            return [example(r["question"], r["answer"], f"openai/gsm8k row {i}") for i, r in enumerate(rows)]
-        path = os.path.join(data_dir, "train.jsonl" if split == "train" else "test.jsonl")
-        return [example(r.get("question"), r.get("answer"), f"{path}:{i}")
-                for i, r in enumerate(read_jsonl(path), start=1)]
 
-    if task in ("nlrx", "nlrx-turk"):
-        variant = "synth" if task == "nlrx" else "turk"
-        jsonl = os.path.join(data_dir, f"{variant}_{'train' if split == 'train' else 'test'}.jsonl")
-        if os.path.exists(jsonl):  # LLM-JEPA's split
-            return [messages_example(r, f"{jsonl}:{i}") for i, r in enumerate(read_jsonl(jsonl), start=1)]
-        src, targ = os.path.join(data_dir, "src.txt"), os.path.join(data_dir, "targ.txt")
-        if not os.path.exists(src):
-            raise MissingInput(f"{data_dir} has neither {os.path.basename(jsonl)} nor src.txt/targ.txt "
-                                    f"({WHERE_TO_GET[task]})")
-        nl, rx = read_lines(src), read_lines(targ)
-        if len(nl) != len(rx):
-            raise InputError(f"{src} has {len(nl)} lines but {targ} has {len(rx)}")
-        items = [example(a, b, f"{src}:{i}") for i, (a, b) in enumerate(zip(nl, rx), start=1)]
-        order = list(range(len(items)))
-        random.Random(SPLIT_SEED).shuffle(order)
-        train_size = min(NLRX_TRAIN_SIZE, int(0.8 * len(items)))
-        chosen = order[:train_size] if split == "train" else order[train_size:]
-        return [items[i] for i in sorted(chosen)]
+def load_gsm8k(task, split, data_dir):
+    """GSM8K's train (7,473) or test (1,319) split: openai/gsm8k's {train,test}.jsonl, or the hub's 'main'."""
+    if data_dir is None:
+        rows = hub_rows("openai/gsm8k", "main", "train" if split == "train" else "test")
+        return [example(r["question"], r["answer"], f"openai/gsm8k row {i}") for i, r in enumerate(rows)]
+    path = os.path.join(data_dir, "train.jsonl" if split == "train" else "test.jsonl")
+    return [example(r.get("question"), r.get("answer"), f"{path}:{i}") for i, r in enumerate(read_jsonl(path), start=1)]
 
-    if task == "django":
-        anno_path, code_path = os.path.join(data_dir, "all.anno"), os.path.join(data_dir, "all.code")
-        anno, code = read_lines(anno_path), read_lines(code_path)
-        if len(anno) != len(code):
-            raise InputError(f"{anno_path} has {len(anno)} lines but {code_path} has {len(code)}")
-        if len(anno) <= DJANGO_TRAIN + DJANGO_DEV:
-            raise InputError(f"{anno_path} has {len(anno):,} lines; Django's standard split (16,000 train, 1,000 dev, "
-                             f"the rest test) needs more: is it the release's whole all.anno?")
-        # One line of pseudo-code cannot tell its indentation: both sides are stripped.
-        lo, hi = (0, DJANGO_TRAIN) if split == "train" else (DJANGO_TRAIN + DJANGO_DEV, len(anno))
-        return [example(anno[i], code[i], f"{anno_path}:{i + 1}") for i in range(lo, hi)]
 
-    if task == "spider":
-        if data_dir is None:
-            rows = hub_rows("xlangai/spider", None, "train" if split == "train" else "validation")
-            return [example(r["question"], r["query"], f"xlangai/spider row {i}", db_id=r["db_id"])
-                    for i, r in enumerate(rows)]
-        path = os.path.join(data_dir, "train_spider.json" if split == "train" else "dev.json")
-        if not os.path.exists(path):
-            raise MissingInput(f"missing data file {path} (Spider's official release layout)")
-        rows = parse_json(read_text(path, "Spider file"), path)
-        if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
-            raise InputError(f"{path}: expected a JSON list of question objects (Spider's release layout)")
-        return [example(r.get("question"), r.get("query"), f"{path} item {i}", db_id=r.get("db_id"))
+def load_nlrx(task, split, data_dir):
+    """NL-RX (SYNTH for 'nlrx', TURK for 'nlrx-turk'): LLM-JEPA's {synth,turk}_{train,test}.jsonl where present
+    (the split the paper compares with), else a seeded 8,000 / 2,000 split of the raw src.txt / targ.txt."""
+    variant = "synth" if task == "nlrx" else "turk"
+    jsonl = os.path.join(data_dir, f"{variant}_{'train' if split == 'train' else 'test'}.jsonl")
+    if os.path.exists(jsonl):
+        return [messages_example(r, f"{jsonl}:{i}") for i, r in enumerate(read_jsonl(jsonl), start=1)]
+    src, targ = os.path.join(data_dir, "src.txt"), os.path.join(data_dir, "targ.txt")
+    if not os.path.exists(src):
+        raise MissingInput(f"{data_dir} has neither {os.path.basename(jsonl)} nor src.txt/targ.txt "
+                           f"({WHERE_TO_GET[task]})")
+    nl, rx = read_lines(src), read_lines(targ)
+    if len(nl) != len(rx):
+        raise InputError(f"{src} has {len(nl)} lines but {targ} has {len(rx)}")
+    items = [example(a, b, f"{src}:{i}") for i, (a, b) in enumerate(zip(nl, rx), start=1)]
+    order = list(range(len(items)))
+    random.Random(SPLIT_SEED).shuffle(order)
+    train_size = min(NLRX_TRAIN_SIZE, int(0.8 * len(items)))
+    chosen = order[:train_size] if split == "train" else order[train_size:]
+    return [items[i] for i in sorted(chosen)]
+
+
+def load_django(task, split, data_dir):
+    """Django's standard split of all.anno / all.code: lines 1-16000 train, 17001 to the end test."""
+    anno_path, code_path = os.path.join(data_dir, "all.anno"), os.path.join(data_dir, "all.code")
+    anno, code = read_lines(anno_path), read_lines(code_path)
+    if len(anno) != len(code):
+        raise InputError(f"{anno_path} has {len(anno)} lines but {code_path} has {len(code)}")
+    if len(anno) <= DJANGO_TRAIN + DJANGO_DEV:
+        raise InputError(f"{anno_path} has {len(anno):,} lines; Django's standard split (16,000 train, 1,000 dev, "
+                         f"the rest test) needs more: is it the release's whole all.anno?")
+    # One line of pseudo-code cannot tell its indentation: both sides are stripped.
+    lo, hi = (0, DJANGO_TRAIN) if split == "train" else (DJANGO_TRAIN + DJANGO_DEV, len(anno))
+    return [example(anno[i], code[i], f"{anno_path}:{i + 1}") for i in range(lo, hi)]
+
+
+def load_spider(task, split, data_dir):
+    """Spider's train_spider.json (7,000) or dev.json (1,034, the paper's validation split), or the hub's
+    xlangai/spider; each item keeps its db_id."""
+    if data_dir is None:
+        rows = hub_rows("xlangai/spider", None, "train" if split == "train" else "validation")
+        return [example(r["question"], r["query"], f"xlangai/spider row {i}", db_id=r["db_id"])
                 for i, r in enumerate(rows)]
-    raise AssertionError(task)
+    path = os.path.join(data_dir, "train_spider.json" if split == "train" else "dev.json")
+    if not os.path.exists(path):
+        raise MissingInput(f"missing data file {path} (Spider's official release layout)")
+    rows = parse_json(read_text(path, "Spider file"), path)
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        raise InputError(f"{path}: expected a JSON list of question objects (Spider's release layout)")
+    return [example(r.get("question"), r.get("query"), f"{path} item {i}", db_id=r.get("db_id"))
+            for i, r in enumerate(rows)]
 
 
 # -----------------------------------------------------------------------------
