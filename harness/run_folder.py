@@ -43,8 +43,8 @@ def run_config(ckpt_dir):
 
 def claim(saved, not_identity, master, distributed):
     """Check saved['out_dir'] before anything expensive and take it (rank 0: the lock; with --overwrite the
-    old run's files deleted). `saved`: the run's settings as its train_config.json keeps them. Returns False when --resume=true finds a finished run of these settings:
-    there is nothing to do, and nothing was loaded."""
+    old run's files deleted). `saved`: the run's settings as its train_config.json keeps them. Returns False
+    when --resume=true finds a finished run of these settings: there is nothing to do, and nothing was loaded."""
     out_dir, resume, overwrite = saved["out_dir"], saved["resume"], saved["overwrite"]
     check_entries(out_dir)
     if resume and not overwrite and os.path.isdir(os.path.join(out_dir, "final")):
