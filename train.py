@@ -320,9 +320,10 @@ def main(argv):
         stats, stop_now = guards.agree(sums, grad_norm, stop.requested, dev, distributed, world)
         guards.check_finite(step + 1, stats, out_dir)
         step += 1
-        apply_step(s, models, optimizer, lr_at(step, total_steps))
+        current_lr = lr_at(step, total_steps)
+        apply_step(s, models, optimizer, current_lr)
         stop_now = stop_now or bool(stop_step and step >= stop_step)
-        progress.step(step, epoch, lr_at(step, total_steps), tokens, stats, last=stop_now or step == total_steps)
+        progress.step(step, epoch, current_lr, tokens, stats, last=stop_now or step == total_steps)
         save_along_the_way(run, step, total_steps, stop_now)
         if stop_now:
             log(f"stopped after step {step}; resume with --resume=true")
