@@ -7,6 +7,8 @@ The replication's figures (PNG, matplotlib), from the small files in replication
   <arms_dir>/<arm>-s<seed>-probe.json --> drift_per_layer.png   drift per layer per arm: mean over seeds, min-max band
                                       --> drift_vs_forgetting.png  drift (mean) against forgetting, one point per
                                                                    run, each seed's runs joined by a grey line
+                                      --> printed: the probed texts' table (loss, calibrated loss, top-1, KL,
+                                          calibrated retention; the base, then each arm over the seeds all share)
 
   python -m replication.figures --results replication/results
   python -m replication.figures --results replication/results --arms_dir three-arms --drift_out replication/results/three-arms
@@ -86,14 +88,58 @@ def curve_rows(folder):
             f"{'-' if r[7] is None else f'{r[7]:.2f}'} |" for r in rows]
 
 
-def probes(folder):
-    """{arm: {seed: the fine-tuned checkpoint's probe numbers}} of the probes in folder."""
+def probe_files(folder):
+    """{arm: {seed: the probe.json}} of the probes in folder."""
     found = {}
     for path in glob.glob(os.path.join(folder, "*-s*-probe.json")):
         m = re.fullmatch(r"(.+)-s(\d+)-probe\.json", os.path.basename(path))
         if m:
-            found.setdefault(m.group(1), {})[int(m.group(2))] = read(path)["checkpoints"]["ft"]
+            found.setdefault(m.group(1), {})[int(m.group(2))] = read(path)
     return found
+
+
+def fine_tuned(found):
+    """{arm: {seed: the fine-tuned checkpoint's probe numbers}} of probe_files()."""
+    return {arm: {seed: p["checkpoints"]["ft"] for seed, p in runs.items()} for arm, runs in found.items()}
+
+
+# the probed texts' table: (the probe's name of the measure, the column's title, decimals)
+TEXT_MEASURES = [("loss", "loss", 2), ("calibrated_loss", "calibrated loss", 2), ("temperature", "T", 2),
+                 ("top1", "top-1", 3), ("kl_from_base", "KL(base \\|\\| ft)", 2),
+                 ("retention_calibrated", "calibrated retention", 2)]
+
+
+def texts_rows(found):
+    """The probed texts' table of replication/README.md (markdown lines, header first) from probe_files():
+    for each text the base's measures, then each arm's mean +- population sd over the seeds every arm has
+    (the seeds the tests pair). The text's cell names its unigram loss, the reference retention is read
+    against; a measure a model has not (the base's KL and retention) reads '-'."""
+    seeds = sorted(set.intersection(*(set(runs) for runs in found.values())))
+    if not seeds:
+        return []
+    first = found[next(iter(found))][seeds[0]]
+    lines = ["| text (unigram loss) | model | " + " | ".join(t for _, t, _ in TEXT_MEASURES) + " |",
+             "|---|---|" + "---|" * len(TEXT_MEASURES)]
+    for text, info in first.get("texts", {}).items():
+        label = f"{text} ({info['unigram_loss']:.2f})" if "unigram_loss" in info else text
+        lines.append(f"| {label} | base | " + " | ".join(
+            cell([first["checkpoints"]["base"]["texts"][text].get(k)], d) for k, _, d in TEXT_MEASURES) + " |")
+        for arm in sorted(found, key=lambda a: list(ARM_COLOURS).index(a) if a in ARM_COLOURS else len(ARM_COLOURS)):
+            measured = [found[arm][s]["checkpoints"]["ft"]["texts"][text] for s in seeds]
+            lines.append(f"| | {ARM_NAMES.get(arm, arm)} ({len(seeds)} seeds) | " + " | ".join(
+                cell([m.get(k) for m in measured], d) for k, _, d in TEXT_MEASURES) + " |")
+    return lines
+
+
+def cell(values, decimals):
+    """One value as it is, several as mean +- population sd; '-' where any is missing."""
+    if not values or any(v is None for v in values):
+        return "-"
+    mean = sum(values) / len(values)
+    if len(values) == 1:
+        return f"{mean:.{decimals}f}"
+    sd = (sum((v - mean) ** 2 for v in values) / len(values)) ** 0.5
+    return f"{mean:.{decimals}f} +- {sd:.{decimals}f}"
 
 
 def curve_arm(name):
@@ -166,13 +212,17 @@ def main(argv):
         print(f"wrote {os.path.join(results, 'learning_curves.png')}: {', '.join(data)}")
     else:
         print("no learning curve yet")
-    arms = probes(os.path.join(results, arms_dir))
+    found = probe_files(os.path.join(results, arms_dir))
+    arms = fine_tuned(found)
     out = drift_out or results
     if len(arms) >= 2:
+        os.makedirs(out, exist_ok=True)
         plot_drift(plt, arms, os.path.join(out, "drift_per_layer.png"), os.path.join(out, "drift_vs_forgetting.png"))
         print(f"wrote the drift figures: {', '.join(f'{a} ({len(r)} seeds)' for a, r in sorted(arms.items()))}")
     else:
         print("no arms' probes yet: the drift figures wait for them")
+    if found:
+        print("\n".join([""] + texts_rows(found)))
 
 
 if __name__ == "__main__":

@@ -9,6 +9,42 @@ from replication import stats as S
 CRITICAL_05 = {1: 12.7062, 2: 4.302653, 3: 3.182446, 4: 2.776445, 5: 2.570582, 9: 2.262157, 30: 2.042272}
 
 
+def test_texts_table_reads_the_base_then_each_arm_over_the_seeds_all_arms_share():
+    from replication import figures as F
+    base = {"loss": 6.0, "calibrated_loss": 6.1, "temperature": 1.0, "top1": 0.2}  # no KL, no retention
+
+    def probe(loss, kl):
+        ft = {"loss": loss, "calibrated_loss": loss - 2, "temperature": 2.0, "top1": 0.01, "kl_from_base": kl,
+              "retention_calibrated": -0.5}
+        return {"texts": {"wiki": {"unigram_loss": 7.0}}, "checkpoints": {"base": {"texts": {"wiki": base}},
+                                                                          "ft": {"texts": {"wiki": ft}}}}
+    # seed 3 is the control's alone: left out, as the tests pair only the seeds every arm has
+    found = {"control": {1: probe(10.0, 4.0), 2: probe(12.0, 6.0), 3: probe(99.0, 99.0)},
+             "baseline": {2: probe(11.0, 5.0), 1: probe(9.0, 3.0)}}
+    assert F.texts_rows(found) == [
+        "| text (unigram loss) | model | loss | calibrated loss | T | top-1 | KL(base \\|\\| ft) | calibrated retention |",
+        "|---|---|---|---|---|---|---|---|",
+        "| wiki (7.00) | base | 6.00 | 6.10 | 1.00 | 0.200 | - | - |",
+        "| | baseline (2 seeds) | 10.00 +- 1.00 | 8.00 +- 1.00 | 2.00 +- 0.00 | 0.010 +- 0.000 | 4.00 +- 1.00 | -0.50 +- 0.00 |",
+        "| | shuffled-target control (2 seeds) | 11.00 +- 1.00 | 9.00 +- 1.00 | 2.00 +- 0.00 | 0.010 +- 0.000 | 5.00 +- 1.00 "
+        "| -0.50 +- 0.00 |"]
+    assert F.texts_rows({"baseline": {1: probe(9.0, 3.0)}, "jepa": {2: probe(9.0, 3.0)}}) == []  # no seed shared
+
+
+def test_figures_main_writes_the_drift_figures_into_a_folder_it_makes(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    import json
+    from replication import figures as F
+    (tmp_path / "three").mkdir()
+    for arm, seed in (("baseline", 1), ("jepa", 1)):
+        ft = {"drift": {"mean": 0.2}, "forgetting": 3.0, "drift_per_layer": [0.0, 0.2], "texts": {}}
+        (tmp_path / "three" / f"{arm}-s{seed}-probe.json").write_text(json.dumps(
+            {"texts": {}, "checkpoints": {"base": {"texts": {}}, "ft": ft}}))
+    F.main([f"--results={tmp_path}", "--arms_dir=three", f"--drift_out={tmp_path / 'new' / 'folder'}"])
+    assert (tmp_path / "new" / "folder" / "drift_vs_forgetting.png").stat().st_size > 0
+    assert "wrote the drift figures: baseline (1 seeds), jepa (1 seeds)" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("df", sorted(CRITICAL_05))
 def test_t_p_value_at_the_critical_values(df):
     assert S.t_two_sided_p(CRITICAL_05[df], df) == pytest.approx(0.05, abs=1e-6)
