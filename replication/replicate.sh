@@ -148,6 +148,7 @@ forgetting() {  # $1 curve name: every snapshot and final/ probed against the ba
     step=${ckpt##*step}; [ "$ckpt" = "$out/final" ] && step=final
     ckpts+="$ckpt,"; names+="step$step,"
   done
+  [ -n "$ckpts" ] || { echo "forgetting: $out holds no snapshot and no final/: run its curve first" >&2; exit 1; }
   python probe.py --base "$BASE" --checkpoints "${ckpts%,}" --names "${names%,}" --n_samples $SAMPLES --sample_len 256 \
       --wikitext_dir "$DATA/wikitext/wikitext-103-raw" --mmlu_dir none --out_dir "$RUNS/probe-curve-$1" --overwrite true
   keep "$RUNS/probe-curve-$1/probe.json" "$R/levers/probe-curve-$1.json"
@@ -308,8 +309,8 @@ case "$step" in
   three-probes) three_probes ;;
   three-aggregate) three_aggregate ;;
   all) base; for lr in "${LRS[@]}"; do finetune_curve "lr$lr" "$BASE" 0 --lr "$lr"; done; pilot
-       finetune_curve "jepa-lr3e-4" "$BASE" 1 --lr 3e-4
-       for curve in lr1e-3 lr3e-4; do forgetting "$curve"; done
+       read -r lr _ < <(chosen); finetune_curve "jepa-lr$lr" "$BASE" 1 --lr "$lr"  # the chosen lr (3e-4)
+       for lr in "${LRS[@]}"; do forgetting "lr$lr"; done
        decode lr1e-3 8; decode random-base-lr1e-3 8; decode random-base-lr1e-3 4
        arms "${SEEDS[@]}"; aggregate_runs "$R/arms" "$R" jepa baseline
        python -m replication.figures --results "$R" > /dev/null
