@@ -35,7 +35,7 @@ import data
 import jepa
 import model as modellib
 from configurator import SEED_RANGE, check_ranges, configure, setting_keys
-from harness.errors import ConfigError, read_text
+from harness.errors import ConfigError, InputError, read_text
 from metrics.forgetting import (TEMPERATURES, forgetting_measures, parse_forgetting_data, retention, text_documents,
                                 unigram_logprobs)
 from harness.outputs import prepare_output_dir, refuse_used, write_json
@@ -127,34 +127,38 @@ def collapse_stats(z, n_pairs, seed):
 # data
 
 
-def wikitext_samples(tokenizer, n, length, data_dir):
-    """The first n WikiText-103 validation paragraphs of at least 32 tokens, as token ids (BOS first where
-    the tokenizer has a distinct one), cut to `length` tokens. Returns (samples, number cut)."""
+def first_samples(texts, tokenizer, n, length):
+    """The first n of the texts that have at least 32 tokens, as token ids (BOS first where the tokenizer has a
+    distinct one), each cut to `length` tokens: (samples, how many of those samples were cut). Fewer than n
+    where the texts run out; texts after the n-th are never tokenized."""
     samples, cut = [], 0
-    for text in data.load_wikitext(data_dir):
-        ids = data.encode_plain(tokenizer, text)
-        if len(ids) < 32:
-            continue
-        cut += len(ids) > length
-        samples.append(ids[:length])
+    for text in texts:
         if len(samples) == n:
-            return samples, cut
-    raise ValueError(f"WikiText has only {len(samples)} paragraphs of 32+ tokens; {n} asked for")
+            break
+        ids = data.encode_plain(tokenizer, text)
+        if len(ids) >= 32:
+            cut += len(ids) > length
+            samples.append(ids[:length])
+    return samples, cut
+
+
+def wikitext_samples(tokenizer, n, length, data_dir):
+    """The first n WikiText-103 validation paragraphs of at least 32 tokens (first_samples): (samples, number
+    cut)."""
+    samples, cut = first_samples(data.load_wikitext(data_dir), tokenizer, n, length)
+    if len(samples) < n:
+        raise InputError(f"WikiText ({data_dir or 'the hub'}) has only {len(samples)} paragraphs of 32+ tokens; "
+                         f"{n} asked for (--n_samples)")
+    return samples, cut
 
 
 def text_samples(path, tokenizer, n, length):
     """The first n samples of one --forgetting_data text as token ids. A .jsonl file: its documents
-    (text_documents) of at least 32 tokens, cut to `length`, as WikiText's paragraphs; anything else is plain
-    text, read whole and cut into consecutive windows of `length` tokens (BOS first where the tokenizer has one).
-    Returns (samples, number cut)."""
+    (text_documents) of at least 32 tokens, cut to `length`, as WikiText's paragraphs (first_samples); anything
+    else is plain text, read whole and cut into consecutive windows of `length` tokens (BOS first where the
+    tokenizer has one). Returns (samples, number cut)."""
     if path.endswith(".jsonl"):
-        samples, cut = [], 0
-        for doc in text_documents(path):
-            ids = data.encode_plain(tokenizer, doc)
-            if len(ids) >= 32:
-                cut += len(ids) > length
-                samples.append(ids[:length])
-        samples = samples[:n]
+        samples, cut = first_samples(text_documents(path), tokenizer, n, length)
     else:
         ids = data.encode_plain(tokenizer, read_text(path, "--forgetting_data file"))
         samples, cut = [ids[i:i + length] for i in range(0, len(ids) - length + 1, length)][:n], 0

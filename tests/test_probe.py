@@ -338,6 +338,15 @@ def test_forgetting_data_names_and_samples(tmp_path, tok):
     assert FM.text_documents(str(rows)) == ["how many lines " * 8 + "\n\n" + "twelve numbers " * 8, "short"]
     got, cut = P.text_samples(str(rows), tok, 1, 20)  # 'short' has fewer than 32 tokens: not a sample
     assert len(got) == 1 and len(got[0]) == 20 and cut == 1
+    # the cut are counted among the samples taken, not over the whole file (GSM8K test: 201 of 1,319 documents
+    # were reported as cut among 100 samples)
+    docs = ["word " * 12, "ab", "x " * 60]  # 49, 3 and 121 tokens
+    several = tmp_path / "several.jsonl"
+    several.write_text("".join(json.dumps({"text": t}) + "\n" for t in docs))
+    got, cut = P.text_samples(str(several), tok, 1, 64)
+    assert got == [D.encode_plain(tok, docs[0])] and cut == 0
+    got, cut = P.text_samples(str(several), tok, 2, 40)  # 'ab' is too short: the first and the third, both cut
+    assert got == [D.encode_plain(tok, docs[0])[:40], D.encode_plain(tok, docs[2])[:40]] and cut == 2
     plain = tmp_path / "code.txt"
     plain.write_text("def f ( x ) : return x + 1\n" * 40)
     got, cut = P.text_samples(str(plain), tok, 3, 16)
