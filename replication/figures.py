@@ -21,6 +21,7 @@ A figure whose files are not there yet is skipped with a line saying so.
 import glob
 import os
 import re
+import statistics
 import sys
 
 from configurator import configure, setting_keys
@@ -135,11 +136,10 @@ def cell(values, decimals):
     """One value as it is, several as mean +- population sd; '-' where any is missing."""
     if not values or any(v is None for v in values):
         return "-"
-    mean = sum(values) / len(values)
+    mean = statistics.fmean(values)
     if len(values) == 1:
         return f"{mean:.{decimals}f}"
-    sd = (sum((v - mean) ** 2 for v in values) / len(values)) ** 0.5
-    return f"{mean:.{decimals}f} +- {sd:.{decimals}f}"
+    return f"{mean:.{decimals}f} +- {statistics.pstdev(values):.{decimals}f}"  # as aggregate.py's spread
 
 
 def curve_arm(name):
