@@ -147,7 +147,7 @@ def wikitext_samples(tokenizer, n, length, data_dir):
     cut)."""
     samples, cut = first_samples(data.load_wikitext(data_dir), tokenizer, n, length)
     if len(samples) < n:
-        raise InputError(f"WikiText ({data_dir or 'the hub'}) has only {len(samples)} paragraphs of 32+ tokens; "
+        raise InputError(f"WikiText (--wikitext_dir {data_dir or '(empty: the hub)'}) has only {len(samples)} paragraphs of 32+ tokens; "
                          f"{n} asked for (--n_samples)")
     return samples, cut
 
@@ -175,6 +175,8 @@ def mmlu_subset(questions, n, seed):
     for q in questions:
         by_subject.setdefault(q["subject"], []).append(q)
     subjects = sorted(by_subject)
+    if not subjects:
+        raise InputError("the MMLU files hold no questions (--mmlu_dir; 'none' skips MMLU)")
     rng = random.Random(seed)
     per, extra = divmod(n, len(subjects))
     plus_one = set(rng.sample(subjects, extra))
@@ -182,7 +184,8 @@ def mmlu_subset(questions, n, seed):
     for s in subjects:
         k = per + (s in plus_one)
         if len(by_subject[s]) < k:
-            raise ValueError(f"MMLU subject {s} has {len(by_subject[s])} questions, {k} needed")
+            raise ConfigError(f"MMLU subject {s} has {len(by_subject[s])} questions, {k} needed for --mmlu_questions "
+                              f"{n}; ask for at most {len(subjects)} x the smallest subject's count")
         chosen += rng.sample(by_subject[s], k)
     return chosen
 

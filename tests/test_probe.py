@@ -3,6 +3,7 @@ end to end on tiny checkpoints."""
 
 import json
 import os
+import re
 from types import SimpleNamespace
 
 import pytest
@@ -138,6 +139,15 @@ def test_mmlu_subset_stratified_and_stable():
     assert len(counts) == 57 and set(counts.values()) == {8, 9} and sum(v == 9 for v in counts.values()) == 44
     assert P.mmlu_subset(qs, 500, seed=0) == subset
     assert len({q["question"] for q in subset}) == 500
+
+
+def test_mmlu_subset_asked_for_more_than_a_subject_holds_names_the_flag():
+    qs = fake_mmlu()  # 57 subjects of 12 questions
+    assert len(P.mmlu_subset(qs, 57 * 12, seed=0)) == 57 * 12
+    with pytest.raises(P.ConfigError, match="--mmlu_questions 685"):
+        P.mmlu_subset(qs, 57 * 12 + 1, seed=0)
+    with pytest.raises(P.InputError, match="--mmlu_dir"):
+        P.mmlu_subset([], 10, seed=0)
 
 
 @needs_shared
@@ -354,3 +364,11 @@ def test_forgetting_data_names_and_samples(tmp_path, tok):
     assert got == [ids[0:16], ids[16:32], ids[32:48]] and cut == 0
     with pytest.raises(P.ConfigError, match="--n_samples"):
         P.text_samples(str(rows), tok, 2, 20)
+
+
+def test_too_little_wikitext_names_the_folder_and_the_flag(tmp_path, tok):
+    (tmp_path / "wiki.valid.raw").write_text(" = Heading = \n\n" + " ".join(["the river"] * 20) + "\n short line\n")
+    got, cut = P.wikitext_samples(tok, 1, 16, str(tmp_path))
+    assert got == [D.encode_plain(tok, " ".join(["the river"] * 20))[:16]] and cut == 1
+    with pytest.raises(P.InputError, match=re.escape(f"--wikitext_dir {tmp_path}) has only 1 paragraphs") + ".*--n_samples"):
+        P.wikitext_samples(tok, 2, 16, str(tmp_path))
