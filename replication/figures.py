@@ -184,8 +184,8 @@ def plot_drift(plt, data, out_layers, out_scatter):
         ax.scatter([r["drift"]["mean"] for r in runs.values()], [r["forgetting"] for r in runs.values()],
                    color=ARM_COLOURS.get(arm), label=ARM_NAMES.get(arm, arm), zorder=2)
     ax.set(xlabel="mean drift", ylabel="forgetting (WikiText loss - base's, nats)", title="Drift against forgetting, per seed")
-    ax.legend()
-    fig.tight_layout()
+    fig.legend(loc="lower center", ncol=3, fontsize=8)  # below the axes: inside, it hides points
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     fig.savefig(out_scatter, dpi=120)
 
 
