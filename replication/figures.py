@@ -113,17 +113,19 @@ TEXT_MEASURES = [("loss", "loss", 2), ("calibrated_loss", "calibrated loss", 2),
 def texts_rows(found):
     """The probed texts' table of replication/README.md (markdown lines, header first) from probe_files():
     for each text the base's measures, then each arm's mean +- population sd over the seeds every arm has
-    (the seeds the tests pair). The text's cell names its unigram loss, the reference retention is read
-    against; a measure a model has not (the base's KL and retention) reads '-'."""
+    (the seeds the tests pair). Each text opens with the reference retention is read against, the unigram model
+    of the base's corpus: its loss on all samples, and under "calibrated loss" its loss on the half the
+    calibrated losses are reported on (a unigram has no temperature). A measure a model has not reads '-'."""
     seeds = sorted(set.intersection(*(set(runs) for runs in found.values())))
     if not seeds:
         return []
     first = found[next(iter(found))][seeds[0]]
-    lines = ["| text (unigram loss) | model | " + " | ".join(t for _, t, _ in TEXT_MEASURES) + " |",
+    lines = ["| text | model | " + " | ".join(t for _, t, _ in TEXT_MEASURES) + " |",
              "|---|---|" + "---|" * len(TEXT_MEASURES)]
     for text, info in first.get("texts", {}).items():
-        label = f"{text} ({info['unigram_loss']:.2f})" if "unigram_loss" in info else text
-        lines.append(f"| {label} | base | " + " | ".join(
+        unigram = {"loss": info.get("unigram_loss"), "calibrated_loss": info.get("unigram_loss_report_half")}
+        lines.append(f"| {text} | unigram | " + " | ".join(cell([unigram.get(k)], d) for k, _, d in TEXT_MEASURES) + " |")
+        lines.append("| | base | " + " | ".join(
             cell([first["checkpoints"]["base"]["texts"][text].get(k)], d) for k, _, d in TEXT_MEASURES) + " |")
         for arm in sorted(found, key=lambda a: list(ARM_COLOURS).index(a) if a in ARM_COLOURS else len(ARM_COLOURS)):
             measured = [found[arm][s]["checkpoints"]["ft"]["texts"][text] for s in seeds]

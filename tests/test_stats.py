@@ -16,15 +16,16 @@ def test_texts_table_reads_the_base_then_each_arm_over_the_seeds_all_arms_share(
     def probe(loss, kl):
         ft = {"loss": loss, "calibrated_loss": loss - 2, "temperature": 2.0, "top1": 0.01, "kl_from_base": kl,
               "retention_calibrated": -0.5}
-        return {"texts": {"wiki": {"unigram_loss": 7.0}}, "checkpoints": {"base": {"texts": {"wiki": base}},
+        return {"texts": {"wiki": {"unigram_loss": 7.0, "unigram_loss_report_half": 7.05}}, "checkpoints": {"base": {"texts": {"wiki": base}},
                                                                           "ft": {"texts": {"wiki": ft}}}}
     # seed 3 is the control's alone: left out, as the tests pair only the seeds every arm has
     found = {"control": {1: probe(10.0, 4.0), 2: probe(12.0, 6.0), 3: probe(99.0, 99.0)},
              "baseline": {2: probe(11.0, 5.0), 1: probe(9.0, 3.0)}}
     assert F.texts_rows(found) == [
-        "| text (unigram loss) | model | loss | calibrated loss | T | top-1 | KL(base \\|\\| ft) | calibrated retention |",
+        "| text | model | loss | calibrated loss | T | top-1 | KL(base \\|\\| ft) | calibrated retention |",
         "|---|---|---|---|---|---|---|---|",
-        "| wiki (7.00) | base | 6.00 | 6.10 | 1.00 | 0.200 | - | - |",
+        "| wiki | unigram | 7.00 | 7.05 | - | - | - | - |",  # under 'calibrated': its loss on the report half
+        "| | base | 6.00 | 6.10 | 1.00 | 0.200 | - | - |",
         "| | baseline (2 seeds) | 10.00 +- 1.00 | 8.00 +- 1.00 | 2.00 +- 0.00 | 0.010 +- 0.000 | 4.00 +- 1.00 | -0.50 +- 0.00 |",
         "| | shuffled-target control (2 seeds) | 11.00 +- 1.00 | 9.00 +- 1.00 | 2.00 +- 0.00 | 0.010 +- 0.000 | 5.00 +- 1.00 "
         "| -0.50 +- 0.00 |"]
