@@ -350,8 +350,10 @@ def test_ctrl_c_ends_an_evaluation_with_one_line_saying_how_to_continue(tmp_path
     from conftest import ROOT
     ckpt = tiny_checkpoint(tmp_path / "ckpt")
     out = tmp_path / "ev"
-    proc = subprocess.Popen([sys.executable, "evaluate.py", f"--checkpoint={ckpt}", "--task=tiny-regex", "--limit=40",
-                             "--batch_size=1", "--gen_length=16", "--steps=16", f"--out_dir={out}"], cwd=ROOT,
+    # all 55 items at 64 steps: about 20 s of generation after the first record, so the run cannot end
+    # before the signal lands (40 items at 16 steps, about 1 s, sometimes did on a loaded machine: exit 0)
+    proc = subprocess.Popen([sys.executable, "evaluate.py", f"--checkpoint={ckpt}", "--task=tiny-regex",
+                             "--batch_size=1", "--gen_length=64", "--steps=64", f"--out_dir={out}"], cwd=ROOT,
                             env=dict(os.environ, OMP_NUM_THREADS="1"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     part = out / "tiny-regex-0shot.rank0.jsonl"
@@ -362,6 +364,7 @@ def test_ctrl_c_ends_an_evaluation_with_one_line_saying_how_to_continue(tmp_path
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130 and "Traceback" not in stderr
     assert "interrupted: the records scored so far are kept; continue them with the same flags and --resume=true" in stderr
+    assert 1 <= part.read_text().count("\n") < 55  # stopped part way, its records kept
 
 
 def test_a_run_under_evaluation_cannot_be_overwritten(tmp_path, monkeypatch):
