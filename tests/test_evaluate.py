@@ -350,12 +350,13 @@ def test_ctrl_c_ends_an_evaluation_with_one_line_saying_how_to_continue(tmp_path
     from conftest import ROOT
     ckpt = tiny_checkpoint(tmp_path / "ckpt")
     out = tmp_path / "ev"
-    # all 55 items at 64 steps: about 20 s of generation after the first record, so the run cannot end
-    # before the signal lands (40 items at 16 steps, about 1 s, sometimes did on a loaded machine: exit 0)
+    # all 55 items at 64 steps: about 20 s of generation after the first record, so the run cannot end before
+    # the signal lands, even on a loaded machine. The child gets Ctrl-C's default disposition, as from a
+    # terminal: a shell's background job (pytest run with &) ignores SIGINT, and its children inherit that.
     proc = subprocess.Popen([sys.executable, "evaluate.py", f"--checkpoint={ckpt}", "--task=tiny-regex",
                              "--batch_size=1", "--gen_length=64", "--steps=64", f"--out_dir={out}"], cwd=ROOT,
                             env=dict(os.environ, OMP_NUM_THREADS="1"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     part = out / "tiny-regex-0shot.rank0.jsonl"
     deadline = time.time() + 240
     while time.time() < deadline and not (part.exists() and part.read_text().count("\n") >= 1):
