@@ -11,7 +11,7 @@ The replication's figures (PNG, matplotlib), from the small files in replication
                                           calibrated retention; the base, then each arm over the seeds all share)
 
   python -m replication.figures --results replication/results
-  python -m replication.figures --results replication/results --arms_dir three-arms --drift_out replication/results/three-arms
+  python -m replication.figures --results replication/results --arms_dir three-arms   # figures in three-arms/
 
 Every figure draws an arm in one colour (ARM_COLOURS): the baseline blue, DLLM-JEPA orange, the control green.
 
@@ -30,7 +30,7 @@ from harness.runtime import run_main
 
 results = "replication/results"  # the folder holding curve/ and arms/
 arms_dir = "arms"  # the runs' folder under results whose probes the drift figures show
-drift_out = ""  # where the drift figures go; empty = results
+drift_out = ""  # where the drift figures go; empty = results for the first run's arms/, else results/<arms_dir>
 steps_per_epoch = 235  # NL-RX-SYNTH: 7,500 training items in batches of 32
 KEYS = setting_keys(globals())
 
@@ -216,7 +216,7 @@ def main(argv):
         print("no learning curve yet")
     found = probe_files(os.path.join(results, arms_dir))
     arms = fine_tuned(found)
-    out = drift_out or results
+    out = drift_out or (results if arms_dir == "arms" else os.path.join(results, arms_dir))  # never over another run's
     if len(arms) >= 2:
         os.makedirs(out, exist_ok=True)
         plot_drift(plt, arms, os.path.join(out, "drift_per_layer.png"), os.path.join(out, "drift_vs_forgetting.png"))

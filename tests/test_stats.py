@@ -41,6 +41,10 @@ def test_figures_main_writes_the_drift_figures_into_a_folder_it_makes(tmp_path, 
         ft = {"drift": {"mean": 0.2}, "forgetting": 3.0, "drift_per_layer": [0.0, 0.2], "texts": {}}
         (tmp_path / "three" / f"{arm}-s{seed}-probe.json").write_text(json.dumps(
             {"texts": {}, "checkpoints": {"base": {"texts": {}}, "ft": ft}}))
+    # without --drift_out, another run's figures go beside its probes, never over the first run's in results/
+    F.main([f"--results={tmp_path}", "--arms_dir=three"])
+    assert (tmp_path / "three" / "drift_per_layer.png").stat().st_size > 0
+    assert not (tmp_path / "drift_per_layer.png").exists()
     F.main([f"--results={tmp_path}", "--arms_dir=three", f"--drift_out={tmp_path / 'new' / 'folder'}"])
     assert (tmp_path / "new" / "folder" / "drift_vs_forgetting.png").stat().st_size > 0
     assert "wrote the drift figures: baseline (1 seeds), jepa (1 seeds)" in capsys.readouterr().out
