@@ -5,7 +5,8 @@ file (--config FILE: .json, or a .py of 'key = literal' lines, read without exec
 override the constants, in that order. Flags work as --key=value and --key value; each value is checked
 against the type of the constant's default. Every setting that ends up other than its constant is printed
 once at start, with the constant and where the new value came from, so an edit of a constant that a preset
-overrides is never silently without effect.
+overrides is never silently without effect. Each call starts from the module's constants as first read, so a
+main() run twice in one process (as the tests do) never inherits the first run's flags.
 """
 
 import ast
@@ -117,7 +118,8 @@ def configure(settings, keys, argv, presets=None):
     for key, _ in flags:
         if key not in keys:
             raise ConfigError(f"unknown setting --{key}; settings: {', '.join(keys)}")
-    defaults = {k: settings[k] for k in keys}
+    defaults = settings.setdefault("_constants", {k: settings[k] for k in keys})  # kept from the first call
+    settings.update(defaults)  # so a second main() in one process starts from the constants, not the last flags
     layers = []
     preset = dict(flags).get("preset", settings.get("preset", ""))
     if preset:

@@ -37,6 +37,19 @@ def test_preset_and_config_in_a_config_file_are_refused(tmp_path, text):
         configurator.configure(settings, list(settings), [f"--config={path}"], presets=configurator.PRESETS_DIR)
 
 
+def test_a_second_configure_starts_from_the_constants_not_the_last_flags(capsys):
+    # a script's main() called twice in one process (the tests do) kept the first call's flags where the
+    # second named none, and printed them as the constants
+    import configurator
+    settings = {"lr": 1e-5, "out_dir": "out"}
+    assert configurator.configure(settings, ["lr", "out_dir"], ["--lr=2e-5", "--out_dir=elsewhere"]) == \
+        {"lr": 2e-5, "out_dir": "elsewhere"}
+    capsys.readouterr()
+    assert configurator.configure(settings, ["lr", "out_dir"], ["--lr=3e-5"]) == {"lr": 3e-5, "out_dir": "out"}
+    assert "lr = 3e-05 (default 1e-05; flag)" in capsys.readouterr().err
+    assert settings["out_dir"] == "out"
+
+
 @pytest.mark.parametrize("name,text,message", [
     ("bad.py", "lr = 1e-5\nt_low = (\n", r"bad.py:\d+: "),
     ("bad.py", "lr = 1e-5\nimport os\n", r"bad.py:2: only 'key = literal' lines"),
