@@ -47,7 +47,7 @@ class Claim(NamedTuple):
     number: str  # aggregate.py's name of the number
     paper: str  # what the paper reports, with its model, metric, shots and decoding
     ours: str  # what the replication measures, likewise
-    direction: int  # the paper's sign of a - b (+1, -1), 0 where it claims none
+    direction: int  # the paper's sign of a - b (+1, -1), 0 where it claims none or does not measure the number
     test: str = "paired t"  # "paired t", "dissociation" or "spread"
 
 
@@ -59,14 +59,14 @@ FAMILY = [
           "WikiText-103 diffusion loss rise 43-58% lower, LLaDA-8B (Figure 2C)", "WikiText-103 validation, " + OURS_PROBE,
           -1),
     Claim("forgetting lower (KL(base || ft), WikiText)", "jepa", "baseline", FT + "texts/wikitext/kl_from_base",
-          "not measured (the paper reports the loss rise)", "KL at the masked positions, " + OURS_PROBE, -1),
+          "not measured (the paper reports the loss rise)", "KL at the masked positions, " + OURS_PROBE, 0),
     Claim("more kept (calibrated retention, GSM8K test)", "jepa", "baseline",
           FT + "texts/gsm8k-test/retention_calibrated", "not measured",
           "(unigram - ft) / (unigram - base), temperature fitted on half the samples; GSM8K test (the base saw "
-          "GSM8K train), " + OURS_PROBE, +1),
+          "GSM8K train), " + OURS_PROBE, 0),
     Claim("more kept (calibrated retention, held-out code)", "jepa", "baseline",
           FT + "texts/torch-code/retention_calibrated", "not measured",
-          "as above, on torch's nn/modules (Python not in the base's corpus)", +1),
+          "as above, on torch's nn/modules (Python not in the base's corpus)", 0),
     Claim("the prediction matters (forgetting, DLLM-JEPA vs shuffled-target control)", "jepa", "control",
           FT + "forgetting", "no control in the paper", "WikiText-103 validation, " + OURS_PROBE, 0),
     Claim("the extra term alone (forgetting, control vs baseline)", "control", "baseline", FT + "forgetting",
