@@ -147,8 +147,8 @@ def wikitext_samples(tokenizer, n, length, data_dir):
     cut)."""
     samples, cut = first_samples(data.load_wikitext(data_dir), tokenizer, n, length)
     if len(samples) < n:
-        raise InputError(f"WikiText (--wikitext_dir {data_dir or '(empty: the hub)'}) has only {len(samples)} paragraphs of 32+ tokens; "
-                         f"{n} asked for (--n_samples)")
+        raise InputError(f"WikiText (--wikitext_dir {data_dir or '(empty: the hub)'}) has only {len(samples)} "
+                         f"paragraphs of 32+ tokens; {n} asked for (--n_samples)")
     return samples, cut
 
 

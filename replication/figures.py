@@ -113,8 +113,8 @@ TEXT_MEASURES = [("loss", "loss", 2), ("calibrated_loss", "calibrated loss", 2),
 def texts_rows(found):
     """The probed texts' table of replication/README.md (markdown lines, header first) from probe_files():
     for each text the base's measures, then each arm's mean +- population sd over the seeds every arm has
-    (the seeds the tests pair). Each text opens with the reference retention is read against, the unigram model
-    of the base's corpus: its loss on all samples, and under "calibrated loss" its loss on the half the
+    (the seeds the tests pair). Each text opens with the unigram model of the base's corpus, the reference
+    retention is read against: its loss on all samples, and under "calibrated loss" its loss on the half the
     calibrated losses are reported on (a unigram has no temperature). A measure a model has not reads '-'."""
     seeds = sorted(set.intersection(*(set(runs) for runs in found.values())))
     if not seeds:
@@ -124,7 +124,8 @@ def texts_rows(found):
              "|---|---|" + "---|" * len(TEXT_MEASURES)]
     for text, info in first.get("texts", {}).items():
         unigram = {"loss": info.get("unigram_loss"), "calibrated_loss": info.get("unigram_loss_report_half")}
-        lines.append(f"| {text} | unigram | " + " | ".join(cell([unigram.get(k)], d) for k, _, d in TEXT_MEASURES) + " |")
+        lines.append(f"| {text} | unigram | " + " | ".join(
+            cell([unigram.get(k)], d) for k, _, d in TEXT_MEASURES) + " |")
         lines.append("| | base | " + " | ".join(
             cell([first["checkpoints"]["base"]["texts"][text].get(k)], d) for k, _, d in TEXT_MEASURES) + " |")
         for arm in sorted(found, key=lambda a: list(ARM_COLOURS).index(a) if a in ARM_COLOURS else len(ARM_COLOURS)):
