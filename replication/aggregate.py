@@ -20,6 +20,7 @@ bootstrap interval of the difference (replication/items.py), on all items, on th
 replication/leaks.py) apart; the first two leave those out.
 """
 
+import fnmatch
 import math
 import statistics
 import sys
@@ -38,9 +39,11 @@ pair = ""  # "a/b": per-seed differences a - b (comma-separated for several pair
 out = ""  # write the aggregate here as JSON (empty: print only)
 items = ""  # "name:items.jsonl.gz,...;name:..." per-item records, in the runs' order (empty: no item tests)
 leaked = ""  # a JSON file whose "indices" are evaluation items also trained on, reported apart
-# numbers that describe the run, not its result (matched on the last part of the name)
-ignore = "shots,items,n,steps,gen_length,block_length,temperature,over_context_window,n_samples," \
-         "samples_cut_to_sample_len,mmlu_questions,complete"
+# numbers that describe the run, not its result: patterns on the whole name ('*/x': x at any depth). The
+# sampling temperature is the summary's top-level one; a probe's fitted temperatures (checkpoints/*/texts/*/
+# temperature) are results and stay
+ignore = "shots,items,n,*/n,steps,gen_length,block_length,temperature,over_context_window,n_samples,*/n_samples," \
+         "samples_cut_to_sample_len,*/samples_cut_to_sample_len,mmlu_questions,complete,*/complete"
 KEYS = setting_keys(globals())
 
 
@@ -59,11 +62,11 @@ def numbers(value, prefix=""):
 
 def read_run(spec, ignored=()):
     """The numbers of one run: the union of its files' numbers (a name in two files is an error), less the
-    ones whose last name part is in `ignored`."""
+    ones a pattern of `ignored` matches (fnmatch on the whole name)."""
     merged = {}
     for path in spec.split("+"):
         found = numbers(parse_json(read_text(path, "result file"), path))
-        found = {k: v for k, v in found.items() if k.split("/")[-1] not in ignored}
+        found = {k: v for k, v in found.items() if not any(fnmatch.fnmatchcase(k, p) for p in ignored)}
         clash = sorted(set(found) & set(merged))
         if clash:
             raise InputError(f"{path}: {clash[0]} is also in another file of the run {spec}")

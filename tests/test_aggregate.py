@@ -41,6 +41,16 @@ def test_mean_population_std_and_pairs(tmp_path):
     assert report["correlations"] == {}  # the probes lack forgetting: no drift ~ forgetting correlation
 
 
+def test_the_ignored_settings_leave_the_probes_fitted_temperatures(tmp_path):
+    # 'temperature' matched on the last name part dropped every probe's fitted temperature with the sampler's
+    ignored = set(A.ignore.split(","))
+    summary = write(tmp_path, "s.json", {"exact": 0.5, "n": 500, "temperature": 0.0, "nontrivial/n": 300})
+    probe = write(tmp_path, "p.json", {"texts": {"wiki": {"n_samples": 100, "samples_cut_to_sample_len": 3}},
+                                       "checkpoints": {"ft": {"texts": {"wiki": {"temperature": 1.8, "loss": 9.0}}}}})
+    assert A.read_run(f"{summary}+{probe}", ignored) == {
+        "exact": 0.5, "checkpoints/ft/texts/wiki/temperature": 1.8, "checkpoints/ft/texts/wiki/loss": 9.0}
+
+
 def test_drift_forgetting_correlation_per_arm(tmp_path):
     runs = [A.read_run(write(tmp_path, f"p{i}.json", {"checkpoints": {"ft": {"drift": {"mean": d}, "forgetting": f}}}))
             for i, (d, f) in enumerate(((0.1, 1.0), (0.2, 2.0), (0.3, 2.5), (0.4, 4.5)))]
