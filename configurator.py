@@ -118,7 +118,10 @@ def configure(settings, keys, argv, presets=None):
     for key, _ in flags:
         if key not in keys:
             raise ConfigError(f"unknown setting --{key}; settings: {', '.join(keys)}")
-    defaults = settings.setdefault("_constants", {k: settings[k] for k in keys})  # kept from the first call
+    constants = settings.setdefault("_constants", {})  # each setting's value when configure first saw it
+    for k in keys:
+        constants.setdefault(k, settings[k])
+    defaults = {k: constants[k] for k in keys}
     settings.update(defaults)  # so a second main() in one process starts from the constants, not the last flags
     layers = []
     preset = dict(flags).get("preset", settings.get("preset", ""))

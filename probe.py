@@ -184,8 +184,9 @@ def mmlu_subset(questions, n, seed):
     for s in subjects:
         k = per + (s in plus_one)
         if len(by_subject[s]) < k:
+            most = len(subjects) * min(len(qs) for qs in by_subject.values())
             raise ConfigError(f"MMLU subject {s} has {len(by_subject[s])} questions, {k} needed for --mmlu_questions "
-                              f"{n}; ask for at most {len(subjects)} x the smallest subject's count")
+                              f"{n}; ask for at most {most}")
         chosen += rng.sample(by_subject[s], k)
     return chosen
 

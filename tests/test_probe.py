@@ -144,7 +144,7 @@ def test_mmlu_subset_stratified_and_stable():
 def test_mmlu_subset_asked_for_more_than_a_subject_holds_names_the_flag():
     qs = fake_mmlu()  # 57 subjects of 12 questions
     assert len(P.mmlu_subset(qs, 57 * 12, seed=0)) == 57 * 12
-    with pytest.raises(P.ConfigError, match="--mmlu_questions 685"):
+    with pytest.raises(P.ConfigError, match="--mmlu_questions 685; ask for at most 684"):
         P.mmlu_subset(qs, 57 * 12 + 1, seed=0)
     with pytest.raises(P.InputError, match="--mmlu_dir"):
         P.mmlu_subset([], 10, seed=0)
@@ -370,5 +370,6 @@ def test_too_little_wikitext_names_the_folder_and_the_flag(tmp_path, tok):
     (tmp_path / "wiki.valid.raw").write_text(" = Heading = \n\n" + " ".join(["the river"] * 20) + "\n short line\n")
     got, cut = P.wikitext_samples(tok, 1, 16, str(tmp_path))
     assert got == [D.encode_plain(tok, " ".join(["the river"] * 20))[:16]] and cut == 1
-    with pytest.raises(P.InputError, match=re.escape(f"--wikitext_dir {tmp_path}) has only 1 paragraphs") + ".*--n_samples"):
+    message = re.escape(f"--wikitext_dir {tmp_path}) has only 1 paragraphs") + ".*--n_samples"
+    with pytest.raises(P.InputError, match=message):
         P.wikitext_samples(tok, 2, 16, str(tmp_path))

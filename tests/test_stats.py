@@ -16,8 +16,8 @@ def test_texts_table_reads_the_base_then_each_arm_over_the_seeds_all_arms_share(
     def probe(loss, kl):
         ft = {"loss": loss, "calibrated_loss": loss - 2, "temperature": 2.0, "top1": 0.01, "kl_from_base": kl,
               "retention_calibrated": -0.5}
-        return {"texts": {"wiki": {"unigram_loss": 7.0, "unigram_loss_report_half": 7.05}}, "checkpoints": {"base": {"texts": {"wiki": base}},
-                                                                          "ft": {"texts": {"wiki": ft}}}}
+        return {"texts": {"wiki": {"unigram_loss": 7.0, "unigram_loss_report_half": 7.05}},
+                "checkpoints": {"base": {"texts": {"wiki": base}}, "ft": {"texts": {"wiki": ft}}}}
     # seed 3 is the control's alone: left out, as the tests pair only the seeds every arm has
     found = {"control": {1: probe(10.0, 4.0), 2: probe(12.0, 6.0), 3: probe(99.0, 99.0)},
              "baseline": {2: probe(11.0, 5.0), 1: probe(9.0, 3.0)}}
